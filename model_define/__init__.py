@@ -1,0 +1,3 @@
+"""The model zoo. Importing this package registers every model (see registry.register)."""
+from model_define.registry import ModelSpec, get_model, list_models, model_spec, register  # noqa: F401
+from model_define import small  # noqa: F401  (registers models)

@@ -1,0 +1,51 @@
+"""Model registry: name -> constructor plus the facts the tools need (input size, kind)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Tuple
+
+import torch.nn as nn
+
+from common.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: Tuple[int, int, int]          # default (C, H, W)
+    kind: str                                  # "classifier" | "embedder"
+    defaults: Dict[str, object] = field(default_factory=dict)
+
+    def build(self, **kwargs) -> nn.Module:
+        return self.builder(**{**self.defaults, **kwargs})
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register(name: str, input_size: Tuple[int, int, int], kind: str = "classifier", **defaults):
+    """Decorator: register a constructor under ``name``. Users bring their own model this way."""
+    if kind not in ("classifier", "embedder"):
+        raise ValueError(f"kind must be classifier or embedder, not {kind!r}")
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelSpec(name, fn, tuple(input_size), kind, dict(defaults))
+        return fn
+
+    return deco
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    return model_spec(name).build(**kwargs)
+
+
+def list_models() -> List[str]:
+    return sorted(_REGISTRY)
