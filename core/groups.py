@@ -1,0 +1,119 @@
+"""Prunable channel groups from torch-pruning's dependency graph, named the Distiller way.
+
+A group is every layer whose channels must be removed together (a conv, its BN and PReLU, the layers that
+consume it, and all layers tied to it by residual adds). Each group is named by its *leading weight*: the
+weight of the first conv/linear (in model definition order) whose output channels the group removes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from common.errors import UserError
+from patches.handlers import CUSTOM_PRUNERS
+
+log = logging.getLogger(__name__)
+
+ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+
+@dataclass
+class PrunableGroup:
+    name: str                 # leading weight, e.g. "layer1.0.conv1.weight"
+    root_name: str            # module whose out-channels index the group
+    root: nn.Module
+    members: List[str]        # modules whose out-channels are removed (conv/linear/BN/PReLU), model order
+    weights: List[str]        # conv/linear weights among the members: any of them may name the group
+    channels: int
+
+    def n_prune(self, sparsity: float) -> int:
+        """Channels removed at ``sparsity`` (Distiller: floor(s * n)); at least one channel is always kept."""
+        return min(int(sparsity * self.channels + 1e-9), self.channels - 1)
+
+
+def output_modules(model: nn.Module, example_inputs: torch.Tensor) -> List[nn.Module]:
+    """Modules whose output tensor *is* (or is a view of) the model output: logits / embedding layers."""
+    outs: Dict[nn.Module, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: outs.__setitem__(mod, _storage(o)))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            y = model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    targets = {_storage(t) for t in (y if isinstance(y, (tuple, list)) else [y])}
+    return [m for m, ptr in outs.items() if ptr is not None and ptr in targets]
+
+
+def _storage(t) -> Optional[int]:
+    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
+
+
+class GroupIndex:
+    """Dependency graph + prunable groups of one model instance."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = (),
+                 prune_outputs: bool = False):
+        self.model = model
+        self.example_inputs = example_inputs
+        self._mods: Dict[str, nn.Module] = dict(model.named_modules())
+        self.module_names: Dict[nn.Module, str] = {m: n for n, m in self._mods.items()}
+        self._order = {n: i for i, n in enumerate(self.module_names.values())}
+        ignored = [self._module(n, "--ignore") for n in ignore]
+        if not prune_outputs:
+            # never shrink the logits / embedding dimension unless the user asks for it
+            ignored += output_modules(model, example_inputs)
+        was_training = model.training
+        model.eval()
+        self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                        customized_pruners=dict(CUSTOM_PRUNERS))
+        model.train(was_training)
+        self.groups: List[PrunableGroup] = self._collect(ignored)
+        self._by_weight = {w: g for g in self.groups for w in g.weights}
+        self._by_weight.update({m: g for g in self.groups for m in g.members})
+
+    def _module(self, name: str, what: str) -> nn.Module:
+        if name not in self._mods:
+            raise UserError(f"{what}: no layer named {name!r} in the model")
+        return self._mods[name]
+
+    def _collect(self, ignored: List[nn.Module]) -> List[PrunableGroup]:
+        groups = []
+        for g in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
+            members = sorted({self.module_names[d.target.module] for d, _ in g
+                              if self.dg.is_out_channel_pruning_fn(d.handler)
+                              and d.target.module in self.module_names}, key=self._order.__getitem__)
+            roots = [n for n in members if isinstance(self._mod(n), ROOT_TYPES)]
+            if not roots:
+                continue
+            lead = roots[0]
+            groups.append(PrunableGroup(name=f"{lead}.weight", root_name=lead, root=self._mod(lead),
+                                        members=members, weights=[f"{n}.weight" for n in roots],
+                                        channels=self.dg.get_out_channels(self._mod(lead))))
+        return sorted(groups, key=lambda g: self._order[g.root_name])
+
+    def _mod(self, name: str) -> nn.Module:
+        return self._mods[name]
+
+    def find(self, name: str, source: str = "schedule") -> PrunableGroup:
+        """Group by any member weight or module name (a leading ``module.`` is ignored)."""
+        key = name[len("module."):] if name.startswith("module.") else name
+        g = self._by_weight.get(key) or self._by_weight.get(key.rsplit(".weight", 1)[0])
+        if g is None:
+            raise UserError(f"{source}: {name!r} is not a prunable layer of this model "
+                            f"(prunable: {', '.join(x.name for x in self.groups[:8])}"
+                            f"{', …' if len(self.groups) > 8 else ''})")
+        return g
+
+    def pruning_group(self, group: PrunableGroup, idxs: Iterable[int]) -> "tp.dependency.Group":
+        pruner = self.dg.get_pruner_of_module(group.root)
+        return self.dg.get_pruning_group(group.root, pruner.prune_out_channels, sorted(int(i) for i in idxs))
+
+    def describe(self) -> List[Tuple[str, int, List[str]]]:
+        return [(g.name, g.channels, g.members) for g in self.groups]
