@@ -1,0 +1,93 @@
+"""CIFAR ResNet-20/32/44/56/110 (He et al. 2016, section 4.2) with the parameter-free "option A" shortcut.
+
+Parameter names match the widely used pretrained checkpoints (conv1, bn1, layer1.0.conv1, ..., linear) once the
+DataParallel prefix ``module.`` is stripped.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model_define.layers import init_weights
+from model_define.registry import register
+
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+STAGE_WIDTHS = (16, 32, 64)
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: keep every ``stride``-th pixel, zero-pad channels from ``planes_in`` to ``planes_out``.
+
+    ``pad_front``/``pad_back`` are the zero channels added before/after the input channels (the input occupies
+    output channels ``pad_front .. pad_front + planes_in - 1``). A pruning handler can shrink these.
+    """
+
+    def __init__(self, planes_in: int, planes_out: int, stride: int = 2):
+        super().__init__()
+        if planes_out < planes_in:
+            raise ValueError(f"PadShortcut cannot shrink channels ({planes_in} -> {planes_out})")
+        self.planes_in, self.planes_out, self.stride = planes_in, planes_out, stride
+        self.pad_front = (planes_out - planes_in) // 2
+        self.pad_back = planes_out - planes_in - self.pad_front
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+
+    def extra_repr(self) -> str:
+        return f"{self.planes_in}, {self.planes_out}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = PadShortcut(cin, cout, stride) if stride != 1 or cin != cout else nn.Identity()
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if depth not in CIFAR_DEPTHS:
+            raise ValueError(f"depth must be one of {CIFAR_DEPTHS}, not {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
+        self.relu = nn.ReLU(inplace=True)
+        cin = STAGE_WIDTHS[0]
+        for i, width in enumerate(STAGE_WIDTHS):
+            blocks = [BasicBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = width
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(cin, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(torch.flatten(self.pool(x), 1))
+
+
+def _register_cifar(depth: int) -> None:
+    @register(f"resnet{depth}", input_size=(3, 32, 32))
+    def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+        return ResNetCifar(depth, num_classes, in_channels)
+
+    build.__name__ = f"resnet{depth}"
+
+
+for _depth in CIFAR_DEPTHS:
+    _register_cifar(_depth)
