@@ -84,3 +84,75 @@ def test_cifar_resnet_blocks_use_named_shortcut_modules():
     assert len(shortcuts) == 2 and [(s.planes_in, s.planes_out) for s in shortcuts] == [(16, 32), (32, 64)]
     assert not any(type(m).__name__ == "LambdaLayer" for m in model.modules())
     assert isinstance(model.layer1[0].shortcut, nn.Identity)
+
+
+# --- checkpoint loading (common.checkpoint) -------------------------------------------------------------------
+
+from common.checkpoint import load_pretrained, load_weights, read_checkpoint, strip_prefix  # noqa: E402
+from common.errors import UserError  # noqa: E402
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path
+
+
+def test_read_checkpoint_unwraps_known_keys_and_keeps_meta(tmp_path):
+    sd = get_model("lenet5").state_dict()
+    for key in ("state_dict", "net_state_dict", "model_state_dict", "model"):
+        got, meta = read_checkpoint(_save({key: sd, "epoch": 3}, tmp_path / f"{key}.pth"))
+        assert set(got) == set(sd) and meta == {"epoch": 3}
+    got, meta = read_checkpoint(_save(sd, tmp_path / "bare.pth"))
+    assert set(got) == set(sd) and meta == {}
+
+
+def test_read_checkpoint_rejects_non_checkpoints(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="notes.txt: not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="no weights found"):
+        read_checkpoint(_save({"epoch": 1, "lr": 0.1}, tmp_path / "meta_only.pth"))
+    with pytest.raises(UserError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_load_weights_data_parallel_prefix(tmp_path):
+    src = get_model("resnet20", num_classes=4)
+    wrapped = {f"module.{k}": v for k, v in src.state_dict().items()}
+    path = _save({"state_dict": wrapped, "best_prec1": 90.0}, tmp_path / "dp.th")
+    with pytest.raises(UserError) as err:
+        load_pretrained("resnet20", path, num_classes=4)
+    msg = str(err.value)
+    assert "\n" not in msg and "dp.th" in msg and "--from_data_parallel" in msg and "module.conv1.weight" in msg
+    model = load_pretrained("resnet20", path, from_data_parallel=True, num_classes=4)
+    assert not model.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), src.eval()(x))
+
+
+def test_load_weights_wrong_architecture_names_counts_and_keys():
+    sd = get_model("resnet20").state_dict()
+    with pytest.raises(UserError) as err:
+        load_weights(get_model("resnet32"), sd, "r20.pth")
+    msg = str(err.value)
+    assert msg.startswith("r20.pth:") and "missing" in msg and "layer1.3." in msg
+    assert "--from_data_parallel" not in msg
+
+
+def test_load_weights_shape_mismatch_names_key_and_shapes():
+    sd = get_model("mobilefacenet").state_dict()
+    with pytest.raises(UserError, match=r"linear7\.conv\.weight.*\(512, 1, 7, 6\).*\(512, 1, 7, 7\)"):
+        load_weights(get_model("mobilefacenet", input_size=(112, 112)), sd, "mfn.ckpt")
+
+
+def test_load_weights_accepts_old_checkpoints_without_num_batches_tracked():
+    sd = {k: v for k, v in get_model("lenet5").state_dict().items() if "num_batches_tracked" not in k}
+    load_weights(get_model("lenet5"), sd, "old.pth")
+    sd_bn = {k: v for k, v in get_model("resnet20").state_dict().items() if "num_batches_tracked" not in k}
+    load_weights(get_model("resnet20"), sd_bn, "old_bn.pth")
+
+
+def test_strip_prefix_only_touches_prefixed_keys():
+    t = torch.zeros(1)
+    assert list(strip_prefix({"module.a": t, "b": t, "x.module.c": t})) == ["a", "b", "x.module.c"]
