@@ -54,7 +54,7 @@ def load_model(path: str | Path, model_name: Optional[str] = None, from_data_par
         meta = obj["meta"]
         if model_name and model_name != meta["model"]:
             raise UserError(f"{p}: checkpoint holds model {meta['model']!r}, not --model {model_name!r}")
-        model = model_spec(meta["model"]).build(**meta.get("model_kwargs", {}))
+        model = model_spec(meta["model"]).build_for(meta["input_size"], **meta.get("model_kwargs", {}))
         for rnd in meta.get("keep", []):
             replay(model, example_input(meta["input_size"]), rnd)
         _load_strict(model, obj["state_dict"], p)
@@ -64,7 +64,7 @@ def load_model(path: str | Path, model_name: Optional[str] = None, from_data_par
     from common.checkpoint import load_weights, read_checkpoint  # plain/foreign checkpoints
 
     spec = model_spec(model_name)
-    model = spec.build(**model_kwargs)
+    model = spec.build_for(input_size, **model_kwargs)
     sd, extra = read_checkpoint(p)
     load_weights(model, sd, str(p), from_data_parallel=from_data_parallel)
     meta = {"model": model_name, "model_kwargs": dict(model_kwargs),

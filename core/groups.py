@@ -84,19 +84,29 @@ class GroupIndex:
         return self._mods[name]
 
     def _collect(self, ignored: List[nn.Module]) -> List[PrunableGroup]:
+        """Walk roots in model definition order (torch-pruning's own walk follows an id-hashed trace order,
+        which can name coupled groups differently on two copies of one model)."""
+        ignored_set = set(ignored) | set(self.dg.IGNORED_LAYERS_IN_TRACING)
+        visited: set = set()
         groups = []
-        for g in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_TYPES):
-            members = sorted({self.module_names[d.target.module] for d, _ in g
-                              if self.dg.is_out_channel_pruning_fn(d.handler)
-                              and d.target.module in self.module_names}, key=self._order.__getitem__)
-            roots = [n for n in members if isinstance(self._mod(n), ROOT_TYPES)]
-            if not roots:
+        for name, m in self._mods.items():
+            if not isinstance(m, ROOT_TYPES) or m in visited or m in ignored_set or m not in self.dg.module2node:
                 continue
-            lead = roots[0]
-            groups.append(PrunableGroup(name=f"{lead}.weight", root_name=lead, root=self._mod(lead),
+            pruner = self.dg.get_pruner_of_module(m)
+            if pruner is None or pruner.get_out_channels(m) is None:
+                continue
+            g = self.dg.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+            outs = [d.target.module for d, _ in g if self.dg.is_out_channel_pruning_fn(d.handler)]
+            visited.update(outs)
+            if any(o in ignored_set for o in outs):
+                continue
+            members = sorted({self.module_names[o] for o in outs if o in self.module_names},
+                             key=self._order.__getitem__)
+            roots = [n for n in members if isinstance(self._mods[n], ROOT_TYPES)]
+            groups.append(PrunableGroup(name=f"{roots[0]}.weight", root_name=roots[0], root=self._mods[roots[0]],
                                         members=members, weights=[f"{n}.weight" for n in roots],
-                                        channels=self.dg.get_out_channels(self._mod(lead))))
-        return sorted(groups, key=lambda g: self._order[g.root_name])
+                                        channels=pruner.get_out_channels(m)))
+        return groups
 
     def _mod(self, name: str) -> nn.Module:
         return self._mods[name]

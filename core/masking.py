@@ -34,6 +34,8 @@ def _conv_slices(m: nn.modules.conv._ConvNd, idxs: torch.Tensor, out: bool) -> L
 def module_slices(m: nn.Module, idxs: Sequence[int], out: bool) -> List[Slice]:
     """The slices of ``m``'s tensors that removing channels ``idxs`` (output side if ``out``) deletes."""
     ix = torch.as_tensor(list(idxs), dtype=torch.long)
+    if hasattr(m, "soft_mask_slices"):  # layers that know their own masking (e.g. PadShortcut)
+        return list(m.soft_mask_slices(idxs, out))
     if isinstance(m, nn.modules.conv._ConvNd):
         return _conv_slices(m, ix, out)
     if isinstance(m, nn.Linear):

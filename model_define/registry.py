@@ -1,8 +1,9 @@
 """Model registry: name -> constructor plus the facts the tools need (input size, kind)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -19,6 +20,17 @@ class ModelSpec:
 
     def build(self, **kwargs) -> nn.Module:
         return self.builder(**{**self.defaults, **kwargs})
+
+    def build_for(self, input_size: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+        """Build for a (C, H, W) input: models whose layers depend on H, W (GDC kernel, flatten size) get
+        ``input_size=(H, W)``; ``in_channels`` follows C when it differs from the default."""
+        if input_size is not None:
+            params = inspect.signature(self.builder).parameters
+            if "input_size" in params and tuple(input_size[1:]) != tuple(self.input_size[1:]):
+                kwargs.setdefault("input_size", tuple(int(v) for v in input_size[1:]))
+            if "in_channels" in params and int(input_size[0]) != self.input_size[0]:
+                kwargs.setdefault("in_channels", int(input_size[0]))
+        return self.build(**kwargs)
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}

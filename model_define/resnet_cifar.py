@@ -19,8 +19,9 @@ STAGE_WIDTHS = (16, 32, 64)
 class PadShortcut(nn.Module):
     """Option-A shortcut: keep every ``stride``-th pixel, zero-pad channels from ``planes_in`` to ``planes_out``.
 
-    ``pad_front``/``pad_back`` are the zero channels added before/after the input channels (the input occupies
-    output channels ``pad_front .. pad_front + planes_in - 1``). A pruning handler can shrink these.
+    Input channel ``i`` lands on output channel ``pos[i]`` (``pad_front + i`` before pruning, -1 once dropped).
+    Thinning shrinks the map (``remove_inputs`` / ``remove_outputs``, see patches/handlers.py), and soft
+    pruning zeroes ``out_mask``; both are non-persistent buffers, so checkpoints keep their plain keys.
     """
 
     def __init__(self, planes_in: int, planes_out: int, stride: int = 2):
@@ -29,11 +30,41 @@ class PadShortcut(nn.Module):
             raise ValueError(f"PadShortcut cannot shrink channels ({planes_in} -> {planes_out})")
         self.planes_in, self.planes_out, self.stride = planes_in, planes_out, stride
         self.pad_front = (planes_out - planes_in) // 2
-        self.pad_back = planes_out - planes_in - self.pad_front
+        self.register_buffer("pos", torch.arange(planes_in) + self.pad_front, persistent=False)
+        self.register_buffer("out_mask", torch.ones(planes_out), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, ::self.stride, ::self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+        if self._is_plain_pad():
+            out = F.pad(x, (0, 0, 0, 0, self.pad_front, self.planes_out - self.planes_in - self.pad_front))
+        else:
+            keep = self.pos >= 0
+            out = x.new_zeros(x.shape[0], self.planes_out, *x.shape[2:])
+            out[:, self.pos[keep]] = x[:, keep]
+        if not bool(self.out_mask.all()):
+            out = out * self.out_mask.view(1, -1, 1, 1)
+        return out
+
+    def _is_plain_pad(self) -> bool:
+        return bool(torch.equal(self.pos, torch.arange(self.planes_in, device=self.pos.device) + self.pad_front))
+
+    def remove_inputs(self, idxs) -> None:
+        keep = [i for i in range(self.planes_in) if i not in set(idxs)]
+        self.pos = self.pos[keep]
+        self.planes_in = len(keep)
+
+    def remove_outputs(self, idxs) -> None:
+        gone = set(int(i) for i in idxs)
+        keep = [j for j in range(self.planes_out) if j not in gone]
+        new_index = {old: new for new, old in enumerate(keep)}
+        self.pos = torch.tensor([new_index.get(int(p), -1) for p in self.pos], dtype=torch.long)
+        self.out_mask = self.out_mask[keep]
+        self.planes_out = len(keep)
+        self.pad_front = -1  # no longer a plain pad: forward takes the general path
+
+    def soft_mask_slices(self, idxs, out: bool):
+        """Soft pruning of output channels zeroes them; input channels arrive as zeros already."""
+        return [(self.out_mask, 0, torch.as_tensor(list(idxs), dtype=torch.long))] if out else []
 
     def extra_repr(self) -> str:
         return f"{self.planes_in}, {self.planes_out}, stride={self.stride}"

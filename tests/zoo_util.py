@@ -1,0 +1,34 @@
+"""Helpers shared by the pruning tests: small input sizes for the zoo and BN statistics that can expose bugs."""
+import torch
+import torch.nn as nn
+
+import model_define as md
+
+# input sizes that keep the big face models fast while exercising their size-dependent layers
+SMALL_INPUT = {"mobilefacenet": (3, 56, 48), "resnet_ir18": (3, 56, 56), "resnet_irse18": (3, 56, 56),
+               "resnet_ir34": (3, 32, 32), "resnet_ir50": (3, 32, 32), "resnet_ir100": (3, 32, 32),
+               "resnet_ir152": (3, 32, 32), "resnet_irse34": (3, 32, 32), "resnet_irse50": (3, 32, 32),
+               "resnet_irse100": (3, 32, 32), "resnet_irse152": (3, 32, 32), "vgg16_bn": (3, 32, 32)}
+SLOW = {"resnet_ir100", "resnet_ir152", "resnet_irse100", "resnet_irse152", "resnet110"}
+
+
+def zoo_names():
+    return [n for n in md.list_models() if n not in SLOW]
+
+
+def build_randomised(name: str, seed: int = 0):
+    """The model in eval mode with non-trivial BN statistics (a zero-mean, unit-var BN hides the β shift)."""
+    torch.manual_seed(seed)
+    spec = md.model_spec(name)
+    size = SMALL_INPUT.get(name, spec.input_size)
+    model = spec.build_for(size).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model, size
