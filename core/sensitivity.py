@@ -16,6 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.io import atomic_write_text
 from core.groups import GroupIndex, PrunableGroup
 from core.masking import group_slices, masked
 from core.prefix_cache import PrefixCache
@@ -85,6 +86,7 @@ def sweep(model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: E
     """Run the sweep, appending to ``csv_path``; returns it. ``evaluate`` must use a fixed data subset."""
     header = ["parameter", "sparsity", *metric_names]
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(csv_path)
     done = read_done(csv_path, header)
     if not done:
         _repair_or_create(csv_path, header)
@@ -139,6 +141,15 @@ def _checked(metrics: Metrics, names: Sequence[str]) -> Metrics:
 def _repair_or_create(path: Path, header: Sequence[str]) -> None:
     with open(path, "w", newline="") as f:
         csv.writer(f).writerow(header)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """An interrupted run may leave half a row without its newline: cut it so appends start clean."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        atomic_write_text(path, text[: text.rfind("\n") + 1])
 
 
 def load_csv(path: str | os.PathLike) -> Tuple[List[str], Dict[str, List[Tuple[float, Dict[str, float]]]]]:

@@ -32,7 +32,8 @@ def pick_level(curve: Curve, metric: str, target: float, rule: str = "closest") 
     if rule == "strict":
         ok = [s for s, v in vals if v >= t]
         return max(ok) if ok else 0.0
-    closest = min(vals, key=lambda sv: (abs(sv[1] - t), -sv[0]))[1]
+    # on a tie, the level on the safe side of the target wins
+    closest = min(vals, key=lambda sv: (abs(sv[1] - t), sv[1] < t))[1]
     return max(s for s, v in vals if v >= closest)
 
 
