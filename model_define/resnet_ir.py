@@ -15,7 +15,7 @@ from model_define.layers import downsample, init_weights, spatial_size
 from model_define.registry import register
 
 STAGE_UNITS: Dict[int, Tuple[int, int, int, int]] = {
-    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
+    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 STAGE_DEPTHS = (64, 128, 256, 512)
 
 
@@ -92,6 +92,6 @@ def _register_ir(depth: int, se: bool) -> None:
     build.__name__ = name
 
 
-for _depth in (18, 34, 50, 100, 152):
+for _depth in STAGE_UNITS:
     for _se in (False, True):
         _register_ir(_depth, _se)
