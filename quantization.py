@@ -31,8 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, required=True,
                    help="fold: merge BN and check outputs; ptq: int8 ONNX Runtime; lsq: learned-step QAT with "
                         "per-layer bits; dfp: dynamic fixed point; hist: histograms; all: every mode in turn")
-    p.add_argument("--model", default="digits_net", help="registered model name (model_define.list_models())")
-    p.add_argument("--best_model_path", default=None, help="checkpoint (state_dict, maybe wrapped) for --model")
+    p.add_argument("--model", default=None,
+                   help="registered model name (model_define.list_models()); default digits_net, or the name "
+                        "stored in a thinned checkpoint")
+    p.add_argument("--best_model_path", default=None,
+                   help="checkpoint for --model: a state_dict (maybe wrapped), or a thinned checkpoint")
     p.add_argument("--from_data_parallel", action="store_true", help="strip DataParallel's 'module.' key prefix")
     p.add_argument("--pruned_model", default=None,
                    help="a thinned checkpoint from pruning.py (rebuilt at its pruned width); replaces "
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptq = p.add_argument_group("ptq")
     ptq.add_argument("--reduce_range", choices=("auto", "on", "off"), default="auto",
                      help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI); auto = on without VNNI")
+    ptq.add_argument("--keep_prelu", action="store_true",
+                     help="export PReLU as ONNX PRelu (default: the exact relu(x) - a*relu(-x), faster in ORT)")
     q = p.add_argument_group("lsq")
     q.add_argument("--w_bit", type=bit_list, default=None,
                    help="weight bits per conv/linear layer in model order ('8,4,4,8'), or one value for all")

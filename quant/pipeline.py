@@ -49,18 +49,27 @@ class Context:
 # ---------------------------------------------------------------- loading
 
 def load_model(args: argparse.Namespace):
-    """(model, name, meta) from --pruned_model, --best_model_path or a fresh --model (random weights)."""
-    if args.pruned_model:
-        from core.checkpoint_io import load_model as load_thinned  # the lead's core; imported only when used
-        model, meta = load_thinned(args.pruned_model, args.model, args.from_data_parallel)
+    """(model, name, meta) from --pruned_model, --best_model_path or a fresh --model (random weights).
+
+    Thinned checkpoints (pruning.py's output) are rebuilt at their pruned width by the core's loader, whether
+    given as --pruned_model or --best_model_path; plain ones load into the registered --model."""
+    path = args.pruned_model or args.best_model_path
+    if path:
+        try:
+            from core.checkpoint_io import load_model as load_any  # imported only when a checkpoint is given
+        except ImportError:
+            if args.pruned_model:
+                raise UserError("--pruned_model needs core.checkpoint_io, which this checkout lacks") from None
+            from common.checkpoint import load_pretrained
+            if not args.model:
+                raise UserError(f"{path}: say which architecture the checkpoint holds with --model")
+            return load_pretrained(args.model, path, args.from_data_parallel).eval(), args.model, {}
+        model, meta = load_any(path, args.model, args.from_data_parallel)
         return model.eval(), meta["model"], meta
     from model_define import model_spec
-    spec = model_spec(args.model)
-    if args.best_model_path:
-        from common.checkpoint import load_pretrained
-        return load_pretrained(args.model, args.best_model_path, args.from_data_parallel).eval(), args.model, {}
-    log.warning("no --best_model_path: quantizing %s with random weights", args.model)
-    return spec.build().eval(), args.model, {}
+    name = args.model or "digits_net"
+    log.warning("no checkpoint given: quantizing %s with random weights", name)
+    return model_spec(name).build().eval(), name, {}
 
 
 def build_context(args: argparse.Namespace) -> Context:
@@ -86,8 +95,10 @@ def fmt_metrics(m: Dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in m.items())
 
 
-def headline(m: Dict[str, float]) -> float:
-    return float(next(iter(m.values())))
+def metric_lines(ctx: Context, models: Sequence[tuple]) -> List[str]:
+    """One aligned ``label: metrics`` line per ``(label, model)``."""
+    width = max(len(label) for label, _ in models) + 1
+    return [f"{label + ':':{width}s} {fmt_metrics(ctx.evaluate(m))}" for label, m in models]
 
 
 # ---------------------------------------------------------------- modes
@@ -98,17 +109,16 @@ def run_fold(ctx: Context, args: argparse.Namespace) -> List[str]:
     diff = max_output_diff(ctx.model, folded, xs)
     lines = report.lines() + [
         f"BN layers: {count_bn(ctx.model)} before, {count_bn(folded)} after folding",
-        f"max |output difference| folded vs original: {diff:.3g}",
-        f"original: {fmt_metrics(ctx.evaluate(ctx.model))}",
-        f"folded:   {fmt_metrics(ctx.evaluate(folded))}"]
-    return lines
+        f"max |output difference| folded vs original: {diff:.3g}"]
+    return lines + metric_lines(ctx, [("original", ctx.model), ("folded", folded)])
 
 
 def run_ptq(ctx: Context, args: argparse.Namespace) -> List[str]:
     out = Path(args.out_dir)
     calib = ctx.inputs[: args.calib_batches]
     reduce_range = default_reduce_range() if args.reduce_range == "auto" else args.reduce_range == "on"
-    fp32_path = export_onnx(ctx.model, calib[0][:1], out / f"{ctx.name}_fp32.onnx", force=args.force)
+    fp32_path = export_onnx(ctx.model, calib[0][:1], out / f"{ctx.name}_fp32.onnx", force=args.force,
+                            prelu_split=not args.keep_prelu)
     int8_path = quantize_onnx(fp32_path, out / f"{ctx.name}_int8.onnx", calib, reduce_range=reduce_range,
                               force=args.force)
     fake = ptq_fake_quant(ctx.model, calib, reduce_range=reduce_range)
@@ -226,11 +236,9 @@ def run_dfp(ctx: Context, args: argparse.Namespace) -> List[str]:
     for a, b in zip(fmt_plain, fmt_fold):
         lines.append(f"{a.name:32s} {a.fl_weight:5d} {a.fl_act:5d} | {b.fl_weight:14d} {b.fl_act:14d}")
     lines += [f"fl_w={[f.fl_weight for f in fmt_plain]} fl_a={[f.fl_act for f in fmt_plain]}",
-              f"fl_w(folded)={[f.fl_weight for f in fmt_fold]} fl_a(folded)={[f.fl_act for f in fmt_fold]}",
-              f"fp32:                   {fmt_metrics(ctx.evaluate(ctx.model))}",
-              f"fixed point:            {fmt_metrics(ctx.evaluate(plain))}",
-              f"fixed point, BN folded: {fmt_metrics(ctx.evaluate(folded))}"]
-    return lines
+              f"fl_w(folded)={[f.fl_weight for f in fmt_fold]} fl_a(folded)={[f.fl_act for f in fmt_fold]}"]
+    return lines + metric_lines(ctx, [("fp32", ctx.model), ("fixed point", plain),
+                                      ("fixed point, BN folded", folded)])
 
 
 def run_hist(ctx: Context, args: argparse.Namespace) -> List[str]:

@@ -301,3 +301,14 @@ def test_fake_quant_8bit_pretrained_resnet20_top1():
     model = load_pretrained("resnet20", cifar_resnet_path(20, SHARED_DATA), from_data_parallel=True)
     fq = ptq_fake_quant(model, [x[:64], x[64:128]])
     assert top1(fq, x, y) >= top1(model, x, y) - 2.0
+
+
+def test_split_prelu_is_exact():
+    from quant.ptq_onnx import SplitPReLU, split_prelu
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.PReLU(4), nn.Flatten(), nn.Linear(4 * 9, 5), nn.PReLU())
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.1, -0.3, 0.7, 2.0]))
+    split = split_prelu(model)
+    assert isinstance(split[1], SplitPReLU) and isinstance(model[1], nn.PReLU)
+    x = torch.randn(4, 3, 3, 3)
+    assert torch.allclose(split(x), model(x), atol=1e-6)
