@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ptq.add_argument("--reduce_range", choices=("auto", "on", "off"), default="auto",
                      help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI); auto = on without VNNI")
     ptq.add_argument("--keep_prelu", action="store_true",
-                     help="export PReLU as ONNX PRelu (default: the exact relu(x) - a*relu(-x), faster in ORT)")
+                     help="export PReLU as ONNX PRelu (default: the exact (1-a)*relu(x) + a*x, faster in ORT)")
     q = p.add_argument_group("lsq")
     q.add_argument("--w_bit", type=bit_list, default=None,
                    help="weight bits per conv/linear layer in model order ('8,4,4,8'), or one value for all")

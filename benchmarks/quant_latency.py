@@ -10,7 +10,7 @@ model size and metric.
   ORL 1-NN identification (flip-concatenated embeddings, all 380 images) and the mean cosine between int8 and
   fp32 embeddings; calibration on 64 ORL images.
 - resnet_ir18 (and other zoo models): no pretrained weights, so only the int8-vs-fp32 embedding cosine.
-PReLU is exported as the exact ``relu(x) - a*relu(-x)`` (ONNX Runtime's PRelu kernel is slow and has no int8
+PReLU is exported as the exact ``(1-a)*relu(x) + a*x`` (ONNX Runtime's PRelu kernel is slow and has no int8
 form); the plain PRelu export is timed too, for reference. Latencies are medians; the three back-ends are timed in interleaved rounds and the best round is kept, so
 load from other processes hits them alike (the load average is printed with the results).
 """
