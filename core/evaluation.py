@@ -37,8 +37,32 @@ def _split(spec: str):
     return kind, arg
 
 
-def classifier_tensors(spec: str, input_size: Sequence[int], seed: int = 0):
-    """(x, y) test tensors for a classifier data spec, resized to ``input_size``."""
+# RGB image data is normalised the way the CIFAR/ImageNet-style checkpoints expect unless --mean/--std say otherwise
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+def _per_channel(values: Optional[Sequence[float]], default: float, c: int, x: torch.Tensor) -> torch.Tensor:
+    v = list(values) if values is not None else [default]
+    if len(v) == 1:
+        v = v * c
+    if len(v) != c:
+        raise UserError(f"--mean/--std: give 1 or {c} values (the data has {c} channels), got {len(v)}")
+    return torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1)
+
+
+def normalise(x: torch.Tensor, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> torch.Tensor:
+    """``x`` in [0, 1] -> (x - mean) / std per channel (one value applies to every channel)."""
+    if mean is None and std is None:
+        return x
+    c = x.shape[1]
+    return (x - _per_channel(mean, 0.0, c, x)) / _per_channel(std, 1.0, c, x)
+
+
+def classifier_tensors(spec: str, input_size: Sequence[int], seed: int = 0,
+                       mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    """(x, y) test tensors for a classifier data spec, resized to ``input_size``. Files are read as [0, 1] and
+    normalised with ``mean``/``std``; for RGB image folders and CIFAR pickles they default to RGB_MEAN/RGB_STD."""
     kind, arg = _split(spec)
     c, h, w = input_size
     if kind == "digits":
@@ -48,12 +72,14 @@ def classifier_tensors(spec: str, input_size: Sequence[int], seed: int = 0):
         return digits_split(image_size=h, channels=c, seed=seed)[1]
     if not arg:
         raise UserError(f"--data {spec}: expected {kind}:PATH")
+    if kind in ("image_folder", "cifar10", "cifar100") and c == 3 and mean is None and std is None:
+        mean, std = RGB_MEAN, RGB_STD
     if kind == "image_folder":
         from common.imagefolder import load_image_folder
-        x, y, _ = load_image_folder(arg, size=(h, w))
-        return x, y
+        x, y, _ = load_image_folder(arg, size=(h, w), channels=c)
+        return normalise(x, mean, std), y
     from test_module import readers
-    fn = {"mnist": "read_mnist", "cifar10": "read_cifar", "cifar100": "read_cifar", "json": "read_json_data"}.get(kind)
+    fn = {"mnist": "read_mnist", "cifar10": "read_cifar", "cifar100": "read_cifar100", "json": "read_json_data"}.get(kind)
     if fn is None or not hasattr(readers, fn):
         known = "digits, image_folder:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, json:DIR, " + \
             ", ".join(f"{k}:…" for k in FACE_SPECS)
@@ -61,16 +87,18 @@ def classifier_tensors(spec: str, input_size: Sequence[int], seed: int = 0):
     x, y = getattr(readers, fn)(arg, split="test")
     x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False) \
         if tuple(x.shape[-2:]) != (h, w) else x
-    return x, y
+    return normalise(x, mean, std), y
 
 
 def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
-                     eval_batches: Optional[int] = None, seed: int = 0) -> EvalSetup:
+                     eval_batches: Optional[int] = None, seed: int = 0, mean=None, std=None) -> EvalSetup:
     from test_module.classification import evaluate_classifier
 
-    x, y = classifier_tensors(spec, input_size, seed)
-    if eval_batches:
-        x, y = x[: eval_batches * batch_size], y[: eval_batches * batch_size]
+    x, y = classifier_tensors(spec, input_size, seed, mean, std)
+    if eval_batches and eval_batches * batch_size < len(y):
+        # a seeded random subset: image folders come sorted by class, so a prefix would be one class
+        pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
+        x, y = x[pick.sort().values], y[pick.sort().values]
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
     return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
                      batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0])
@@ -112,6 +140,6 @@ def build_setup(spec: str, kind: str, input_size: Sequence[int], **kw) -> EvalSe
         raise UserError(f"--data {spec}: this model is a face embedder; give verification data "
                         f"({', '.join(k + ':…' for k in FACE_SPECS)})")
     if face:
-        return face_setup(spec, input_size, **kw)
-    kw = {k: v for k, v in kw.items() if k in ("batch_size", "eval_batches", "seed")}
+        return face_setup(spec, input_size, **{k: v for k, v in kw.items() if k not in ("mean", "std")})
+    kw = {k: v for k, v in kw.items() if k in ("batch_size", "eval_batches", "seed", "mean", "std")}
     return classifier_setup(spec, input_size, **kw)

@@ -62,7 +62,8 @@ def setup_for(args: argparse.Namespace, meta: Dict) -> EvalSetup:
     kind = model_spec(meta["model"]).kind
     return build_setup(args.data, kind, meta["input_size"], batch_size=args.batch_size,
                        eval_batches=args.eval_batches, seed=args.seed, metric=args.metric,
-                       test_root=args.test_root_path, folds=args.folds, flip=args.flip, bgr=args.bgr)
+                       test_root=args.test_root_path, folds=args.folds, flip=args.flip, bgr=args.bgr,
+                       mean=args.mean, std=args.std)
 
 
 def prepared_criterion(name: str, model: nn.Module, index: GroupIndex, setup: EvalSetup,
