@@ -162,3 +162,6 @@ def criterion_for_pruner_class(pruner_class: str) -> str:
             return name
     known = ", ".join(sorted(c.pruner_class for c in CRITERIA.values()))
     raise UserError(f"unknown pruner class {pruner_class!r}; known: {known}")
+
+
+from patches import criteria_data, criteria_stats  # noqa: E402,F401  (register the data and statistics criteria)
