@@ -13,7 +13,6 @@ from core.checkpoint_io import example_input, load_model
 from core.groups import PrunableGroup
 from core.pipeline import global_counts, parse_steps
 from core.report import params_and_macs
-from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 
 def cli(ws, *args):

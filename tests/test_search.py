@@ -13,7 +13,6 @@ from core.schedule import read_schedule, resolve
 from core.search import ALGORITHMS, make_searcher
 from core.search.fitness import PruningFitness, bn_recalibrate
 from patches.criteria import make_criterion
-from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 TARGET = np.array([0.1, 0.7, 0.3, 0.55, 0.85])
 

@@ -17,7 +17,6 @@ from common.sparse_checkpoint import (bit_equal, load_sparse_checkpoint, nonzero
                                       read_any_weights, save_sparse_checkpoint, unpack_bits)
 from patches.unstructured import (GMPSchedule, GMPUnstructuredPruner, UnstructuredPruner, default_skip_params,
                                   restore_training_checkpoint, save_training_checkpoint)
-from tests.single_thread import one_thread  # noqa: F401  (autouse)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNED = ["conv1.weight", "conv2.weight", "fc.weight"]
