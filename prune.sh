@@ -38,4 +38,14 @@ OUT=work_space/pruned_model/${MODEL}.pth
 echo "== 3. thinning -> $OUT"
 $PY pruning.py --mode prune --model "$MODEL" --best_model_path "$CKPT" --data "$DATA" --yaml "$YAML" \
     --save_model_pt --output "$OUT" --force $EXTRA
-echo "== done: $CSV, ${CSV%.csv}.png, $YAML, $OUT, work_space/layers_out/${MODEL}.keep.json"
+DONE="$CSV, ${CSV%.csv}.png, $YAML, $OUT, work_space/layers_out/${MODEL}.keep.json"
+[ "$MODEL" = digits_net ] && FT_DEFAULT=2 || FT_DEFAULT=0
+FT=${FINETUNE_EPOCHS:-$FT_DEFAULT}
+if [ "$FT" -gt 0 ]; then
+  FT_DIR=work_space/finetuned/${MODEL}
+  echo "== 4. fine-tuning the thinned model for $FT epochs -> $FT_DIR"
+  $PY pruning.py --mode finetune --best_model_path "$OUT" --data "$DATA" --epochs "$FT" --lr 0.01 \
+      --save_dir "$FT_DIR" --force
+  DONE="$DONE, $FT_DIR"
+fi
+echo "== done: $DONE"

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,27 +22,11 @@ import torch  # noqa: E402
 
 import model_define as md  # noqa: E402
 from core.groups import GroupIndex  # noqa: E402
-from core.report import params_and_macs  # noqa: E402
+from core.report import interleaved_latency, params_and_macs  # noqa: E402
 from core.sensitivity import sweep  # noqa: E402
 from core.thinning import thin  # noqa: E402
 from patches.criteria import make_criterion  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
-
-
-@torch.no_grad()
-def interleaved_latency(models, x, rounds=7, reps=3):
-    """Median ms per forward for each model, alternating models every round so load drifts hit both."""
-    for m in models:
-        m.eval()
-        m(x)
-    times = [[] for _ in models]
-    for _ in range(rounds):
-        for i, m in enumerate(models):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                m(x)
-            times[i].append((time.perf_counter() - t0) * 1e3 / reps)
-    return [statistics.median(t) for t in times]
 
 
 def bench_latency(batch: int) -> None:

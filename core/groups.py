@@ -38,8 +38,8 @@ class PrunableGroup:
 
 def output_modules(model: nn.Module, example_inputs: torch.Tensor) -> List[nn.Module]:
     """Modules whose output tensor *is* (or is a view of) the model output: logits / embedding layers."""
-    outs: Dict[nn.Module, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o: outs.__setitem__(mod, _storage(o)))
+    outs: Dict[nn.Module, object] = {}  # keep the tensors alive: a freed one's address can be reused by the output
+    hooks = [m.register_forward_hook(lambda mod, i, o: outs.__setitem__(mod, o))
              for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
@@ -48,7 +48,7 @@ def output_modules(model: nn.Module, example_inputs: torch.Tensor) -> List[nn.Mo
         for h in hooks:
             h.remove()
     targets = {_storage(t) for t in (y if isinstance(y, (tuple, list)) else [y])}
-    return [m for m, ptr in outs.items() if ptr is not None and ptr in targets]
+    return [m for m, o in outs.items() if _storage(o) is not None and _storage(o) in targets]
 
 
 def _storage(t) -> Optional[int]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,26 @@ def latency_ms(model: nn.Module, example_inputs: torch.Tensor, repeats: int = 20
         times.append((time.perf_counter() - t0) * 1e3)
     model.train(was)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def interleaved_latency(models: Sequence[nn.Module], example_inputs: torch.Tensor, rounds: int = 7,
+                        reps: int = 3) -> List[float]:
+    """Median ms per forward of each model, alternating models every round so load drifts hit all alike."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+        m(example_inputs)
+    times: List[List[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                m(example_inputs)
+            times[i].append((time.perf_counter() - t0) * 1e3 / reps)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    return [statistics.median(t) for t in times]
 
 
 def measure(model: nn.Module, example_inputs: torch.Tensor, metrics: Optional[Mapping[str, float]] = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -14,7 +15,7 @@ from common.io import atomic_write_json, check_writable
 from core.checkpoint_io import example_input, load_model, save_pruned
 from core.evaluation import EvalSetup, build_setup
 from core.groups import GroupIndex
-from core.report import format_report, measure
+from core.report import format_report, interleaved_latency, params_and_macs
 from core.schedule import read_schedule, resolve
 from core.sensitivity import sweep
 from core.thinning import keep_table, layer_widths, thin
@@ -102,7 +103,8 @@ def run_prune(args: argparse.Namespace) -> Path:
     index = GroupIndex(model, x, ignore=args.ignore)
     plan = resolve(schedule, index, criterion_name(args, default=None), source=str(args.yaml))
     widths_before = layer_widths(model)
-    before = measure(model, x, setup.evaluate(model))
+    original = copy.deepcopy(model)
+    before = {**params_and_macs(model, x), **setup.evaluate(model)}
     pruned = {}
     criteria: Dict[str, Criterion] = {}
     for g in index.groups:
@@ -113,7 +115,9 @@ def run_prune(args: argparse.Namespace) -> Path:
             criteria[cname] = prepared_criterion(cname, model, index, setup, args, name)
         pruned[g.name] = criteria[cname].select(g.root_name, g.root, g.n_prune(s))
     keep = thin(index, pruned)
-    after = measure(model, x, setup.evaluate(model))
+    after = {**params_and_macs(model, x), **setup.evaluate(model)}
+    # measured side by side: a busy machine slows both alike instead of skewing the ratio
+    before["latency_ms"], after["latency_ms"] = interleaved_latency([original, model], x)
     widths_after = layer_widths(model)
     print("keep-arrays (layer: out channels before -> after):")
     for line in keep_table(widths_before, widths_after):
