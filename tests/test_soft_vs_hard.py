@@ -107,3 +107,21 @@ def test_output_layers_are_never_pruned():
     model, size = build_randomised("digits_net")
     gi = GroupIndex(model, torch.randn(1, *size))
     assert "fc2.weight" not in [g.name for g in gi.groups]
+
+
+def test_face_model_at_144x122():
+    """Face crops of other sizes (144x122) thin the same way: GDC kernel and flatten follow the input."""
+    import model_define as md
+    torch.manual_seed(0)
+    model = md.model_spec("mobilefacenet").build_for((3, 144, 122)).double().eval()
+    x = torch.randn(2, 3, 144, 122, dtype=torch.float64)
+    soft, hard = copy.deepcopy(model), copy.deepcopy(model)
+    gs, gh = GroupIndex(soft, x[:1]), GroupIndex(hard, x[:1])
+    crit = make_criterion("fpgm")
+    pruned = {g.name: crit.select(g.root_name, g.root, g.n_prune(0.5)) for g in gs.groups}
+    for g in gs.groups:
+        apply_slices(group_slices(gs, g, pruned[g.name]))
+    thin(gh, pruned)
+    with torch.no_grad():
+        assert hard(x).shape == (2, 128)
+        assert (soft(x) - hard(x)).abs().max().item() <= 1e-4
