@@ -25,8 +25,9 @@ def _panel(ax, values: torch.Tensor, lo: float, hi: float, title: str, bins: int
     ax.set_title(title, fontsize=9)
     ax.axvline(lo, color="tab:red", lw=0.8)
     ax.axvline(hi, color="tab:red", lw=0.8)
-    ax.text(0.02, 0.95, f"min {lo:.4g}\nmax {hi:.4g}\nstd {float(values.float().std()):.3g}",
-            transform=ax.transAxes, va="top", fontsize=8)
+    ax.text(0.98, 0.95, f"min {lo:.4g}\nmax {hi:.4g}\nstd {float(values.float().std()):.3g}",
+            transform=ax.transAxes, va="top", ha="right", fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
 
 
 def layer_figure(name: str, weight: torch.Tensor, act: Optional[InputSample], bins: int = 100):

@@ -312,3 +312,28 @@ def test_split_prelu_is_exact():
     assert isinstance(split[1], SplitPReLU) and isinstance(model[1], nn.PReLU)
     x = torch.randn(4, 3, 3, 3)
     assert torch.allclose(split(x), model(x), atol=1e-6)
+
+
+def test_cli_all_modes_end_to_end(trained_digits, tmp_path, capsys):
+    import quantization
+    from common.io import atomic_torch_save
+    model, _, _ = trained_digits
+    ckpt = atomic_torch_save({"state_dict": model.state_dict()}, tmp_path / "digits.pth")
+    quantization.main(["--mode", "all", "--model", "digits_net", "--best_model_path", str(ckpt),
+                       "--out_dir", str(tmp_path / "out"), "--epochs", "1", "--train_batches", "3",
+                       "--calib_batches", "2", "--search_batches", "1", "--eval_batches", "2", "--threads", "1",
+                       "--avg_bit_weights", "5", "--save", str(tmp_path / "lsq.pth")])
+    out = capsys.readouterr().out
+    for needle in ("folded block.bn1 into block.conv1", "int8 ONNX Runtime", "w_bit=[", "a_bit=[", "fl_w=[",
+                   "fl_w(folded)=[", "histograms"):
+        assert needle in out, needle
+    w_bit = [int(v) for v in out.split("w_bit=[")[1].split("]")[0].split(",")]
+    assert len(w_bit) == 6 and all(2 <= b <= 8 for b in w_bit)
+    assert (tmp_path / "out" / "digits_net_int8.onnx").is_file()
+    assert len(list((tmp_path / "out" / "histograms" / "digits_net").glob("*.png"))) == 6
+    saved = torch.load(tmp_path / "lsq.pth", weights_only=False)
+    assert saved["meta"]["w_bit"] == w_bit
+    with pytest.raises(SystemExit):                 # the LSQ checkpoint is not clobbered without --force
+        quantization.main(["--mode", "lsq", "--model", "digits_net", "--best_model_path", str(ckpt),
+                           "--epochs", "0", "--save", str(tmp_path / "lsq.pth"), "--fix_bw_weights",
+                           "--fix_bw_fm"])
