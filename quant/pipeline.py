@@ -55,15 +55,7 @@ def load_model(args: argparse.Namespace):
     given as --pruned_model or --best_model_path; plain ones load into the registered --model."""
     path = args.pruned_model or args.best_model_path
     if path:
-        try:
-            from core.checkpoint_io import load_model as load_any  # imported only when a checkpoint is given
-        except ImportError:
-            if args.pruned_model:
-                raise UserError("--pruned_model needs core.checkpoint_io, which this checkout lacks") from None
-            from common.checkpoint import load_pretrained
-            if not args.model:
-                raise UserError(f"{path}: say which architecture the checkpoint holds with --model")
-            return load_pretrained(args.model, path, args.from_data_parallel).eval(), args.model, {}
+        from core.checkpoint_io import load_model as load_any  # plain (via common.checkpoint) or thinned
         model, meta = load_any(path, args.model, args.from_data_parallel)
         return model.eval(), meta["model"], meta
     from model_define import model_spec
