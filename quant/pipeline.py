@@ -246,10 +246,14 @@ MODES: Dict[str, Callable[[Context, argparse.Namespace], List[str]]] = {
 def run(args: argparse.Namespace) -> List[str]:
     """Run ``args.mode`` (or every mode for ``all``); returns the lines to print."""
     torch.manual_seed(args.seed)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    ctx = build_context(args)
-    modes = list(MODES) if args.mode == "all" else [args.mode]
-    lines: List[str] = []
-    for mode in modes:
-        lines += [f"== {mode} ({ctx.name}) =="] + MODES[mode](ctx, args)
-    return lines
+    try:
+        ctx = build_context(args)
+        modes = list(MODES) if args.mode == "all" else [args.mode]
+        lines: List[str] = []
+        for mode in modes:
+            lines += [f"== {mode} ({ctx.name}) =="] + MODES[mode](ctx, args)
+        return lines
+    finally:
+        torch.set_num_threads(threads)
