@@ -75,7 +75,8 @@ def bench_sa(eval_images: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("latency", "sa", "all"), default="all", help="which benchmark to run")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (2 threads on a machine shared with another busy process spin-wait)")
     p.add_argument("--batch", type=int, default=1, help="(a) batch size")
     p.add_argument("--eval_images", type=int, default=512, help="(b) images in the fixed evaluation subset")
     args = p.parse_args()
