@@ -55,12 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(name: str, path: str, from_data_parallel: bool) -> nn.Module:
-    """The registered model ``name`` with the checkpoint's weights (common.checkpoint.load_pretrained)."""
-    import model_define  # noqa: F401  (registers the zoo)
-    from common.checkpoint import load_pretrained
+def load_model(name: Optional[str], path: str, from_data_parallel: bool,
+               input_size: Optional[str] = None) -> Tuple[nn.Module, Tuple[int, int, int]]:
+    """The model and its (C, H, W) input: a thinned checkpoint rebuilds itself (its own name and size), a plain
+    one is built as ``name`` for ``--input_size``."""
+    from core.checkpoint_io import load_model as load_any
 
-    return load_pretrained(name, path, from_data_parallel=from_data_parallel)
+    size = model_input_size(name, input_size) if name else None
+    model, meta = load_any(path, name, from_data_parallel, size)
+    if input_size and not size:
+        size = (meta["input_size"][0], *parse_input_size(input_size))
+    return model, tuple(size or meta["input_size"])
 
 
 def pair_spec(args: argparse.Namespace) -> str:
@@ -88,8 +93,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         from common.io import check_writable
 
         check_writable(args.roc, force=False)
-    size = model_input_size(args.model, args.input_size)
-    model = load_model(args.model, args.best_model_path, args.from_data_parallel)
+    model, size = load_model(args.model, args.best_model_path, args.from_data_parallel, args.input_size)
     pairset = readers.load_pairset(pair_spec(args), size, args.seed, args.test_root_path, args.bgr, args.fit,
                                    args.subjects, args.max_same, args.lfw_ext, args.workers)
     log.info("%d pairs (%d same), %d images %s", len(pairset), int(pairset.issame.sum()),

@@ -221,9 +221,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     kind = model_spec(name).kind
     teacher = None
     if args.teacher_path:
-        teacher, _ = load_model(args.teacher_path, name, args.teacher_from_data_parallel,
+        teacher, _ = load_model(args.teacher_path, name, args.teacher_from_data_parallel, input_size,
                                 **meta.get("model_kwargs", {}))
     loader, num_classes = build_loader(args, input_size)
+    torch.manual_seed(args.seed)  # the margin head's initialisation follows --seed too
     head = build_head(args, kind, name, model, input_size, num_classes)
     cfg = config_from_args(args, len(loader), name)
     result = finetune(model, loader, cfg, task=kind, head=head, teacher=teacher,
