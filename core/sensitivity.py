@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-import torch
 import torch.nn as nn
 from tqdm import tqdm
 

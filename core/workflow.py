@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import torch
 import torch.nn as nn
 
 from common.errors import UserError

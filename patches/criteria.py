@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Type
+from typing import Dict, Iterable, List, Optional, Type
 
 import numpy as np
 import torch

@@ -27,15 +27,6 @@ def ranks(*names):
     return lambda f: f
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one intra-op thread is several times faster for these tiny graphs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linear(rows, bias=None):
     w = torch.tensor(rows, dtype=torch.float32)
     fc = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)

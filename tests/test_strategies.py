@@ -10,7 +10,6 @@ from common.errors import UserError
 from core.report import params_and_macs
 from core.strategies import ChannelPruner, extend_selection, format_zero_report, if_zero
 from core.thinning import layer_widths
-from tests.test_criteria import one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
 from tests.zoo_util import build_randomised
 
 

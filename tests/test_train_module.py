@@ -21,14 +21,6 @@ from train_module.optim import build_optimizer, build_scheduler, split_decay_par
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one thread is faster and does not fight other processes for the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def two_class_head(cls, **kw):
     """A head over 2-d embeddings whose class centres are the x axis (class 0) and the y axis (class 1)."""
