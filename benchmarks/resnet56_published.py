@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""The published ResNet-56 / CIFAR-10 comparison at 50 % FLOPs: L1, FPGM and HRank, each + the same fine-tune.
+
+    python benchmarks/resnet56_published.py                        # all three methods, 3 epochs each
+    python benchmarks/resnet56_published.py --methods hrank_act --output /tmp/r56_hrank_act.json
+
+The pretrained ResNet-56 (../shared/data/resnet_cifar10) is pruned to half its MACs with one uniform ratio over
+the prunable groups (``--scope inner``: each block's first conv, the usual CIFAR-ResNet setting; ``all`` adds
+the residual streams through the zero-pad shortcut). The ratio is found by bisection on the MACs counted on the
+thinned model, so every method removes the same number of channels per layer; only *which* channels differ.
+Each pruned model gets the same short fine-tune (SGD, momentum 0.9, wd 5e-4, lr ``--lr`` divided by 10 at 50 %
+and 75 % of the iterations, batch 128, random crop + flip) on a seeded 5,000-image half of the CIFAR-10 test
+JPEGs and is evaluated on the other 5,000. HRank's feature-map ranks come from the fine-tune half. A criterion that
+scores every channel of a group alike cannot rank it (the group is then cut in channel order); the run warns and
+the JSON records ``tied_groups``. The toolkit's ``hrank`` ranks the raw conv output, which has full rank for every
+channel here, so all its groups tie; ``--methods hrank_act`` ranks the maps after BN + ReLU, as the paper does.
+
+Our numbers are not the papers' protocol (those fine-tune on the 50,000 training images for hundreds of epochs and
+test on the lossless test set); the published drops are printed next to ours for orientation only.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on a shared machine
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from common.errors import UserError, cli_main  # noqa: E402
+from common.imagefolder import load_image_folder  # noqa: E402
+from common.io import atomic_write_json, check_writable  # noqa: E402
+from core.checkpoint_io import load_model  # noqa: E402
+from core.groups import GroupIndex, PrunableGroup  # noqa: E402
+from core.report import params_and_macs  # noqa: E402
+from core.thinning import thin  # noqa: E402
+from benchmarks.timing import side_by_side_latency  # noqa: E402
+from model_define.pretrained import CIFAR_MEAN, CIFAR_STD, cifar_resnet_path, shared_data_dir, top1  # noqa: E402
+from patches.criteria import make_criterion  # noqa: E402
+from patches.criteria_data import DataCriterion, _SiteHooks, activation_sites, take_batches  # noqa: E402
+from train_module.finetune import FinetuneConfig, finetune_classifier  # noqa: E402
+
+log = logging.getLogger("resnet56_published")
+
+METHODS = ("l1", "fpgm", "hrank", "hrank_act")
+DEFAULT_METHODS = ("l1", "fpgm", "hrank")
+# (drop in points of top-1, FLOPs reduction %, source), ResNet-56 on CIFAR-10
+PUBLISHED = {"hrank": (-0.09, 50.0, "HRank, Lin et al. CVPR 2020: 93.26 -> 93.17"),
+             "fpgm": (-0.33, 52.6, "FPGM, He et al. CVPR 2019: 93.59 -> 93.26"),
+             "l1": (None, None, "Li et al. ICLR 2017 report ResNet-56 only at -27.6 % FLOPs (+0.02)")}
+PUBLISHED["hrank_act"] = PUBLISHED["hrank"]
+SCOPES = ("inner", "all")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def seeded_halves(n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A seeded permutation of ``range(n)`` cut in two: (fine-tune indices, evaluation indices), each sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2].sort().values, perm[n // 2:].sort().values
+
+
+class CropFlip(Dataset):
+    """CIFAR training augmentation on normalised tensors: random crop of the 4-px zero-padded image, h-flip.
+
+    Padding with 0 in normalised space is padding with the mean colour. Draws use the global RNG, which the
+    fine-tune loop seeds per batch, so a run is reproducible."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad: int = 4):
+        self.x, self.y, self.pad = x, y, pad
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        img = F.pad(self.x[i], (self.pad,) * 4)
+        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        h, w = self.x.shape[-2:]
+        img = img[:, dy:dy + h, dx:dx + w]
+        if torch.rand(()) < 0.5:
+            img = torch.flip(img, dims=[2])
+        return img, self.y[i]
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+
+class HRankAfterActivation(DataCriterion):
+    """HRank as published: the mean rank of each channel's feature map after BN and ReLU, where inactive
+    positions lower the rank. Local to this benchmark (``--methods hrank_act``) while ``patches.criteria.HRank``
+    ranks the raw conv output, which has full rank for every channel of this model (see ``tied_groups``)."""
+    name = "hrank_act"
+
+    def prepare(self, model, batches, roots):
+        data = take_batches(batches, self.limit, self.name)
+        sums: Dict[str, torch.Tensor] = {}
+
+        def add(name: str, out: torch.Tensor) -> None:
+            sums[name] = sums.get(name, 0) + torch.linalg.matrix_rank(out.detach().double()).sum(0)
+
+        was = model.training
+        model.eval()
+        try:
+            with _SiteHooks(activation_sites(model, data[0][0], roots), add), torch.no_grad():
+                for x, _ in data:
+                    model(x)
+        finally:
+            model.train(was)
+        n = sum(len(x) for x, _ in data)
+        self.scores = {name: (total / n).float() for name, total in sums.items()}
+
+
+def scoped_groups(index: GroupIndex, scope: str) -> List[PrunableGroup]:
+    """``inner``: groups produced by a single conv (a block's first conv); ``all``: every prunable group,
+    including the residual streams (several convs add into them, coupled through the zero-pad shortcut)."""
+    if scope not in SCOPES:
+        raise UserError(f"--scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    return [g for g in index.groups if scope == "all" or len(g.weights) == 1]
+
+
+def uniform_counts(groups: Sequence[PrunableGroup], ratio: float) -> Dict[str, int]:
+    return {g.name: g.n_prune(ratio) for g in groups}
+
+
+def thinned_macs(model: nn.Module, x: torch.Tensor, counts: Dict[str, int]) -> float:
+    """MACs of a copy of ``model`` with the first ``counts[g]`` channels of each group removed (which channels
+    go does not change the count)."""
+    clone = copy.deepcopy(model)
+    index = GroupIndex(clone, x)
+    thin(index, {name: list(range(n)) for name, n in counts.items() if n > 0})
+    return params_and_macs(clone, x)["macs"]
+
+
+def ratio_for_budget(model: nn.Module, x: torch.Tensor, scope: str, keep_macs: float, steps: int = 14
+                     ) -> Tuple[float, float]:
+    """Smallest uniform ratio (within ``2**-steps``) whose thinned model keeps at most ``keep_macs`` of the MACs;
+    returns (ratio, MACs fraction kept)."""
+    groups = scoped_groups(GroupIndex(copy.deepcopy(model), x), scope)
+    base = params_and_macs(model, x)["macs"]
+    seen: Dict[Tuple, float] = {}
+
+    def kept(r: float) -> float:
+        counts = uniform_counts(groups, r)
+        key = tuple(sorted(counts.items()))
+        if key not in seen:
+            seen[key] = thinned_macs(model, x, counts) / base
+        return seen[key]
+
+    lo, hi = 0.0, 0.99
+    if kept(hi) > keep_macs:
+        raise UserError(f"--keep_macs {keep_macs}: even ratio {hi} in scope {scope!r} keeps {kept(hi):.1%} of the MACs")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if kept(mid) <= keep_macs else (mid, hi)
+    log.info("ratio %.4f keeps %.4f of the MACs (%d thinned copies measured)", hi, kept(hi), len(seen))
+    return hi, kept(hi)
+
+
+def tied_groups(crit, groups: Sequence[PrunableGroup]) -> int:
+    """Groups whose channels all score the same: the criterion cannot rank them (selection falls back to index
+    order). HRank on a pre-BN conv output is one such case (every map has full rank)."""
+    return sum(1 for g in groups if len(set(crit.channel_scores(g.root_name, g.root).tolist())) == 1)
+
+
+def prune_copy(model: nn.Module, x: torch.Tensor, method: str, ratio: float, scope: str,
+               batches: Callable[[], Sequence[torch.Tensor]], hrank_batches: int) -> Tuple[nn.Module, Dict, int]:
+    """A thinned copy of ``model``: ``ratio`` of each scoped group's channels, ranked by ``method``; also the keep-
+    arrays and the number of groups the criterion could not rank."""
+    pruned = copy.deepcopy(model).eval()
+    index = GroupIndex(pruned, x)
+    groups = scoped_groups(index, scope)
+    crit = HRankAfterActivation(hrank_batches) if method == "hrank_act" else \
+        make_criterion(method, limit=hrank_batches, cache_dir=None)
+    if crit.needs_data:
+        crit.prepare(pruned, batches(), {g.root_name: g.root for g in groups})
+    ties = tied_groups(crit, groups)
+    if ties:
+        log.warning("%s: %d of %d groups have all-equal channel scores; they are pruned in channel order",
+                    method, ties, len(groups))
+    keep = thin(index, {g.name: crit.select(g.root_name, g.root, g.n_prune(ratio)) for g in groups})
+    return pruned, keep, ties
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+def finetune_config(epochs: int, iters_per_epoch: int, lr: float, seed: int) -> FinetuneConfig:
+    total = epochs * iters_per_epoch
+    return FinetuneConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=5e-4,
+                          milestones=(total // 2, (3 * total) // 4), gamma=0.1, seed=seed)
+
+
+def run_method(model: nn.Module, method: str, ratio: float, args: argparse.Namespace, data: Dict,
+               base_top1: float, base_costs: Dict[str, float]) -> Tuple[nn.Module, Dict]:
+    """Prune, evaluate, fine-tune, evaluate: (the fine-tuned model, its result row)."""
+    x_ft, y_ft, x_ev, y_ev = data["x_ft"], data["y_ft"], data["x_ev"], data["y_ev"]
+    t0 = time.perf_counter()
+    hb = args.hrank_batch_size
+    pruned, keep, ties = prune_copy(model, x_ev[:1], method, ratio, args.scope,
+                                    lambda: [x_ft[i:i + hb] for i in range(0, args.hrank_batches * hb, hb)],
+                                    args.hrank_batches)
+    t_prune = time.perf_counter() - t0
+    after_prune = top1(pruned, x_ev, y_ev)
+    loader = DataLoader(CropFlip(x_ft, y_ft), batch_size=args.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    t1 = time.perf_counter()
+    finetune_classifier(pruned, loader, finetune_config(args.epochs, len(loader), args.lr, args.seed))
+    t_ft = time.perf_counter() - t1
+    after_ft = top1(pruned, x_ev, y_ev)
+    c = params_and_macs(pruned, x_ev[:1])
+    return pruned, {"method": method, "ratio": ratio, "top1_before": base_top1, "top1_pruned": after_prune,
+                    "top1_finetuned": after_ft, "drop": after_ft - base_top1, "tied_groups": ties,
+                    "flops_reduction_pct": 100.0 * (1 - c["macs"] / base_costs["macs"]),
+                    "params_reduction_pct": 100.0 * (1 - c["params"] / base_costs["params"]),
+                    "prune_seconds": t_prune, "finetune_seconds": t_ft, **c,
+                    "widths": {k: len(v["kept"]) for k, v in keep.items()}}
+
+
+def add_latencies(models: Dict[str, nn.Module], base: Dict[str, float], rows: List[Dict], batch: int,
+                  rounds: int) -> None:
+    """Batch-1 and batch-``batch`` latency of the baseline and every pruned model, measured side by side."""
+    for b in (1, batch):
+        lat = side_by_side_latency(models, torch.randn(b, 3, 32, 32), rounds=rounds, repeats=5 if b == 1 else 2)
+        base[f"latency_b{b}_ms"] = lat["baseline"]
+        for r in rows:
+            r[f"latency_b{b}_ms"] = lat[r["method"]]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def report_lines(base_top1: float, base: Dict[str, float], rows: List[Dict], batch: int) -> List[str]:
+    lat = f"latency_b{batch}_ms"
+    head = (f"{'method':<9}{'MACs M':>8}{'FLOPs':>8}{'params M':>9}{'params':>8}{'b1 ms':>7}{f'b{batch} ms':>9}"
+            f"{'top1 0':>8}{'pruned':>8}{'tuned':>8}{'drop':>7}   published drop")
+    lines = [head, f"{'baseline':<9}{base['macs'] / 1e6:>8.2f}{'':>8}{base['params'] / 1e6:>9.3f}{'':>8}"
+                   f"{base['latency_b1_ms']:>7.1f}{base[lat]:>9.0f}{base_top1:>8.2f}"]
+    for r in rows:
+        pub, pub_flops, _ = PUBLISHED[r["method"]]
+        pub_txt = f"{pub:+.2f} at -{pub_flops:.1f} % FLOPs" if pub is not None else "n/a at -50 %"
+        lines.append(f"{r['method']:<9}{r['macs'] / 1e6:>8.2f}{-r['flops_reduction_pct']:>7.1f}%"
+                     f"{r['params'] / 1e6:>9.3f}{-r['params_reduction_pct']:>7.1f}%{r['latency_b1_ms']:>7.1f}"
+                     f"{r[lat]:>9.0f}{r['top1_before']:>8.2f}{r['top1_pruned']:>8.2f}{r['top1_finetuned']:>8.2f}"
+                     f"{r['drop']:>+7.2f}   {pub_txt}")
+    lines += ["published: " + PUBLISHED[r["method"]][2] for r in rows]
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=shared_data_dir(),
+                   help="folder holding cifar10_test/ and resnet_cifar10/ (default ../shared/data)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+                   help="criteria to compare; hrank_act is HRank on the post-ReLU maps (the paper's), local to "
+                        "this benchmark")
+    p.add_argument("--keep_macs", type=float, default=0.5, help="fraction of the MACs to keep (default 0.5)")
+    p.add_argument("--scope", default="inner", choices=SCOPES,
+                   help="inner: prune each block's first conv; all: also the residual streams")
+    p.add_argument("--epochs", type=int, default=3, help="fine-tune epochs over the 5,000-image half")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (/10 at 50 %% and 75 %%)")
+    p.add_argument("--batch_size", type=int, default=128, help="fine-tune batch size (also the batch latency)")
+    p.add_argument("--hrank_batches", type=int, default=5, help="HRank: batches of fine-tune images for ranks")
+    p.add_argument("--hrank_batch_size", type=int, default=128, help="HRank: images per rank batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 5,000/5,000 split and of the fine-tune")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--rounds", type=int, default=5, help="latency: interleaved timing rounds over the models")
+    p.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
+    return p
+
+
+def load_data(root: Path, seed: int) -> Dict[str, torch.Tensor]:
+    folder = root / "cifar10_test"
+    if not folder.is_dir():
+        raise UserError(f"--data {root}: no cifar10_test/ folder")
+    x, y, _ = load_image_folder(folder, (32, 32), CIFAR_MEAN, CIFAR_STD)
+    ft, ev = seeded_halves(len(y), seed)
+    return {"x_ft": x[ft], "y_ft": y[ft], "x_ev": x[ev], "y_ev": y[ev]}
+
+
+def save_results(args: argparse.Namespace, base_top1: float, base_costs: Dict[str, float], rows: List[Dict]) -> None:
+    if args.output:
+        atomic_write_json(args.output, {"args": {k: str(v) for k, v in vars(args).items()},
+                                        "baseline": {"top1": base_top1, **base_costs}, "rows": rows})
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.methods = list(dict.fromkeys(args.methods))
+    if not 0.0 < args.keep_macs < 1.0:
+        raise UserError(f"--keep_macs: expected a fraction in (0, 1), got {args.keep_macs}")
+    if min(args.epochs, args.batch_size, args.threads, args.hrank_batches, args.rounds) < 1:
+        raise UserError("--epochs, --batch_size, --threads, --hrank_batches and --rounds must be positive")
+    if args.output:
+        check_writable(args.output, args.force)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    model, _ = load_model(cifar_resnet_path(56, args.data), "resnet56", from_data_parallel=True)
+    data = load_data(args.data, args.seed)
+    print(f"CIFAR-10 JPEGs: {len(data['y_ft'])} fine-tune / {len(data['y_ev'])} evaluation images (seed {args.seed});"
+          f" torch threads {torch.get_num_threads()}")
+    base_top1 = top1(model, data["x_ev"], data["y_ev"])
+    base_costs = params_and_macs(model, data["x_ev"][:1])
+    ratio, kept = ratio_for_budget(model, data["x_ev"][:1], args.scope, args.keep_macs)
+    print(f"baseline top-1 {base_top1:.2f} % on the evaluation half; uniform ratio {ratio:.4f} over the "
+          f"{args.scope} groups keeps {100 * kept:.1f} % of {base_costs['macs'] / 1e6:.2f}M MACs")
+    rows: List[Dict] = []
+    models: Dict[str, nn.Module] = {"baseline": model}
+    for method in args.methods:
+        models[method], r = run_method(model, method, ratio, args, data, base_top1, base_costs)
+        rows.append(r)
+        print(f"{method}: top-1 {r['top1_before']:.2f} -> pruned {r['top1_pruned']:.2f} -> fine-tuned "
+              f"{r['top1_finetuned']:.2f} ({r['drop']:+.2f}); prune {r['prune_seconds']:.0f}s, "
+              f"fine-tune {r['finetune_seconds']:.0f}s", flush=True)
+        save_results(args, base_top1, base_costs, rows)
+    add_latencies(models, base_costs, rows, args.batch_size, args.rounds)
+    save_results(args, base_top1, base_costs, rows)
+    print(f"\nResNet-56, CIFAR-10 JPEGs, {args.epochs} fine-tune epoch(s) on 5,000 images, top-1 % on the other "
+          f"5,000; latency: median forward of the models "
+          f"measured side by side, {torch.get_num_threads()} thread(s)")
+    print("\n".join(report_lines(base_top1, base_costs, rows, args.batch_size)))
+    print(f"total {time.perf_counter() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
