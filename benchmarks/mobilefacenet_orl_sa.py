@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV, schedules, keep-arrays and the thinned checkpoints go here (the SA CSV resumes)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ORL pair lists")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--rounds", type=int, default=5, help="latency: interleaved timing rounds over the models")
+    p.add_argument("--rounds", type=int, default=7, help="latency: interleaved timing rounds over the models")
+    p.add_argument("--latency_batch", type=int, default=32, help="latency: batch size timed besides batch 1")
     return p
 
 
@@ -215,8 +216,8 @@ def check_args(args: argparse.Namespace) -> None:
     for need in (args.data / MOBILEFACENET_FILE, args.data / "orl_faces"):
         if not need.exists():
             raise UserError(f"--data {args.data}: {need.name} not found")
-    if args.threads < 1 or args.rounds < 1:
-        raise UserError("--threads and --rounds must be positive")
+    if min(args.threads, args.rounds, args.latency_batch) < 1:
+        raise UserError("--threads, --rounds and --latency_batch must be positive")
 
 
 @cli_main
@@ -238,10 +239,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         ckpt, recorded[tag] = prune(args, yaml_path, tag.replace("-", "_"))
         models[tag] = load_model(ckpt)[0]
     holdout = holdout_metrics(args, models)
-    latency = side_by_side_latency(models, example_input(FACE_INPUT), rounds=args.rounds)
+    latency = {b: side_by_side_latency(models, torch.randn(b, *FACE_INPUT), rounds=args.rounds, repeats=5 if b == 1
+                                       else 2) for b in (1, args.latency_batch)}
     sa_pairs = OrderedDict(baseline=recorded["per-layer"]["before"], **{t: recorded[t]["after"] for t in schedules})
     columns = OrderedDict((name, OrderedDict([
-        ("cost", {"params": sa_pairs[name]["params"], "macs": sa_pairs[name]["macs"], "latency_b1": latency[name]}),
+        ("cost", {"params": sa_pairs[name]["params"], "macs": sa_pairs[name]["macs"],
+                  **{f"latency_b{b}": latency[b][name] for b in latency}}),
         ("s31..s40", {k: sa_pairs[name][k] for k in SHOWN}),
         (args.holdout_subjects, {k: holdout[name][k] for k in SHOWN})])) for name in models)
     print(f"\nMobileFaceNet 068.ckpt, 112x96, ORL pairs (s31..s40: the SA's; {args.holdout_subjects}: unseen), "
@@ -252,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             f"{g.replace('.weight', '')}={s:g}" for g, s in read_levels(yaml_path).items()))
     print("\n".join(summary_lines(columns, "baseline")))
     print(f"SA {t_sa:.0f}s, total {time.perf_counter() - t0:.0f}s, torch threads {torch.get_num_threads()}; "
-          f"latency: batch 1, median of {args.rounds} interleaved rounds")
+          f"latency: median forward of the models timed side by side ({args.rounds} interleaved rounds)")
 
 
 if __name__ == "__main__":

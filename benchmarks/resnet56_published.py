@@ -7,7 +7,8 @@
 The pretrained ResNet-56 (../shared/data/resnet_cifar10) is pruned to half its MACs with one uniform ratio over
 the prunable groups (``--scope inner``: each block's first conv, the usual CIFAR-ResNet setting; ``all`` adds
 the residual streams through the zero-pad shortcut). The ratio is found by bisection on the MACs counted on the
-thinned model, so every method removes the same number of channels per layer; only *which* channels differ.
+thinned model (``core.strategies.ChannelPruner.prune_to_budget``, within 2 % below the budget), so every method
+removes the same number of channels per layer; only *which* channels differ.
 Each pruned model gets the same short fine-tune (SGD, momentum 0.9, wd 5e-4, lr ``--lr`` divided by 10 at 50 %
 and 75 % of the iterations, batch 128, random crop + flip) on a seeded 5,000-image half of the CIFAR-10 test
 JPEGs and is evaluated on the other 5,000. HRank's feature-map ranks come from the fine-tune half. A criterion that
@@ -26,12 +27,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must 
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+from typing import Callable, Dict, List, Optional, Tuple  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,9 +44,10 @@ from common.errors import UserError, cli_main  # noqa: E402
 from common.imagefolder import load_image_folder  # noqa: E402
 from common.io import atomic_write_json, check_writable  # noqa: E402
 from core.checkpoint_io import load_model  # noqa: E402
-from core.groups import GroupIndex, PrunableGroup  # noqa: E402
+from core.groups import GroupIndex  # noqa: E402
 from core.report import params_and_macs  # noqa: E402
-from core.thinning import thin  # noqa: E402
+from core.strategies import ChannelPruner  # noqa: E402
+from core.thinning import layer_widths  # noqa: E402
 from benchmarks.timing import side_by_side_latency  # noqa: E402
 from model_define.pretrained import CIFAR_MEAN, CIFAR_STD, cifar_resnet_path, shared_data_dir, top1  # noqa: E402
 from patches.criteria import make_criterion  # noqa: E402
@@ -122,75 +123,37 @@ class HRankAfterActivation(DataCriterion):
         self.scores = {name: (total / n).float() for name, total in sums.items()}
 
 
-def scoped_groups(index: GroupIndex, scope: str) -> List[PrunableGroup]:
-    """``inner``: groups produced by a single conv (a block's first conv); ``all``: every prunable group,
-    including the residual streams (several convs add into them, coupled through the zero-pad shortcut)."""
-    if scope not in SCOPES:
-        raise UserError(f"--scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
-    return [g for g in index.groups if scope == "all" or len(g.weights) == 1]
+def stream_roots(model: nn.Module, x: torch.Tensor) -> List[str]:
+    """Roots of the groups several convs write into: the residual streams (coupled through the zero-pad shortcut).
+    ``--scope inner`` leaves them alone, so only each block's first conv is pruned."""
+    return [g.root_name for g in GroupIndex(model, x).groups if len(g.weights) > 1]
 
 
-def uniform_counts(groups: Sequence[PrunableGroup], ratio: float) -> Dict[str, int]:
-    return {g.name: g.n_prune(ratio) for g in groups}
-
-
-def thinned_macs(model: nn.Module, x: torch.Tensor, counts: Dict[str, int]) -> float:
-    """MACs of a copy of ``model`` with the first ``counts[g]`` channels of each group removed (which channels
-    go does not change the count)."""
-    clone = copy.deepcopy(model)
-    index = GroupIndex(clone, x)
-    thin(index, {name: list(range(n)) for name, n in counts.items() if n > 0})
-    return params_and_macs(clone, x)["macs"]
-
-
-def ratio_for_budget(model: nn.Module, x: torch.Tensor, scope: str, keep_macs: float, steps: int = 14
-                     ) -> Tuple[float, float]:
-    """Smallest uniform ratio (within ``2**-steps``) whose thinned model keeps at most ``keep_macs`` of the MACs;
-    returns (ratio, MACs fraction kept)."""
-    groups = scoped_groups(GroupIndex(copy.deepcopy(model), x), scope)
-    base = params_and_macs(model, x)["macs"]
-    seen: Dict[Tuple, float] = {}
-
-    def kept(r: float) -> float:
-        counts = uniform_counts(groups, r)
-        key = tuple(sorted(counts.items()))
-        if key not in seen:
-            seen[key] = thinned_macs(model, x, counts) / base
-        return seen[key]
-
-    lo, hi = 0.0, 0.99
-    if kept(hi) > keep_macs:
-        raise UserError(f"--keep_macs {keep_macs}: even ratio {hi} in scope {scope!r} keeps {kept(hi):.1%} of the MACs")
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if kept(mid) <= keep_macs else (mid, hi)
-    log.info("ratio %.4f keeps %.4f of the MACs (%d thinned copies measured)", hi, kept(hi), len(seen))
-    return hi, kept(hi)
-
-
-def tied_groups(crit, groups: Sequence[PrunableGroup]) -> int:
+def tied_groups(pruner: ChannelPruner) -> int:
     """Groups whose channels all score the same: the criterion cannot rank them (selection falls back to index
     order). HRank on a pre-BN conv output is one such case (every map has full rank)."""
-    return sum(1 for g in groups if len(set(crit.channel_scores(g.root_name, g.root).tolist())) == 1)
+    tied = 0
+    for g in pruner.index.groups:
+        pruner.order(g)                      # collects the criterion's statistics on first use
+        tied += len(set(pruner.criterion.channel_scores(g.root_name, g.root).tolist())) == 1
+    return tied
 
 
-def prune_copy(model: nn.Module, x: torch.Tensor, method: str, ratio: float, scope: str,
-               batches: Callable[[], Sequence[torch.Tensor]], hrank_batches: int) -> Tuple[nn.Module, Dict, int]:
-    """A thinned copy of ``model``: ``ratio`` of each scoped group's channels, ranked by ``method``; also the keep-
-    arrays and the number of groups the criterion could not rank."""
+def prune_copy(model: nn.Module, x: torch.Tensor, method: str, keep_macs: float, scope: str,
+               batches: Callable[[], List[torch.Tensor]], hrank_batches: int) -> Tuple[nn.Module, Dict, int]:
+    """A copy of ``model`` thinned to ``keep_macs`` of its MACs by one uniform ratio over the scoped groups
+    (``ChannelPruner.prune_to_budget``: the counts depend only on the budget, the channels on ``method``);
+    also the budget result and the number of groups the criterion could not rank."""
     pruned = copy.deepcopy(model).eval()
-    index = GroupIndex(pruned, x)
-    groups = scoped_groups(index, scope)
     crit = HRankAfterActivation(hrank_batches) if method == "hrank_act" else \
         make_criterion(method, limit=hrank_batches, cache_dir=None)
-    if crit.needs_data:
-        crit.prepare(pruned, batches(), {g.root_name: g.root for g in groups})
-    ties = tied_groups(crit, groups)
+    pruner = ChannelPruner(pruned, x, crit, ignore=stream_roots(pruned, x) if scope == "inner" else (),
+                           batches=batches() if crit.needs_data else None)
+    ties = tied_groups(pruner)
     if ties:
         log.warning("%s: %d of %d groups have all-equal channel scores; they are pruned in channel order",
-                    method, ties, len(groups))
-    keep = thin(index, {g.name: crit.select(g.root_name, g.root, g.n_prune(ratio)) for g in groups})
-    return pruned, keep, ties
+                    method, ties, len(pruner.index.groups))
+    return pruned, pruner.prune_to_budget(flops=keep_macs, how="hard"), ties
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -201,15 +164,15 @@ def finetune_config(epochs: int, iters_per_epoch: int, lr: float, seed: int) -> 
                           milestones=(total // 2, (3 * total) // 4), gamma=0.1, seed=seed)
 
 
-def run_method(model: nn.Module, method: str, ratio: float, args: argparse.Namespace, data: Dict,
-               base_top1: float, base_costs: Dict[str, float]) -> Tuple[nn.Module, Dict]:
+def run_method(model: nn.Module, method: str, args: argparse.Namespace, data: Dict, base_top1: float,
+               base_costs: Dict[str, float]) -> Tuple[nn.Module, Dict]:
     """Prune, evaluate, fine-tune, evaluate: (the fine-tuned model, its result row)."""
     x_ft, y_ft, x_ev, y_ev = data["x_ft"], data["y_ft"], data["x_ev"], data["y_ev"]
     t0 = time.perf_counter()
     hb = args.hrank_batch_size
-    pruned, keep, ties = prune_copy(model, x_ev[:1], method, ratio, args.scope,
-                                    lambda: [x_ft[i:i + hb] for i in range(0, args.hrank_batches * hb, hb)],
-                                    args.hrank_batches)
+    pruned, budget, ties = prune_copy(model, x_ev[:1], method, args.keep_macs, args.scope,
+                                      lambda: [x_ft[i:i + hb] for i in range(0, args.hrank_batches * hb, hb)],
+                                      args.hrank_batches)
     t_prune = time.perf_counter() - t0
     after_prune = top1(pruned, x_ev, y_ev)
     loader = DataLoader(CropFlip(x_ft, y_ft), batch_size=args.batch_size, shuffle=True,
@@ -219,12 +182,12 @@ def run_method(model: nn.Module, method: str, ratio: float, args: argparse.Names
     t_ft = time.perf_counter() - t1
     after_ft = top1(pruned, x_ev, y_ev)
     c = params_and_macs(pruned, x_ev[:1])
-    return pruned, {"method": method, "ratio": ratio, "top1_before": base_top1, "top1_pruned": after_prune,
+    return pruned, {"method": method, "ratio": budget["ratio"], "top1_before": base_top1, "top1_pruned": after_prune,
                     "top1_finetuned": after_ft, "drop": after_ft - base_top1, "tied_groups": ties,
                     "flops_reduction_pct": 100.0 * (1 - c["macs"] / base_costs["macs"]),
                     "params_reduction_pct": 100.0 * (1 - c["params"] / base_costs["params"]),
                     "prune_seconds": t_prune, "finetune_seconds": t_ft, **c,
-                    "widths": {k: len(v["kept"]) for k, v in keep.items()}}
+                    "widths": dict(layer_widths(pruned))}
 
 
 def add_latencies(models: Dict[str, nn.Module], base: Dict[str, float], rows: List[Dict], batch: int,
@@ -312,15 +275,14 @@ def main(argv: Optional[List[str]] = None) -> None:
           f" torch threads {torch.get_num_threads()}")
     base_top1 = top1(model, data["x_ev"], data["y_ev"])
     base_costs = params_and_macs(model, data["x_ev"][:1])
-    ratio, kept = ratio_for_budget(model, data["x_ev"][:1], args.scope, args.keep_macs)
-    print(f"baseline top-1 {base_top1:.2f} % on the evaluation half; uniform ratio {ratio:.4f} over the "
-          f"{args.scope} groups keeps {100 * kept:.1f} % of {base_costs['macs'] / 1e6:.2f}M MACs")
+    print(f"baseline top-1 {base_top1:.2f} % on the evaluation half, {base_costs['macs'] / 1e6:.2f}M MACs")
     rows: List[Dict] = []
     models: Dict[str, nn.Module] = {"baseline": model}
     for method in args.methods:
-        models[method], r = run_method(model, method, ratio, args, data, base_top1, base_costs)
+        models[method], r = run_method(model, method, args, data, base_top1, base_costs)
         rows.append(r)
-        print(f"{method}: top-1 {r['top1_before']:.2f} -> pruned {r['top1_pruned']:.2f} -> fine-tuned "
+        print(f"{method}: uniform ratio {r['ratio']:.4f} over the {args.scope} groups, "
+              f"MACs {-r['flops_reduction_pct']:+.1f} %; top-1 {r['top1_before']:.2f} -> pruned {r['top1_pruned']:.2f} -> fine-tuned "
               f"{r['top1_finetuned']:.2f} ({r['drop']:+.2f}); prune {r['prune_seconds']:.0f}s, "
               f"fine-tune {r['finetune_seconds']:.0f}s", flush=True)
         save_results(args, base_top1, base_costs, rows)

@@ -34,15 +34,6 @@ FACE_SIZE = [3, 112, 96]
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two threads of a small conv spin-wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def need(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
     if not path.exists():
