@@ -17,7 +17,7 @@ EXTRA="$*"
 
 if [ "$MODEL" = digits_net ] && [ ! -f "$CKPT" ]; then
   echo "== 0. training the default model (no checkpoint at $CKPT)"
-  $PY -m core.default_model --output "$CKPT"
+  $PY -m compression_tool.cli.default_model --output "$CKPT"
 fi
 
 CSV=work_space/sensitivity_data/${MODEL}_${METHOD}.csv
@@ -28,7 +28,7 @@ $PY pruning_analysis_tools/plot_csv.py "$CSV"
 
 # default target: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)
 TARGET=${4:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}
-INPUT=$($PY -c "import sys; sys.path.insert(0,'.'); import model_define as m; print(','.join(map(str,m.model_spec(sys.argv[1]).input_size)))" "$MODEL")
+INPUT=$($PY -c "import sys, model_define as m; print(','.join(map(str,m.model_spec(sys.argv[1]).input_size)))" "$MODEL")
 YAML=yaml_file/${MODEL}_${TARGET}.yaml
 echo "== 2. schedule for target $TARGET -> $YAML"
 $PY pruning_analysis_tools/auto_make_yaml.py "$CSV" "$TARGET" "$MODEL" "$INPUT" --method "$METHOD" \

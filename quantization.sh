@@ -19,7 +19,7 @@ OUT=work_space/output/quant
 
 if [ "$MODEL" = digits_net ] && [ ! -f "$CKPT" ]; then
   echo "== 0. training the default model (no checkpoint at $CKPT)"
-  $PY -m core.default_model --output "$CKPT"
+  $PY -m compression_tool.cli.default_model --output "$CKPT"
 fi
 
 COMMON="--model $MODEL --best_model_path $CKPT --data $DATA --out_dir $OUT --force"

@@ -1,11 +1,7 @@
 #!/usr/bin/env python
-"""Sensitivity analysis CLI: the same as ``python pruning.py --mode sa …`` (all of its flags apply)."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pruning  # noqa: E402
+"""Sensitivity analysis (the same as pruning.py --mode sa) — see `python sensitivity_analysis.py --help`. The command
+line lives in compression_tool.cli.sensitivity_analysis."""
+from compression_tool.engine.budget import main
 
 if __name__ == "__main__":
-    pruning.main(["--mode", "sa", *sys.argv[1:]])
+    main()

@@ -11,21 +11,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
 import model_define as md  # noqa: E402
-from core.groups import GroupIndex  # noqa: E402
-from core.report import interleaved_latency, params_and_macs  # noqa: E402
-from core.sensitivity import sweep  # noqa: E402
-from core.thinning import thin  # noqa: E402
-from patches.criteria import make_criterion  # noqa: E402
+from compression_tool.engine.cost import interleaved_latency, params_and_macs  # noqa: E402
+from compression_tool.engine.criteria import make_criterion  # noqa: E402
+from compression_tool.engine.groups import GroupIndex  # noqa: E402
+from compression_tool.engine.sensitivity import sweep  # noqa: E402
+from compression_tool.engine.thinning import thin  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
 
 

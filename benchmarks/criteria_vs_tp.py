@@ -3,7 +3,7 @@
 
 One model is trained on scikit-learn's digits, then pruned three ways to MACs <= --flops of the original
 (uniform ratio per group in all three, as torch-pruning's defaults do):
-  ours-l1 / ours-fpgm   core.strategies.ChannelPruner(...).prune_to_budget(flops=...)
+  ours-l1 / ours-fpgm   compression_tool.engine.strategies.ChannelPruner(...).prune_to_budget(flops=...)
   tp-magnitude          torch_pruning.pruner.MagnitudePruner with GroupMagnitudeImportance() and default
                         settings; its pruning_ratio is bisected the same way to meet the same budget
 Each pruned model gets the same short fine-tune (train_module.finetune, same seed and batches); printed side by
@@ -17,23 +17,19 @@ import argparse
 import copy
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch_pruning as tp  # noqa: E402
 
 import model_define as md  # noqa: E402
-from common.data import digits_loaders  # noqa: E402
-from common.errors import cli_main  # noqa: E402
-from core.groups import output_modules  # noqa: E402
-from core.report import latency_ms, params_and_macs  # noqa: E402
-from core.strategies import ChannelPruner  # noqa: E402
+from compression_tool.data.digits import digits_loaders  # noqa: E402
+from compression_tool.engine.cost import latency_ms, params_and_macs  # noqa: E402
+from compression_tool.engine.groups import output_modules  # noqa: E402
+from compression_tool.engine.strategies import ChannelPruner  # noqa: E402
+from compression_tool.io.errors import cli_main  # noqa: E402
 from patches.handlers import CUSTOM_PRUNERS  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
 from train_module.finetune import FinetuneConfig, finetune_classifier  # noqa: E402
@@ -88,7 +84,8 @@ def ours_to_budget(base: nn.Module, x: torch.Tensor, criterion: str, target: flo
 
 
 def interleaved_latency(models: List[nn.Module], x: torch.Tensor, rounds: int = 15) -> List[float]:
-    """Median over rounds of ``core.report.latency_ms``, the models taking turns so load drifts hit all alike."""
+    """Median over rounds of ``compression_tool.engine.report.latency_ms``, the models taking turns so load drifts
+    hit all alike."""
     times: List[List[float]] = [[] for _ in models]
     for _ in range(rounds):
         for i, m in enumerate(models):

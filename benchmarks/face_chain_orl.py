@@ -5,14 +5,15 @@
 2. sensitivity analysis on the verification metric (10-fold accuracy on seeded pairs of the held-out subjects
    s31..s40: 450 same + 450 different), l1 criterion;
 3. for each budget, a schedule that prunes the least sensitive layers first until that share of the MACs is
-   gone (core.budget: moves ranked on the CSV, MACs measured on thinned copies), thinning, fine-tuning on
+   gone (compression_tool.engine.budget: moves ranked on the CSV, MACs measured on thinned copies), thinning,
+   fine-tuning on
    s3..s30 without and with distillation from the unpruned model (fixed length, last state kept: nothing is
    selected on the s31..s40 pairs);
 4. 10-fold accuracy, TPR@FPR=1e-2, MACs, params and CPU latency of every stage (latency: all models timed in
    alternation at the end). A control row fine-tunes the unpruned model with the same recipe: fine-tuning is
    more training, and the control shows how much of a gain is that alone.
 
-The steps are prune_face.sh's commands, run in one process (core.face_chain.run_chain).
+The steps are prune_face.sh's commands, run in one process (compression_tool.apps.face_chain.run_chain).
 
     python benchmarks/face_chain_orl.py                    # about 10 minutes on 2 busy cores
     python benchmarks/face_chain_orl.py --reductions 0.3 --ft_epochs 3 --work /tmp/fc
@@ -24,18 +25,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on a shared machine
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from common.errors import cli_main  # noqa: E402
-from core.face_chain import ChainConfig, format_table, run_chain  # noqa: E402
-from core.workflow import parse_input_size  # noqa: E402
+from compression_tool.apps.face_chain import ChainConfig, format_table, run_chain  # noqa: E402
+from compression_tool.apps.workflow import parse_input_size  # noqa: E402
+from compression_tool.io.errors import cli_main  # noqa: E402
 
 DEFAULT_ORL = ROOT.parent / "shared" / "data" / "orl_faces"
 

@@ -9,18 +9,14 @@ identification and pair AUC on ORL (flip-concatenated embeddings), next to raw p
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.checkpoint import load_pretrained  # noqa: E402
-from common.errors import UserError, cli_main  # noqa: E402
-from model_define.pretrained import (CIFAR_RESNET_FILES, MOBILEFACENET_FILE, cifar_jpeg_tensors,  # noqa: E402
-                                     cifar_resnet_path, flip_embeddings, nn_identification, orl_tensors,
-                                     pair_auc, shared_data_dir, top1)
+from compression_tool.engine.checkpoint import load_model  # noqa: E402
+from compression_tool.io.errors import UserError, cli_main  # noqa: E402
+from model_define.pretrained import CIFAR_RESNET_FILES, MOBILEFACENET_FILE, cifar_resnet_path, shared_data_dir  # noqa: E402
+from test_module.reference import cifar_jpeg_tensors, flip_embeddings, nn_identification, orl_tensors, pair_auc, top1  # noqa: E402
 
 REFERENCE_TOP1 = {20: 81.0, 32: 82.3, 44: 82.7, 56: 83.0}
 
@@ -45,7 +41,7 @@ def cifar_report(data: Path, depths: List[int], per_class: Optional[int], seed: 
     print(f"{'model':<10}{'top-1 %':>9}{'reference %':>13}{'diff':>7}{'seconds':>9}")
     for depth in depths:
         t = time.perf_counter()
-        model = load_pretrained(f"resnet{depth}", cifar_resnet_path(depth, data), from_data_parallel=True)
+        model = load_model(cifar_resnet_path(depth, data), f"resnet{depth}", from_data_parallel=True)[0]
         acc = top1(model, x, y)
         ref = REFERENCE_TOP1.get(depth, float("nan"))
         print(f"resnet{depth:<4}{acc:>9.2f}{ref:>13.1f}{acc - ref:>+7.2f}{time.perf_counter() - t:>9.1f}")
@@ -53,7 +49,7 @@ def cifar_report(data: Path, depths: List[int], per_class: Optional[int], seed: 
 
 def face_report(data: Path) -> None:
     x, y = orl_tensors(data / "orl_faces")
-    model = load_pretrained("mobilefacenet", data / MOBILEFACENET_FILE)
+    model = load_model(data / MOBILEFACENET_FILE, "mobilefacenet")[0]
     emb = flip_embeddings(model, x)
     raw = x.reshape(len(x), -1)
     print(f"ORL faces: {len(y)} images, {len(set(y.tolist()))} identities, input {tuple(x.shape[1:])}")

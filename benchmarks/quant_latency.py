@@ -4,61 +4,68 @@ model size and metric.
     python benchmarks/quant_latency.py                       # digits_net, mobilefacenet, resnet_ir18
     python benchmarks/quant_latency.py --models digits_net --threads 1
 
-- digits_net: the embedded default (trained by core.default_model when --digits_ckpt is missing); metric
+- digits_net: the embedded default (trained by compression_tool.apps.default_model when --digits_ckpt is missing);
+metric
   top-1 on the held-out digits; calibration on 8 training batches.
 - mobilefacenet: the CASIA-WebFace checkpoint in ../shared/data when present (else random weights); metric
   ORL 1-NN identification (flip-concatenated embeddings, all 380 images) and the mean cosine between int8 and
   fp32 embeddings; calibration on 64 ORL images.
 - resnet_ir18 (and other zoo models): no pretrained weights, so only the int8-vs-fp32 embedding cosine.
 PReLU is exported as the exact ``(1-a)*relu(x) + a*x`` (ONNX Runtime's PRelu kernel is slow and has no int8
-form); the plain PRelu export is timed too, for reference. Latencies are medians; the three back-ends are timed in interleaved rounds and the best round is kept, so
+form); the plain PRelu export is timed too, for reference. Latencies are medians; the three back-ends are timed in
+interleaved rounds and the best round is kept, so
 load from other processes hits them alike (the load average is printed with the results).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from common.errors import UserError, cli_main  # noqa: E402
-from quant.ptq_onnx import (OrtModule, default_reduce_range, export_onnx, file_mb, latency_ms,  # noqa: E402
-                            ort_session, quantize_onnx, state_dict_mb)
+from compression_tool.engine.quant.ptq_onnx import (  # noqa: E402
+    OrtModule,
+    default_reduce_range,
+    export_onnx,
+    file_mb,
+    latency_ms,
+    ort_session,
+    quantize_onnx,
+    state_dict_mb,
+)
+from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 
 Batches = List[torch.Tensor]
 PLAIN = "fp32 ORT, ONNX PRelu"
 
 
 def digits_case(ckpt: Path) -> Tuple[nn.Module, Batches, torch.Tensor, callable]:
-    from common.checkpoint import load_pretrained
-    from common.data import digits_loaders
+    from compression_tool.data.digits import digits_loaders
+    from compression_tool.engine.checkpoint import load_model
     from test_module.classification import evaluate_classifier
     if not ckpt.is_file():
-        from core.default_model import train_default
+        from compression_tool.apps.default_model import train_default
         train_default(ckpt)
-    model = load_pretrained("digits_net", ckpt)
+    model = load_model(ckpt, "digits_net")[0]
     train, test = digits_loaders(16, 1, 64, 0)
     calib = [x for x, _ in list(train)[:8]]
     return model, calib, calib[0], lambda m, ref: {"top1": evaluate_classifier(m, test)["top1"]}
 
 
 def face_case(name: str, data: Path) -> Tuple[nn.Module, Batches, torch.Tensor, callable]:
-    from common.checkpoint import load_pretrained
+    from compression_tool.engine.checkpoint import load_model
     from model_define import model_spec
-    from model_define.pretrained import MOBILEFACENET_FILE, flip_embeddings, forward_batches, nn_identification, \
-        orl_tensors
+    from model_define.pretrained import MOBILEFACENET_FILE
+    from test_module.reference import flip_embeddings, forward_batches, nn_identification, orl_tensors
     spec = model_spec(name)
     ckpt = data / MOBILEFACENET_FILE
     pretrained = name == "mobilefacenet" and ckpt.is_file()
-    model = load_pretrained(name, ckpt) if pretrained else spec.build().eval()
+    model = load_model(ckpt, name)[0] if pretrained else spec.build().eval()
     if (data / "orl_faces").is_dir():
         x, y = orl_tensors(data / "orl_faces", width=spec.input_size[-1])
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -73,7 +80,8 @@ def face_case(name: str, data: Path) -> Tuple[nn.Module, Batches, torch.Tensor, 
         if y is not None:
             out["orl_1nn_id"] = nn_identification(flip_embeddings(m, x), y)
         if ref is not None:
-            out["cos_to_fp32"] = F.cosine_similarity(forward_batches(m, probe), forward_batches(ref, probe)).mean().item()
+            cos = F.cosine_similarity(forward_batches(m, probe), forward_batches(ref, probe))
+            out["cos_to_fp32"] = cos.mean().item()
         return out
 
     return model, calib, calib[0], metric

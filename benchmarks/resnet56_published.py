@@ -7,7 +7,8 @@
 The pretrained ResNet-56 (../shared/data/resnet_cifar10) is pruned to half its MACs with one uniform ratio over
 the prunable groups (``--scope inner``: each block's first conv, the usual CIFAR-ResNet setting; ``all`` adds
 the residual streams through the zero-pad shortcut). The ratio is found by bisection on the MACs counted on the
-thinned model (``core.strategies.ChannelPruner.prune_to_budget``, within 2 % below the budget), so every method
+thinned model (``compression_tool.engine.strategies.ChannelPruner.prune_to_budget``, within 2 % below the budget), so
+every method
 removes the same number of channels per layer; only *which* channels differ.
 Each pruned model gets the same short fine-tune (SGD, momentum 0.9, wd 5e-4, lr ``--lr`` divided by 10 at 50 %
 and 75 % of the iterations, batch 128, random crop + flip) on a seeded 5,000-image half of the CIFAR-10 test
@@ -28,30 +29,32 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must 
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Dict, List, Optional, Tuple  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from common.errors import UserError, cli_main  # noqa: E402
-from common.imagefolder import load_image_folder  # noqa: E402
-from common.io import atomic_write_json, check_writable  # noqa: E402
-from core.checkpoint_io import load_model  # noqa: E402
-from core.groups import GroupIndex  # noqa: E402
-from core.report import params_and_macs  # noqa: E402
-from core.strategies import ChannelPruner  # noqa: E402
-from core.thinning import layer_widths  # noqa: E402
 from benchmarks.timing import side_by_side_latency  # noqa: E402
-from model_define.pretrained import CIFAR_MEAN, CIFAR_STD, cifar_resnet_path, shared_data_dir, top1  # noqa: E402
-from patches.criteria import make_criterion  # noqa: E402
-from patches.criteria_data import DataCriterion, _SiteHooks, activation_sites, take_batches  # noqa: E402
+from compression_tool.data.imagefolder import load_image_folder  # noqa: E402
+from compression_tool.data.normalise import RGB_MEAN, RGB_STD  # noqa: E402
+from compression_tool.engine.checkpoint import load_model  # noqa: E402
+from compression_tool.engine.cost import params_and_macs  # noqa: E402
+from compression_tool.engine.criteria import make_criterion  # noqa: E402
+from compression_tool.engine.criteria.data import DataCriterion, _SiteHooks, take_batches
+from compression_tool.engine.groups import (
+    GroupIndex,  # noqa: E402
+    activation_sites,
+)
+from compression_tool.engine.strategies import ChannelPruner  # noqa: E402
+from compression_tool.engine.thinning import layer_widths  # noqa: E402
+from compression_tool.io.errors import UserError, cli_main  # noqa: E402
+from compression_tool.io.files import atomic_write_json, check_writable  # noqa: E402
+from model_define.pretrained import cifar_resnet_path, shared_data_dir  # noqa: E402
+from test_module.reference import top1  # noqa: E402
 from train_module.finetune import FinetuneConfig, finetune_classifier  # noqa: E402
 
 log = logging.getLogger("resnet56_published")
@@ -100,7 +103,8 @@ class CropFlip(Dataset):
 
 class HRankAfterActivation(DataCriterion):
     """HRank as published: the mean rank of each channel's feature map after BN and ReLU, where inactive
-    positions lower the rank. Local to this benchmark (``--methods hrank_act``) while ``patches.criteria.HRank``
+    positions lower the rank. Local to this benchmark (``--methods hrank_act``) while
+    ``compression_tool.engine.criteria.HRank``
     ranks the raw conv output, which has full rank for every channel of this model (see ``tied_groups``)."""
     name = "hrank_act"
 
@@ -246,7 +250,7 @@ def load_data(root: Path, seed: int) -> Dict[str, torch.Tensor]:
     folder = root / "cifar10_test"
     if not folder.is_dir():
         raise UserError(f"--data {root}: no cifar10_test/ folder")
-    x, y, _ = load_image_folder(folder, (32, 32), CIFAR_MEAN, CIFAR_STD)
+    x, y, _ = load_image_folder(folder, (32, 32), RGB_MEAN, RGB_STD)
     ft, ev = seeded_halves(len(y), seed)
     return {"x_ft": x[ft], "y_ft": y[ft], "x_ev": x[ev], "y_ev": y[ev]}
 
@@ -282,7 +286,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         models[method], r = run_method(model, method, args, data, base_top1, base_costs)
         rows.append(r)
         print(f"{method}: uniform ratio {r['ratio']:.4f} over the {args.scope} groups, "
-              f"MACs {-r['flops_reduction_pct']:+.1f} %; top-1 {r['top1_before']:.2f} -> pruned {r['top1_pruned']:.2f} -> fine-tuned "
+              f"MACs {-r['flops_reduction_pct']:+.1f} %; top-1 {r['top1_before']:.2f} -> pruned "
+              f"{r['top1_pruned']:.2f} -> fine-tuned "
               f"{r['top1_finetuned']:.2f} ({r['drop']:+.2f}); prune {r['prune_seconds']:.0f}s, "
               f"fine-tune {r['finetune_seconds']:.0f}s", flush=True)
         save_results(args, base_top1, base_costs, rows)

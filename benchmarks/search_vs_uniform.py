@@ -12,25 +12,21 @@ re-calibration (and after a short fine-tune with --finetune_epochs), next to the
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Tuple
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from common.data import digits_split  # noqa: E402
-from common.errors import cli_main  # noqa: E402
-from core.checkpoint_io import example_input  # noqa: E402
-from core.search import ALGORITHMS, make_searcher  # noqa: E402
-from core.search.cli import search  # noqa: E402
-from core.search.fitness import PruningFitness  # noqa: E402
+from compression_tool.apps.search import search  # noqa: E402
+from compression_tool.data.digits import digits_split  # noqa: E402
+from compression_tool.engine.checkpoint import example_input  # noqa: E402
+from compression_tool.engine.criteria import make_criterion  # noqa: E402
+from compression_tool.engine.search import ALGORITHMS, make_searcher  # noqa: E402
+from compression_tool.engine.search.fitness import PruningFitness  # noqa: E402
+from compression_tool.io.errors import cli_main  # noqa: E402
 from model_define import model_spec  # noqa: E402
-from patches.criteria import make_criterion  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
 from train_module.finetune import FinetuneConfig, finetune_classifier  # noqa: E402
 

@@ -11,7 +11,7 @@ from typing import Dict, Mapping
 import torch
 import torch.nn as nn
 
-from core.report import latency_ms
+from compression_tool.engine.cost import latency_ms
 
 
 def side_by_side_latency(models: Mapping[str, nn.Module], example_inputs: torch.Tensor, rounds: int = 5,

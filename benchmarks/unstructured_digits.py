@@ -13,26 +13,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from common.errors import UserError, cli_main  # noqa: E402
-from common.sparse_checkpoint import bit_equal, load_sparse_checkpoint, save_sparse_checkpoint  # noqa: E402
-from patches.unstructured import (GMPSchedule, GMPUnstructuredPruner, SparseTrainConfig,  # noqa: E402
-                                  UnstructuredPruner, sparse_train, weight_sparsity)
+from compression_tool.apps.sparse_training import classifier_spec, digits_for, load_initial, train_dense  # noqa: E402
+from compression_tool.engine.unstructured import GMPSchedule, GMPUnstructuredPruner, UnstructuredPruner, weight_sparsity  # noqa: E402
+from compression_tool.io.errors import UserError, cli_main  # noqa: E402
+from compression_tool.io.sparse_checkpoint import bit_equal, load_sparse_checkpoint, save_sparse_checkpoint  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
 from train_module.optim import build_optimizer, build_scheduler  # noqa: E402
-from train_module.train_sparse import classifier_spec, digits_for, load_initial, train_dense  # noqa: E402
+from train_module.sparse import SparseTrainConfig, sparse_train  # noqa: E402
 
 STRATEGIES = {"oneshot": ("oneshot",), "gmp": ("gmp",), "both": ("oneshot", "gmp")}
 

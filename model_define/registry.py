@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from common.errors import UserError
+from compression_tool.io.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,10 @@ class ModelSpec:
     input_size: Tuple[int, int, int]          # default (C, H, W)
     kind: str                                  # "classifier" | "embedder"
     defaults: Dict[str, object] = field(default_factory=dict)
+    # input normalisation the weights expect, per channel on the [0, 1] scale (timm's default_cfg idea);
+    # None: the data kind's default (compression_tool.data.normalise)
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
 
     def build(self, **kwargs) -> nn.Module:
         return self.builder(**{**self.defaults, **kwargs})
@@ -36,13 +40,16 @@ class ModelSpec:
 _REGISTRY: Dict[str, ModelSpec] = {}
 
 
-def register(name: str, input_size: Tuple[int, int, int], kind: str = "classifier", **defaults):
-    """Decorator: register a constructor under ``name``. Users bring their own model this way."""
+def register(name: str, input_size: Tuple[int, int, int], kind: str = "classifier",
+             mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, **defaults):
+    """Decorator: register a constructor under ``name`` with its default (C, H, W) input, its kind and the input
+    normalisation its weights expect. Users bring their own model this way."""
     if kind not in ("classifier", "embedder"):
         raise ValueError(f"kind must be classifier or embedder, not {kind!r}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelSpec(name, fn, tuple(input_size), kind, dict(defaults))
+        _REGISTRY[name] = ModelSpec(name, fn, tuple(input_size), kind, dict(defaults),
+                                    tuple(mean) if mean is not None else None, tuple(std) if std is not None else None)
         return fn
 
     return deco

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compression_tool.data.normalise import RGB_MEAN, RGB_STD
 from model_define.layers import init_weights
 from model_define.registry import register
 
@@ -113,7 +114,7 @@ class ResNetCifar(nn.Module):
 
 
 def _register_cifar(depth: int) -> None:
-    @register(f"resnet{depth}", input_size=(3, 32, 32))
+    @register(f"resnet{depth}", input_size=(3, 32, 32), mean=RGB_MEAN, std=RGB_STD)
     def build(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
         return ResNetCifar(depth, num_classes, in_channels)
 

@@ -1,5 +1,6 @@
 """Layer handlers torch-pruning lacks. ``CUSTOM_PRUNERS`` maps a module class to its handler and is
-passed to every dependency graph we build (see core.groups). Users add their own with ``register_handler``.
+passed to every dependency graph we build (see compression_tool.engine.groups). Users add their own with
+``register_handler``.
 
 A handler whose ``prune_out_channels`` and ``prune_in_channels`` differ tells torch-pruning that the layer's
 input and output channels are independent (like a conv); equal ones couple them (like BN).

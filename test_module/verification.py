@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.errors import UserError
-from common.io import atomic_save_with
+from compression_tool.data.pairs import PairSet
+from compression_tool.io.errors import UserError
+from compression_tool.io.files import atomic_save_with
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ DEFAULT_FPRS: Tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 ACCURACY_KEYS = ("lfw_acc", "lfw_std", "threshold", "auc", "eer")
 ACCURACY_ALIASES = {"accuracy": "lfw_acc", "acc": "lfw_acc", "lfw": "lfw_acc"}
 RATE_PREFIXES = ("tpr@fpr=", "tar@far=")
+FUSIONS = ("sum", "concat")
 
 
 # --------------------------------------------------------------------------- k-fold accuracy
@@ -185,48 +186,6 @@ def plot_roc(path: Union[str, Path], fpr: np.ndarray, tpr: np.ndarray, auc: floa
 
 # --------------------------------------------------------------------------- pairs of images
 
-@dataclass
-class PairSet:
-    """Preprocessed images [N, C, H, W], ``pairs`` LongTensor [P, 2] indexing them, ``issame`` BoolTensor [P].
-
-    ``paths`` (optional) names each image, for reports and debugging.
-    """
-
-    images: torch.Tensor
-    pairs: torch.Tensor
-    issame: torch.Tensor
-    paths: Optional[List[str]] = None
-
-    def __post_init__(self) -> None:
-        self.pairs = torch.as_tensor(self.pairs, dtype=torch.long)
-        self.issame = torch.as_tensor(self.issame, dtype=torch.bool).reshape(-1)
-        if self.images.dim() != 4:
-            raise ValueError(f"PairSet images must be [N, C, H, W], got {tuple(self.images.shape)}")
-        if self.pairs.dim() != 2 or self.pairs.shape[1] != 2 or self.pairs.shape[0] != self.issame.numel():
-            raise ValueError(f"PairSet pairs must be [P, 2] with P = len(issame) = {self.issame.numel()}, "
-                             f"got {tuple(self.pairs.shape)}")
-        if self.pairs.numel() and (self.pairs.min() < 0 or self.pairs.max() >= self.images.shape[0]):
-            raise ValueError("PairSet pairs index outside the images")
-        if self.paths is not None and len(self.paths) != self.images.shape[0]:
-            raise ValueError("PairSet paths must name every image")
-
-    def __len__(self) -> int:
-        return int(self.issame.numel())
-
-    def subset(self, max_pairs: int) -> "PairSet":
-        """At most ``max_pairs`` pairs spread evenly over the list (every fold and both classes keep a
-        share; a prefix would take LFW's all-same first half-fold), with only the images they use."""
-        if max_pairs >= len(self):
-            return self
-        if max_pairs < 2:
-            raise UserError(f"a verification subset needs at least 2 pairs, got {max_pairs}")
-        keep = torch.from_numpy(np.unique(np.linspace(0, len(self) - 1, max_pairs).round().astype(np.int64)))
-        pairs = self.pairs[keep]
-        used, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
-        paths = [self.paths[i] for i in used.tolist()] if self.paths is not None else None
-        return PairSet(self.images[used], inverse.reshape(-1, 2), self.issame[keep], paths)
-
-
 def _forward_embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if isinstance(out, (tuple, list)):
@@ -235,14 +194,17 @@ def _forward_embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 64, flip: bool = False
-                 ) -> torch.Tensor:
-    """L2-normalised embeddings [N, D] in eval mode, batched; ``flip`` adds the horizontal flip's embedding.
+def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 64, flip: bool = False,
+                 fusion: str = "sum") -> torch.Tensor:
+    """L2-normalised embeddings [N, D] in eval mode, batched. ``flip`` fuses in the horizontal flip's embedding:
+    ``fusion="sum"`` adds it (D dims), ``"concat"`` appends it (2D dims, as MobileFaceNet's own LFW test does).
 
     The model's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise UserError(f"--batch_size {batch_size}: expected a positive integer")
+    if fusion not in FUSIONS:
+        raise UserError(f"flip fusion {fusion!r}: expected one of {', '.join(FUSIONS)}")
     was_training = model.training
     model.eval()
     try:
@@ -252,7 +214,8 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 64, f
             x = images[s:s + batch_size]
             if flip:
                 e = _forward_embeddings(model, torch.cat([x, torch.flip(x, dims=[3])]))
-                e = e[: x.shape[0]] + e[x.shape[0]:]
+                a, b = e[: x.shape[0]], e[x.shape[0]:]
+                e = torch.cat([a, b], 1) if fusion == "concat" else a + b
             else:
                 e = _forward_embeddings(model, x)
             chunks.append(e)

@@ -1,11 +1,9 @@
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED_DATA = ROOT.parent / "shared" / "data"
+import torch
 
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Tests use tiny models: one intra-op thread is much faster than two spin-waiting on a shared 2-core machine.
 torch.set_num_threads(1)

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.errors import UserError
-from core.groups import GroupIndex, output_modules
-from core.masking import group_slices, masked
-from core.thinning import thin
-from patches.criteria import CRITERIA, criterion_for_pruner_class, make_criterion
-from patches.criteria_data import activation_sites, conv_contributions, greedy_removal_order
-from patches.criteria_stats import bn_l1_penalty, redundancy_rank
+from compression_tool.engine.criteria import CRITERIA, criterion_for_pruner_class, make_criterion
+from compression_tool.engine.criteria.data import conv_contributions, greedy_removal_order
+from compression_tool.engine.criteria.stats import bn_sparsity, redundancy_rank
+from compression_tool.engine.groups import GroupIndex, activation_sites, output_modules
+from compression_tool.engine.masking import group_slices, masked
+from compression_tool.engine.thinning import thin
+from compression_tool.io.errors import UserError
 from tests.zoo_util import build_randomised
 
 TESTED = set()
@@ -121,7 +121,8 @@ def conv_bn_net(gammas, betas):
     net = nn.Sequential(nn.Conv2d(1, len(gammas), 1, bias=False), nn.BatchNorm2d(len(gammas)), nn.ReLU(),
                         nn.Conv2d(len(gammas), 2, 1)).eval()
     with torch.no_grad():
-        net[0].weight.copy_(torch.arange(len(gammas), 0, -1, dtype=torch.float32).view(-1, 1, 1, 1))  # L1: last smallest
+        # L1: last smallest
+        net[0].weight.copy_(torch.arange(len(gammas), 0, -1, dtype=torch.float32).view(-1, 1, 1, 1))
         net[1].weight.copy_(torch.tensor(gammas))
         net[1].bias.copy_(torch.tensor(betas))
     return net
@@ -156,14 +157,17 @@ def test_bn_similarity_drops_the_weaker_twin():
     assert prepared("bn", net, [torch.randn(2, 1, 4, 4)]).order("0", net[0])[0] == 1
 
 
-def test_bn_l1_penalty_value_and_gradient():
+def test_bn_sparsity_adds_the_l1_subgradient_while_active():
     net = conv_bn_net([1.0, -0.5, 0.25], [0.0, 0.0, 0.0])
-    pen = bn_l1_penalty(net, 0.1)
-    assert pen.item() == pytest.approx(0.1 * 1.75)
-    pen.backward()
+    with bn_sparsity(net, 0.1):
+        (net[1].weight * 0).sum().backward()
     assert torch.allclose(net[1].weight.grad, torch.tensor([0.1, -0.1, 0.1]))
+    net[1].weight.grad = None
+    (net[1].weight * 0).sum().backward()                       # hooks removed on exit
+    assert torch.equal(net[1].weight.grad, torch.zeros(3))
     with pytest.raises(UserError):
-        bn_l1_penalty(nn.Linear(2, 2), 0.1)
+        with bn_sparsity(nn.Linear(2, 2), 0.1):
+            pass
 
 
 # ---------------------------------------------------------------- data-driven criteria
@@ -340,8 +344,8 @@ def test_soft_equals_hard_for_every_criterion(zoo_model):
 def test_method_flag_and_yaml_pruner_class_reach_the_criteria(tmp_path):
     import model_define as md
     import pruning
-    from core.checkpoint_io import load_model
-    from core.schedule import build_schedule, write_schedule
+    from compression_tool.engine.checkpoint import load_model
+    from compression_tool.engine.schedule import build_schedule, write_schedule
     torch.manual_seed(0)
     ckpt = tmp_path / "digits_net.pth"
     torch.save({"state_dict": md.get_model("digits_net").state_dict()}, ckpt)

@@ -1,4 +1,5 @@
-"""The face chain: budget search over a sensitivity CSV (core.budget) and a tiny end-to-end run on ORL
+"""The face chain: budget search over a sensitivity CSV (compression_tool.engine.budget) and a tiny end-to-end run on
+ORL
 (sensitivity on a verification metric -> schedule for a FLOPs budget -> thin -> fine-tune -> verify -> report)."""
 import csv
 import subprocess
@@ -6,14 +7,16 @@ import subprocess
 import pytest
 import torch
 
-from common.errors import UserError
-from core import budget
-from core.checkpoint_io import example_input, load_model
-from core.face_chain import ChainConfig, format_table, main as face_chain_main, run_chain
-from core.groups import GroupIndex
-from core.report import params_and_macs
-from core.schedule import read_schedule
-from core.sensitivity import load_csv
+from compression_tool.apps.face_chain import ChainConfig, format_table, run_chain
+from compression_tool.cli.auto_make_yaml import main as auto_make_yaml_main
+from compression_tool.cli.face_chain import main as face_chain_main
+from compression_tool.engine import budget
+from compression_tool.engine.checkpoint import example_input, load_model
+from compression_tool.engine.cost import params_and_macs
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.schedule import read_schedule
+from compression_tool.engine.sensitivity import load_csv
+from compression_tool.io.errors import UserError
 from tests.conftest import ROOT, SHARED_DATA
 from tests.zoo_util import build_randomised
 
@@ -43,7 +46,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("reduction", [0.2, 0.4, 0.6])
 def test_budget_meets_target_with_least_pruning(tiny, reduction):
     model, x, path = tiny
-    res = budget.schedule_for_budget(str(path), model, x, reduction)
+    res = budget.schedule_for_budget(str(path), model, x, 1 - reduction)
     base = params_and_macs(model, x)["macs"]
     assert res.base_macs == base
     assert res.macs <= (1 - reduction) * base                       # the budget holds
@@ -62,7 +65,7 @@ def test_budget_meets_target_with_least_pruning(tiny, reduction):
 
 def test_budget_more_reduction_more_moves(tiny):
     model, x, path = tiny
-    results = [budget.schedule_for_budget(str(path), model, x, r) for r in (0.1, 0.3, 0.5, 0.7)]
+    results = [budget.schedule_for_budget(str(path), model, x, 1 - r) for r in (0.1, 0.3, 0.5, 0.7)]
     assert [r.moves for r in results] == sorted(r.moves for r in results)
     assert [r.macs for r in results] == sorted((r.macs for r in results), reverse=True)
 
@@ -81,26 +84,26 @@ def test_moves_follow_the_running_minimum():
 
 def test_budget_schedule_file(tiny, tmp_path):
     model, x, path = tiny
-    res = budget.schedule_for_budget(str(path), model, x, 0.4)
+    res = budget.schedule_for_budget(str(path), model, x, 1 - 0.4)
     out = budget.write_budget_schedule(res, tmp_path / "s.yaml", str(path), "fpgm", "digits_net", "digits",
                                        [1, 16, 16])
     sched = read_schedule(out)
     assert {w: s for p in sched.pruners for w, s in p.sparsities.items()} == \
         {w: s for w, s in res.sparsities.items() if s > 0}
     assert {p.pruner_class for p in sched.pruners} == {"FPGMStructureParameterPruner"}
-    assert "core.budget" in out.read_text().splitlines()[0]
+    assert "auto_make_yaml.py --flops" in out.read_text().splitlines()[0]
 
 
 def test_budget_bad_input(tiny, tmp_path):
     model, x, path = tiny
     with pytest.raises(UserError, match="highest level"):
-        budget.schedule_for_budget(str(path), model, x, 0.99)
-    with pytest.raises(UserError, match="flops_reduction"):
-        budget.schedule_for_budget(str(path), model, x, 1.5)
+        budget.schedule_for_budget(str(path), model, x, 1 - 0.99)
+    with pytest.raises(UserError, match="--flops"):
+        budget.schedule_for_budget(str(path), model, x, 1 - 1.5)
     with pytest.raises(UserError, match="not a column"):
-        budget.schedule_for_budget(str(path), model, x, 0.3, metric="top1")
+        budget.schedule_for_budget(str(path), model, x, 1 - 0.3, metric="top1")
     with pytest.raises(UserError, match="no such sensitivity CSV"):
-        budget.schedule_for_budget(str(tmp_path / "missing.csv"), model, x, 0.3)
+        budget.schedule_for_budget(str(tmp_path / "missing.csv"), model, x, 0.7)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -108,7 +111,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         face_chain_main(["report", "baseline", "--data", "orl:x"])
     assert e.value.code == 2 and "LABEL=CHECKPOINT" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        budget.main([str(tmp_path / "none.csv"), "--flops_reduction", "0.3", "--best_model_path",
+        auto_make_yaml_main([str(tmp_path / "none.csv"), "--flops", "0.7", "--best_model_path",
                      str(tmp_path / "none.pth"), "--model", "digits_net"])
     assert e.value.code == 2 and "no such checkpoint" in capsys.readouterr().err
 

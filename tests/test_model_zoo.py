@@ -88,10 +88,11 @@ def test_cifar_resnet_blocks_use_named_shortcut_modules():
     assert isinstance(model.layer1[0].shortcut, nn.Identity)
 
 
-# --- checkpoint loading (common.checkpoint) -------------------------------------------------------------------
+# --- checkpoint loading (compression_tool.io.checkpoint) ---------------------------------------------------
 
-from common.checkpoint import load_pretrained, load_weights, read_checkpoint, strip_prefix  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from compression_tool.engine.checkpoint import load_model  # noqa: E402
+from compression_tool.io.checkpoint import load_weights, read_checkpoint, strip_prefix  # noqa: E402
+from compression_tool.io.errors import UserError  # noqa: E402
 
 
 def _save(obj, path):
@@ -123,10 +124,10 @@ def test_load_weights_data_parallel_prefix(tmp_path):
     wrapped = {f"module.{k}": v for k, v in src.state_dict().items()}
     path = _save({"state_dict": wrapped, "best_prec1": 90.0}, tmp_path / "dp.th")
     with pytest.raises(UserError) as err:
-        load_pretrained("resnet20", path, num_classes=4)
+        load_model(path, "resnet20", num_classes=4)
     msg = str(err.value)
     assert "\n" not in msg and "dp.th" in msg and "--from_data_parallel" in msg and "module.conv1.weight" in msg
-    model = load_pretrained("resnet20", path, from_data_parallel=True, num_classes=4)
+    model, _ = load_model(path, "resnet20", from_data_parallel=True, num_classes=4)
     assert not model.training
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

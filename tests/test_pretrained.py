@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from common.checkpoint import load_pretrained, read_checkpoint
-from common.errors import UserError
-from common.imagefolder import load_image_folder
+from compression_tool.data.imagefolder import load_image_folder
+from compression_tool.engine.checkpoint import load_model
+from compression_tool.io.checkpoint import read_checkpoint
+from compression_tool.io.errors import UserError
 from model_define import get_model
-from model_define.pretrained import (CIFAR_RESNET_FILES, MOBILEFACENET_FILE, cifar_jpeg_tensors, cifar_resnet_path,
-                                     flip_embeddings, nn_identification, orl_tensors, pair_auc, top1)
+from model_define.pretrained import CIFAR_RESNET_FILES, MOBILEFACENET_FILE
+from test_module.reference import cifar_jpeg_tensors, flip_embeddings, nn_identification, orl_tensors, pair_auc, top1
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -69,7 +70,7 @@ def test_cifar_resnet_checkpoints_load_strictly(depth):
     path = need("resnet_cifar10", CIFAR_RESNET_FILES[depth])
     sd, meta = read_checkpoint(path)
     assert "best_prec1" in meta and all(k.startswith("module.") for k in sd)
-    model = load_pretrained(f"resnet{depth}", path, from_data_parallel=True)
+    model = load_model(path, f"resnet{depth}", from_data_parallel=True)[0]
     assert torch.equal(model.linear.weight, sd["module.linear.weight"])
 
 
@@ -77,7 +78,7 @@ def test_mobilefacenet_checkpoint_loads_strictly():
     path = need(MOBILEFACENET_FILE)
     sd, meta = read_checkpoint(path)
     assert meta == {"epoch": 68} and len(sd) == 333
-    model = load_pretrained("mobilefacenet", path)
+    model = load_model(path, "mobilefacenet")[0]
     assert torch.equal(model.linear7.conv.weight, sd["linear7.conv.weight"])
 
 
@@ -85,7 +86,7 @@ def test_resnet20_top1_on_cifar_jpeg_subset():
     path = need("resnet_cifar10", CIFAR_RESNET_FILES[20])
     x, y = cifar_jpeg_tensors(need("cifar10_test"), per_class=100, seed=0)
     assert len(y) == 1000
-    acc = top1(load_pretrained("resnet20", path, from_data_parallel=True), x, y)
+    acc = top1(load_model(path, "resnet20", from_data_parallel=True)[0], x, y)
     assert 78.0 <= acc <= 84.0, f"ResNet-20 top-1 {acc:.2f}% on 1,000 JPEGs; the full set gives about 81%"
     assert top1(get_model("resnet20"), x, y) < 30.0, "an untrained ResNet-20 must be near chance"
 
@@ -94,7 +95,7 @@ def test_mobilefacenet_orl_identification():
     path = need(MOBILEFACENET_FILE)
     x, y = orl_tensors(need("orl_faces"))
     assert x.shape == (380, 3, 112, 96)
-    emb = flip_embeddings(load_pretrained("mobilefacenet", path), x)
+    emb = flip_embeddings(load_model(path, "mobilefacenet")[0], x)
     assert emb.shape == (380, 256)
     # 1-NN alone is easy on ORL (raw pixels: 97.6 %, an untrained MobileFaceNet: 96.6 %); the pair AUC separates
     # a face embedder from those baselines (raw pixels 0.938, untrained 0.914, the checkpoint 0.994).

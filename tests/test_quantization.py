@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import UserError
-from quant import bit_search, lsq
-from quant.bn_fold import count_bn, fold_bn, fold_bn_before, max_output_diff
-from quant.fixed_point import dynamic_fixed_point, fractional_length
-from quant.ptq_onnx import OrtModule, export_onnx, ort_session, ptq_fake_quant, quantize_onnx
-from quant.qmodules import input_batches, quant_layer_names
+from compression_tool.engine.quant import bit_search, lsq
+from compression_tool.engine.quant.bn_fold import count_bn, fold_bn, fold_bn_before, max_output_diff
+from compression_tool.engine.quant.fixed_point import dynamic_fixed_point, fractional_length
+from compression_tool.engine.quant.ptq_onnx import OrtModule, export_onnx, ort_session, ptq_fake_quant, quantize_onnx
+from compression_tool.engine.quant.qmodules import input_batches, quant_layer_names
+from compression_tool.io.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FOLD_TOL = 1e-4
@@ -160,7 +160,7 @@ def test_fake_quant_8bit_close_to_fp32_on_zoo(name):
 
 @pytest.fixture(scope="module")
 def trained_digits():
-    from common.data import digits_loaders
+    from compression_tool.data.digits import digits_loaders
     from model_define import get_model
     from train_module.finetune import FinetuneConfig, finetune_classifier
     torch.manual_seed(0)
@@ -253,7 +253,7 @@ def test_dynamic_fixed_point_values_on_grid(trained_digits):
 
 
 def test_histograms_one_png_per_layer(tmp_path):
-    from quant.histograms import save_histograms
+    from compression_tool.engine.quant.histograms import save_histograms
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
     paths = save_histograms(model, [torch.randn(8, 1, 8, 8)], tmp_path)
     assert len(paths) == len(quant_layer_names(model))
@@ -280,12 +280,12 @@ def test_cli_missing_checkpoint_is_one_line(capsys, tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "mobilefacenet_casia" / "068.ckpt").is_file(),
                     reason="../shared/data/mobilefacenet_casia absent")
 def test_fake_quant_8bit_pretrained_mobilefacenet_embeddings():
-    from common.checkpoint import load_pretrained
-    from model_define.pretrained import orl_tensors
+    from compression_tool.engine.checkpoint import load_model
+    from test_module.reference import orl_tensors
     x, _ = orl_tensors(SHARED_DATA / "orl_faces")
     g = torch.Generator().manual_seed(0)
     x = x[torch.randperm(len(x), generator=g)[:32]]
-    model = load_pretrained("mobilefacenet", SHARED_DATA / "mobilefacenet_casia" / "068.ckpt")
+    model = load_model(SHARED_DATA / "mobilefacenet_casia" / "068.ckpt", "mobilefacenet")[0]
     fq = ptq_fake_quant(model, [x[:16]])
     with torch.no_grad():
         cos = F.cosine_similarity(model(x[16:]), fq(x[16:]), dim=1)
@@ -295,16 +295,17 @@ def test_fake_quant_8bit_pretrained_mobilefacenet_embeddings():
 @pytest.mark.skipif(not (SHARED_DATA / "resnet_cifar10").is_dir() or not (SHARED_DATA / "cifar10_test").is_dir(),
                     reason="../shared/data CIFAR ResNets or JPEGs absent")
 def test_fake_quant_8bit_pretrained_resnet20_top1():
-    from common.checkpoint import load_pretrained
-    from model_define.pretrained import cifar_jpeg_tensors, cifar_resnet_path, top1
+    from compression_tool.engine.checkpoint import load_model
+    from model_define.pretrained import cifar_resnet_path
+    from test_module.reference import cifar_jpeg_tensors, top1
     x, y = cifar_jpeg_tensors(SHARED_DATA / "cifar10_test", per_class=20, seed=0)
-    model = load_pretrained("resnet20", cifar_resnet_path(20, SHARED_DATA), from_data_parallel=True)
+    model = load_model(cifar_resnet_path(20, SHARED_DATA), "resnet20", from_data_parallel=True)[0]
     fq = ptq_fake_quant(model, [x[:64]])
     assert top1(fq, x, y) >= top1(model, x, y) - 2.0
 
 
 def test_split_prelu_is_exact():
-    from quant.ptq_onnx import SplitPReLU, split_prelu
+    from compression_tool.engine.quant.ptq_onnx import SplitPReLU, split_prelu
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.PReLU(4), nn.Flatten(), nn.Linear(4 * 9, 5), nn.PReLU())
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.1, -0.3, 0.7, 2.0]))
@@ -316,7 +317,7 @@ def test_split_prelu_is_exact():
 
 def test_cli_all_modes_end_to_end(trained_digits, tmp_path, capsys):
     import quantization
-    from common.io import atomic_torch_save
+    from compression_tool.io.files import atomic_torch_save
     model, _, _ = trained_digits
     ckpt = atomic_torch_save({"state_dict": model.state_dict()}, tmp_path / "digits.pth")
     quantization.main(["--mode", "all", "--model", "digits_net", "--best_model_path", str(ckpt),

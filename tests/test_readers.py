@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import UserError
-from test_module import readers
-from test_module.preprocess import ImageTransform, open_image, parse_input_size
+from compression_tool.data import readers
+from compression_tool.data.preprocess import ImageTransform, open_image
+from compression_tool.data.spec import parse_input_size
+from compression_tool.io.errors import UserError
 from test_module.verification import fold_indices, pair_distances, verification_metrics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -57,12 +58,14 @@ def test_bgr_reverses_channels():
     assert torch.equal(y, x.flip(0))
 
 
-def test_parse_input_size():
-    assert parse_input_size("112,96") == (112, 96)
-    assert parse_input_size("112x96") == (112, 96)
-    assert parse_input_size("112") == (112, 112)
-    with pytest.raises(UserError, match="--input_size"):
-        parse_input_size("a,b")
+def test_parse_input_size_is_c_h_w_everywhere():
+    assert parse_input_size("112,96") == (3, 112, 96)
+    assert parse_input_size("112x96", channels=1) == (1, 112, 96)
+    assert parse_input_size("112") == (3, 112, 112)
+    assert parse_input_size("1,16,16") == (1, 16, 16)
+    for bad in ("a,b", "1,x,16", "0,16", "1,2,3,4", "", "16,-1"):
+        with pytest.raises(UserError, match="--input_size"):
+            parse_input_size(bad)
 
 
 def test_missing_or_broken_image(tmp_path):

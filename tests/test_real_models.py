@@ -20,12 +20,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.checkpoint_io import load_model, save_pruned
-from core.groups import GroupIndex
-from core.masking import apply_slices, group_slices
-from core.thinning import thin
-from model_define.pretrained import CIFAR_MEAN, CIFAR_STD, MOBILEFACENET_FILE, orl_tensors
-from patches.criteria import make_criterion
+from compression_tool.data.normalise import RGB_MEAN, RGB_STD
+from compression_tool.engine.checkpoint import load_model, save_pruned
+from compression_tool.engine.criteria import make_criterion
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.masking import apply_slices, group_slices
+from compression_tool.engine.thinning import thin
+from model_define.pretrained import MOBILEFACENET_FILE
+from test_module.reference import orl_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -44,8 +46,8 @@ def need(*parts: str) -> Path:
 @pytest.fixture(scope="module")
 def cifar_images() -> torch.Tensor:
     """One JPEG of each of the ten classes (seeded pick), normalised like the checkpoints' training data."""
-    from common.imagefolder import load_image_folder
-    x, _, _ = load_image_folder(need("cifar10_test"), (32, 32), CIFAR_MEAN, CIFAR_STD, per_class=1, seed=3,
+    from compression_tool.data.imagefolder import load_image_folder
+    x, _, _ = load_image_folder(need("cifar10_test"), (32, 32), RGB_MEAN, RGB_STD, per_class=1, seed=3,
                                 progress=False)
     return x
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import run
-from core.checkpoint_io import example_input, load_model
-from core.groups import PrunableGroup
-from core.pipeline import global_counts, parse_steps
-from core.report import params_and_macs
+from compression_tool.apps.pipeline import parse_steps
+from compression_tool.engine.checkpoint import example_input, load_model
+from compression_tool.engine.cost import params_and_macs
+from compression_tool.engine.strategies import global_counts
 
 
 def cli(ws, *args):
@@ -107,11 +107,14 @@ def test_mnist_idx_and_json_data_train_lenet(tmp_path):
 
 
 def test_global_threshold_counts():
-    groups = [PrunableGroup(f"g{i}.weight", f"g{i}", None, [], [], c) for i, c in enumerate((4, 4, 2))]
+    channels = [4, 4, 2]
     scores = [torch.tensor([0.1, 0.9, 0.2, 0.8]), torch.tensor([0.5, 0.6, 0.7, 0.05]), torch.tensor([0.01, 0.02])]
-    # the 5 lowest of 10: 0.01, 0.02 (group 2: capped to 1, one channel always stays), 0.05, 0.1, 0.2
-    assert global_counts(groups, scores, 0.5) == [2, 1, 1]
-    assert global_counts(groups, scores, 0.0) == [0, 0, 0]
+    # raw scores (BN gammas): the 5 lowest of 10 are 0.01, [0.02: group 2 keeps one], 0.05, 0.1, 0.2, 0.5
+    assert global_counts(channels, scores, 0.5, max_ratio=1.0, normalise=False) == [2, 2, 1]
+    assert global_counts(channels, scores, 0.0, normalise=False) == [0, 0, 0]
+    # normalised by each group's mean |score|: 0.05 (0.11 of group 1's mean), then 0.1 and 0.2 (0.2, 0.4 of group
+    # 0's); group 2's 0.01 is 0.67 of its mean and stays
+    assert global_counts(channels, scores, 0.3, max_ratio=1.0) == [2, 1, 0]
 
 
 @pytest.mark.parametrize("text", ["", "4", "1a", "abc"])

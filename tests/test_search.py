@@ -6,13 +6,13 @@ import torch
 
 import model_define as md
 import pruning
-from common.data import digits_split
-from core.checkpoint_io import example_input
-from core.groups import GroupIndex
-from core.schedule import read_schedule, resolve
-from core.search import ALGORITHMS, make_searcher
-from core.search.fitness import PruningFitness, bn_recalibrate
-from patches.criteria import make_criterion
+from compression_tool.data.digits import digits_split
+from compression_tool.engine.checkpoint import example_input
+from compression_tool.engine.criteria import make_criterion
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.schedule import read_schedule, resolve
+from compression_tool.engine.search import ALGORITHMS, make_searcher
+from compression_tool.engine.search.fitness import PruningFitness, bn_recalibrate
 
 TARGET = np.array([0.1, 0.7, 0.3, 0.55, 0.85])
 

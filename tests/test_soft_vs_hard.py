@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from core.groups import GroupIndex
-from core.masking import apply_slices, group_slices
-from core.thinning import layer_widths, replay, thin
-from patches.criteria import make_criterion
+from compression_tool.engine.criteria import make_criterion
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.masking import apply_slices, group_slices
+from compression_tool.engine.thinning import layer_widths, replay, thin
 from tests.zoo_util import build_randomised, zoo_names
 
 
@@ -84,7 +84,7 @@ def test_widths_and_replay_follow_keep_arrays(name):
 
 def test_flops_drop_as_predicted():
     """digits_net, stem group halved: MACs of every layer touching those channels halve exactly."""
-    from core.report import params_and_macs
+    from compression_tool.engine.cost import params_and_macs
     model, size = build_randomised("digits_net")
     x = torch.randn(1, *size)
     before = params_and_macs(model, x)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.errors import UserError
-from core.report import params_and_macs
-from core.strategies import ChannelPruner, extend_selection, format_zero_report, if_zero
-from core.thinning import layer_widths
+from compression_tool.engine.cost import params_and_macs
+from compression_tool.engine.strategies import ChannelPruner, extend_selection, format_zero_report, if_zero
+from compression_tool.engine.thinning import layer_widths
+from compression_tool.io.errors import UserError
 from tests.zoo_util import build_randomised
 
 

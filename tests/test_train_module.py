@@ -12,9 +12,15 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.errors import UserError
-from train_module.finetune import (FinetuneConfig, checkpoint_name, finetune, finetune_classifier,
-                                   finetune_embedder, load_checkpoint)
+from compression_tool.io.errors import UserError
+from train_module.finetune import (
+    FinetuneConfig,
+    checkpoint_name,
+    finetune,
+    finetune_classifier,
+    finetune_embedder,
+    load_checkpoint,
+)
 from train_module.heads import ArcFace, CosFace, make_head
 from train_module.optim import build_optimizer, build_scheduler, split_decay_params
 
@@ -203,7 +209,7 @@ def test_bad_setups_are_user_errors(tmp_path):
         finetune_embedder(model, loader(x, y), quiet(distill="cosine"), head=ArcFace(8, 4))
     with pytest.raises(UserError, match="needs labels"):
         finetune_classifier(model, loader(x), quiet())
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="no such --resume checkpoint"):
         finetune_embedder(model, loader(x, y), quiet(), head=ArcFace(8, 4), resume=tmp_path / "missing.pth")
 
 
@@ -253,8 +259,8 @@ def test_checkpoint_name():
 
 
 def test_cli_finetunes_a_plain_digits_checkpoint(tmp_path, capsys):
+    from compression_tool.cli.finetune import main
     from model_define import get_model
-    from train_module.cli import main
 
     torch.manual_seed(0)
     src = tmp_path / "digits_net.pth"

@@ -12,11 +12,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import UserError
-from common.sparse_checkpoint import (bit_equal, load_sparse_checkpoint, nonzero_pattern, pack_bits,
-                                      read_any_weights, save_sparse_checkpoint, unpack_bits)
-from patches.unstructured import (GMPSchedule, GMPUnstructuredPruner, UnstructuredPruner, default_skip_params,
-                                  restore_training_checkpoint, save_training_checkpoint)
+from compression_tool.engine.unstructured import (
+    GMPSchedule,
+    GMPUnstructuredPruner,
+    UnstructuredPruner,
+    default_skip_params,
+)
+from compression_tool.io.errors import UserError
+from compression_tool.io.sparse_checkpoint import (
+    bit_equal,
+    load_sparse_checkpoint,
+    nonzero_pattern,
+    pack_bits,
+    save_sparse_checkpoint,
+    unpack_bits,
+)
+from train_module.sparse import restore_training_checkpoint, save_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNED = ["conv1.weight", "conv2.weight", "fc.weight"]
@@ -289,7 +300,7 @@ def test_sparse_checkpoint_bit_exact_and_small(tmp_path: Path):
         assert bit_equal(ck.state_dict[k], v), k
     assert not bit_equal(torch.tensor([-0.0]), torch.tensor([0.0]))
     assert torch.equal(ck.masks["w"], mask) and ck.meta == {"model": "x"}
-    assert read_any_weights(path)[1] == {"model": "x"}
+    assert load_sparse_checkpoint(path).meta == {"model": "x"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pth", "s.pth"]   # no temp files left
 
 
@@ -303,7 +314,7 @@ def test_sparse_checkpoint_no_clobber_and_bad_files(tmp_path: Path):
     assert torch.equal(load_sparse_checkpoint(path).state_dict["w"], torch.ones(100))
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")
-    with pytest.raises(UserError, match="not a sparse checkpoint"):
+    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
         load_sparse_checkpoint(junk)
     with pytest.raises(UserError, match="no such"):
         load_sparse_checkpoint(tmp_path / "missing.pth")
@@ -343,7 +354,7 @@ def _fresh_threshold_pruner():
 
 def _cli(capsys, *args: str) -> Tuple[int, str, str]:
     """Run the CLI in-process (fast); returns (exit code, stdout, stderr)."""
-    from train_module.train_sparse import main
+    from compression_tool.cli.train_sparse import main
 
     try:
         main(["--no_progress", *args])

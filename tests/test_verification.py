@@ -13,12 +13,22 @@ from PIL import Image
 from scipy.stats import norm
 from sklearn.metrics import roc_curve
 
-from common.errors import UserError
-from test_module import evaluate as evaluate_cli
-from test_module.verification import (PairSet, embed_images, evaluate_pairs, kfold_verification,
-                                      make_pair_evaluator, metric_names, ordered_metrics, plot_roc, rate_key,
-                                      roc_metrics, roc_points, verification_metrics)
-
+from compression_tool.cli import evaluate as evaluate_cli
+from compression_tool.data.pairs import PairSet
+from compression_tool.io.errors import UserError
+from test_module.verification import (
+    embed_images,
+    evaluate_pairs,
+    kfold_verification,
+    make_pair_evaluator,
+    metric_names,
+    ordered_metrics,
+    plot_roc,
+    rate_key,
+    roc_metrics,
+    roc_points,
+    verification_metrics,
+)
 
 # --------------------------------------------------------------------------- k-fold accuracy
 
@@ -286,30 +296,14 @@ def _identity_folders(root: Path, n_ids=5, per_id=4, size=(16, 16)):
             Image.fromarray(img).save(root / f"p{i}" / f"{k}.png")
 
 
-def _loader_for_test(monkeypatch):
-    """Use common.checkpoint.load_pretrained when it exists; until then load the plain state_dict here."""
-    try:
-        from common.checkpoint import load_pretrained  # noqa: F401
-    except ImportError:
-        from model_define import get_model
-
-        def load(name, path, from_data_parallel):
-            model = get_model(name)
-            model.load_state_dict(torch.load(path, map_location="cpu"))
-            return model
-
-        monkeypatch.setattr(evaluate_cli, "load_model", load)
-
-
 def test_cli_prints_metrics_with_chosen_first(tmp_path, monkeypatch, capsys):
+    from compression_tool.data.readers import load_pairset
     from model_define import get_model
-    from test_module.readers import load_pairset
 
     _identity_folders(tmp_path / "faces")
     torch.manual_seed(0)
     model = get_model("digits_net")
     torch.save(model.state_dict(), tmp_path / "m.pth")
-    _loader_for_test(monkeypatch)
     evaluate_cli.main(["--model", "digits_net", "--best_model_path", str(tmp_path / "m.pth"),
                        "--identity_folders", str(tmp_path / "faces"), "--folds", "4", "--seed", "3",
                        "--metric", "tar@far=1e-1", "--roc", str(tmp_path / "roc.png")])
@@ -327,7 +321,6 @@ def test_cli_user_errors_exit_2(tmp_path, monkeypatch, capsys):
 
     _identity_folders(tmp_path / "faces", n_ids=2, per_id=2)
     torch.save(get_model("digits_net").state_dict(), tmp_path / "m.pth")
-    _loader_for_test(monkeypatch)
     common = ["--model", "digits_net", "--best_model_path", str(tmp_path / "m.pth")]
     for extra, msg in ((["--identity_folders", str(tmp_path / "nope")], "nope"),
                        (["--identity_folders", str(tmp_path / "faces"), "--metric", "top1"], "unknown metric"),

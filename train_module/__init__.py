@@ -1,2 +1,2 @@
-"""Fine-tuning: margin heads (heads.py), optimizer/LR schedule (optim.py), training loops (finetune.py),
-CLI (``python -m train_module``, cli.py)."""
+"""Fine-tuning (an application of the engine): margin heads, optimizer/LR schedule, training loops.
+``python -m train_module`` and ``train_module/train_sparse.py`` are shims onto compression_tool.cli."""

@@ -1,4 +1,4 @@
-"""``python -m train_module``: see train_module/cli.py."""
-from train_module.cli import main
+"""``python -m train_module``: fine-tune a (pruned) model — the command line is compression_tool.cli.finetune."""
+from compression_tool.cli.finetune import main
 
 main()

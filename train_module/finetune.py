@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.errors import UserError
-from common.io import atomic_torch_save
+from compression_tool.io.checkpoint import torch_load
+from compression_tool.io.errors import UserError
+from compression_tool.io.files import atomic_torch_save
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, step: int, metrics: O
 def load_checkpoint(path: str | Path) -> Dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; UserError naming the file when it is not one."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--resume: {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)  # the user's own checkpoint, like core
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise UserError(f"--resume: cannot read {p} as a torch checkpoint ({type(exc).__name__})") from None
+    ckpt = torch_load(p, what="--resume checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "train_state" not in ckpt.get("meta", {}):
         raise UserError(f"--resume: {p} is not a train_module checkpoint (expected 'state_dict' and "
                         "'meta.train_state')")

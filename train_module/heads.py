@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import UserError
+from compression_tool.io.errors import UserError
 
 
 class _CosineHead(nn.Module):

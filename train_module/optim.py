@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from common.errors import UserError
+from compression_tool.io.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Applications: workflows composed from the engine, taking typed configs (dataclasses), never argv."""

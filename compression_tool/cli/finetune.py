@@ -1,0 +1,132 @@
+"""Fine-tune a (pruned) model: cross-entropy for classifiers, ArcFace/CosFace for face embedders,
+optionally distilling the unpruned teacher's outputs.
+
+    python -m train_module --model digits_net --best_model_path work_space/pruned_model/digits_net.pth \\
+        --data digits --epochs 5 --lr 0.01
+    python -m train_module --model mobilefacenet --best_model_path pruned.pth --data orl:../shared/data/orl_faces \\
+        --head arcface --teacher_path ../shared/data/mobilefacenet_casia/068.ckpt --distill cosine --alpha 1
+    python -m train_module ... --head none --distill cosine --teacher_path T.pth   # pure distillation, no labels
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import List, Optional
+
+from compression_tool.apps.finetune import FinetuneJob, run_finetune
+from compression_tool.apps.workflow import ModelSource
+from compression_tool.cli.common import floats
+from compression_tool.data.preprocess import FITS
+from compression_tool.io.errors import UserError, cli_main
+from test_module.setup import EvalConfig
+from train_module.finetune import FinetuneConfig
+from train_module.heads import HEADS
+
+log = logging.getLogger(__name__)
+
+
+
+def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="registered model name; optional when the checkpoint is a pruned one (it "
+                                   "names its model)")
+    p.add_argument("--best_model_path", required=True,
+                   help="checkpoint to fine-tune: a pruned (thinned) checkpoint or a plain state_dict")
+    p.add_argument("--from_data_parallel", action="store_true",
+                   help="--best_model_path keys carry DataParallel's 'module.' prefix; strip it")
+    p.add_argument("--data", default="digits",
+                   help="training data: any classifier spec of pruning.py --data (digits = its train split, "
+                        "mnist:/cifar10:/cifar100:/json: their train files, image_folder:DIR all its images), or "
+                        "for embedders identity_folders:DIR (DIR/<identity>/<image>, see --subjects) or orl:DIR "
+                        "(subjects s3..s30 by default)")
+    p.add_argument("--mean", type=floats, default=None, help="classifier data: per-channel mean on the [0,1] scale")
+    p.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code: only your own files)")
+    p.add_argument("--subjects", help="identity folders to train on, e.g. s3..s30 (default: all; orl: s3..s30)")
+    p.add_argument("--eval_data",
+                   help="evaluation data spec as in pruning.py --data (default: digits for digits, the held-out "
+                        "s31..s40 pairs for orl:DIR, none for identity_folders)")
+    p.add_argument("--metric", default="lfw_acc",
+                   help="face metric to maximise when choosing the best checkpoint (default lfw_acc); "
+                        "classifiers use top1")
+    p.add_argument("--fit", default="pad", choices=FITS,
+                   help="how face images of another aspect ratio reach the model input (default pad)")
+    p.add_argument("--hflip", action="store_true", help="augment training images with random horizontal flips")
+    p.add_argument("--head", choices=sorted(HEADS) + ["none"],
+                   help="margin head for embedders (default arcface); 'none' = pure distillation, no labels "
+                        "used; classifiers are trained with plain cross-entropy and take no head")
+    p.add_argument("--s", type=float, help="head scale (default: arcface/cosface 64)")
+    p.add_argument("--m", type=float, help="head margin (default: arcface 0.5, cosface 0.35)")
+    p.add_argument("--teacher_path", help="unpruned teacher checkpoint (same --model) for distillation")
+    p.add_argument("--teacher_from_data_parallel", action="store_true",
+                   help="--teacher_path keys carry DataParallel's 'module.' prefix; strip it")
+    p.add_argument("--distill", choices=("cosine", "mse"),
+                   help="distillation loss to the teacher's outputs (needs --teacher_path)")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of the distillation loss (default 1)")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    p.add_argument("--max_iters", type=int, help="stop after this many iterations in total (overrides --epochs)")
+    p.add_argument("--batch_size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight_decay", type=float, default=5e-4,
+                   help="weight decay, not applied to BN / bias / PReLU parameters (default 5e-4)")
+    p.add_argument("--milestones", default="",
+                   help="comma-separated epochs at which the LR is multiplied by --gamma, e.g. 3,6 (default none)")
+    p.add_argument("--gamma", type=float, default=0.1, help="LR factor at each milestone (default 0.1)")
+    p.add_argument("--warmup_iters", type=int, default=0, help="linear LR warm-up iterations (default 0)")
+    p.add_argument("--freeze_bn", action="store_true",
+                   help="keep BatchNorm running statistics fixed (small fine-tuning sets)")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="evaluate every N iterations (default 0: at the end of every epoch)")
+    p.add_argument("--eval_at_start", action="store_true",
+                   help="also evaluate before training (the starting point counts as a best candidate)")
+    p.add_argument("--save_dir", help="folder for best_<metric>=<value>_step=<n>.pth "
+                                      "(default work_space/finetune/<model>)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint this tool wrote (model, head, "
+                                                    "optimizer, LR schedule and step)")
+    p.add_argument("--seed", type=int, default=0, help="seed for batch order, augmentation and pairs (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite existing checkpoint files")
+    return p
+
+
+def parse_milestones(text: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--milestones: expected comma-separated epochs such as 3,6, got {text!r}") from None
+
+
+def job_from_args(args: argparse.Namespace) -> FinetuneJob:
+    source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, None, args.trust_checkpoint)
+    teacher = ModelSource(args.teacher_path, None, args.teacher_from_data_parallel, None, args.trust_checkpoint) \
+        if args.teacher_path else None
+    eval_cfg = EvalConfig(data=args.eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric) \
+        if args.eval_data else None
+    train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
+                           distill=args.distill, alpha=args.alpha, freeze_bn=args.freeze_bn,
+                           eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
+                           force=args.force, seed=args.seed)
+    return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
+                       hflip=args.hflip, head=args.head, s=args.s, m=args.m, teacher=teacher,
+                       batch_size=args.batch_size, milestones=parse_milestones(args.milestones), train=train,
+                       resume=args.resume, mean=args.mean, std=args.std)
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None, prog: str = "python -m train_module") -> None:
+    args = build_parser(prog).parse_args(argv)
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    result = run_finetune(job_from_args(args))
+    if result.best_metrics is not None:
+        print(f"best at step {result.best_step}: " +
+              ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))
+    print(f"checkpoint: {result.best_path or result.last_path or '(none new: no improvement after resume)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Plot a sensitivity CSV: one curve per layer, metric vs. sparsity (PNG next to the CSV by default)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compression_tool.engine.sensitivity import load_csv  # noqa: E402
+from compression_tool.io.errors import UserError, cli_main  # noqa: E402
+from compression_tool.io.files import atomic_save_with  # noqa: E402
+
+
+def plot(csv_path: str, out: Path, metric: str | None = None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, data = load_csv(csv_path)
+    metric = metric or metrics[0]
+    if metric not in metrics:
+        raise UserError(f"--metric {metric!r} is not a column of {csv_path} (columns: {', '.join(metrics)})")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for layer, curve in data.items():
+        ax.plot([s for s, _ in curve], [m[metric] for _, m in curve], marker="o", ms=3, label=layer)
+    ax.set_xlabel("sparsity (fraction of channels removed)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"sensitivity: {Path(csv_path).stem}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2 if len(data) > 12 else 1, loc="lower left")
+    fig.tight_layout()
+    atomic_save_with(out, lambda tmp: fig.savefig(tmp, dpi=120))
+    plt.close(fig)
+    return out
+
+
+@cli_main
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("csv", help="sensitivity CSV from pruning.py --mode sa")
+    p.add_argument("--metric", default=None, help="column to plot (default: the first metric column)")
+    p.add_argument("--output", default=None, help="PNG path (default: the CSV path with .png)")
+    args = p.parse_args(argv)
+    out = plot(args.csv, Path(args.output or Path(args.csv).with_suffix(".png")), args.metric)
+    print(f"plot: {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

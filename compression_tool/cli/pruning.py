@@ -1,0 +1,176 @@
+"""pruning.py: the Distiller-style pruning workflow, one mode at a time.
+
+  --mode sa        sensitivity analysis: every prunable group x sparsity levels -> CSV
+  --mode prune     apply a YAML schedule: select channels, thin, report, save the thinned checkpoint
+  --mode search    per-layer ratios under a FLOPs/params budget (GA, PSO, ABC, ACO) -> YAML schedule
+  --mode finetune  fine-tune a (thinned) model (the flags of `python -m train_module`)
+
+`python pruning.py --mode MODE --help` lists the flags of one mode.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, Tuple
+
+from compression_tool.cli.common import (
+    HELP_FORMAT,
+    add_criterion_args,
+    add_eval_args,
+    add_model_args,
+    add_output_args,
+    criterion_config,
+    eval_config,
+    model_source,
+)
+from compression_tool.io.errors import UserError, cli_main
+
+MODES = ("sa", "prune", "search", "finetune")
+DEFAULT_SEARCH_EVAL_BATCHES = 4
+
+
+def split_mode(argv: List[str]) -> Tuple[Optional[str], List[str]]:
+    """``--mode X`` / ``--mode=X`` out of argv (the seed tool's form), and the rest."""
+    for i, a in enumerate(argv):
+        if a == "--mode" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith("--mode="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return None, argv
+
+
+def _sparsity_levels(text: str):
+    from compression_tool.engine.sensitivity import parse_sparsities
+
+    try:
+        return parse_sparsities(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
+    from compression_tool.engine.sensitivity import default_sparsities
+
+    p = argparse.ArgumentParser(prog=prog, formatter_class=HELP_FORMAT, description=(
+        "Sensitivity analysis: sweep every prunable group (layers coupled by residual adds or depthwise convs are "
+        "one group, named by its leading weight) over sparsity levels on a fixed, seeded evaluation subset and "
+        "append the metrics to a Distiller-shaped CSV (parameter,sparsity,<metrics>). Re-running resumes."))
+    add_model_args(p)
+    add_eval_args(p)
+    add_criterion_args(p)
+    p.add_argument("--sparsities", type=_sparsity_levels, default=default_sparsities(),
+                   help="levels as '0,0.2,0.4' or 'start:stop:step' (stop exclusive; default 0.0..0.9 step 0.1)")
+    p.add_argument("--no_cache", action="store_true",
+                   help="recompute the unchanged prefix of the network instead of reusing its activations")
+    add_output_args(p, "CSV path (default work_space/sensitivity_data/<model>_<method>.csv)")
+    return p
+
+
+def prune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pruning.py --mode prune", formatter_class=HELP_FORMAT, description=(
+        "Apply a Distiller-style YAML schedule: rank each named group's channels with the schedule's pruner "
+        "classes (or --method), remove them physically (convs, BN, PReLU, residual-coupled layers, Linear after "
+        "flatten), print the keep-arrays and a before/after report (params, MACs, latency, metrics)."))
+    add_model_args(p)
+    add_eval_args(p)
+    add_criterion_args(p, default=None)
+    p.add_argument("--yaml", required=True, help="the schedule (from auto_make_yaml.py or written by hand)")
+    p.add_argument("--save_model_pt", action="store_true",
+                   help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
+    add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
+    return p
+
+
+def search_parser() -> argparse.ArgumentParser:
+    from compression_tool.engine.search import ALGORITHMS
+
+    p = argparse.ArgumentParser(prog="pruning.py --mode search", formatter_class=HELP_FORMAT, description=(
+        "Search per-group pruning ratios under a budget; each candidate is thinned, its BN statistics "
+        "re-estimated and evaluated on --eval_batches batches. Writes a schedule for --mode prune and prints "
+        "best_candidates_prune=[…]."))
+    add_model_args(p)
+    add_eval_args(p, eval_batches_default=DEFAULT_SEARCH_EVAL_BATCHES)
+    add_criterion_args(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--algo", choices=list(ALGORITHMS), default="abc",
+                   help="genetic (ga), particle swarm (pso), artificial bee colony (abc), ant colony (aco)")
+    g.add_argument("--flops", type=float, default=None,
+                   help="budget: fraction of the unpruned MACs to KEEP, e.g. 0.5 (every budget flag of the "
+                        "project is a fraction kept)")
+    g.add_argument("--params", type=float, default=None, help="budget: fraction of the unpruned parameters to keep")
+    g.add_argument("--population", type=int, default=10, help="candidates per iteration (ABC: food sources)")
+    g.add_argument("--iterations", type=int, default=10, help="generations / swarm moves / bee cycles / ant tours")
+    g.add_argument("--search_batches", type=int, default=4,
+                   help="batches used to re-estimate each candidate's BatchNorm statistics")
+    g.add_argument("--max_ratio", type=float, default=0.9, help="upper bound of every group's pruning ratio")
+    add_output_args(p, "schedule path (default yaml_file/<model>_search_<algo>_<budget>.yaml)")
+    return p
+
+
+def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
+    from compression_tool.apps.workflow import SensitivityConfig, run_sensitivity
+
+    args = sa_parser(prog).parse_args(argv)
+    cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
+                            sparsities=args.sparsities, output=args.output, work_space=args.work_space,
+                            ignore=args.ignore, use_cache=not args.no_cache)
+    print(f"sensitivity CSV: {run_sensitivity(cfg)}")
+
+
+def run_prune(argv: List[str]) -> None:
+    from compression_tool.apps.workflow import PruneConfig
+    from compression_tool.apps.workflow import run_prune as prune
+
+    args = prune_parser().parse_args(argv)
+    crit = criterion_config(args, default=None)
+    cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args), criterion=crit,
+                      override_criterion=bool(args.method or args.fpgm or args.hrank), ignore=args.ignore,
+                      save=args.save_model_pt, output=args.output, work_space=args.work_space, force=args.force)
+    result = prune(cfg)
+    print("keep-arrays (layer: out channels before -> after):")
+    for line in result.keep_lines:
+        print("  " + line)
+    print(result.report())
+    if result.checkpoint:
+        print(f"thinned checkpoint: {result.checkpoint}\nkeep-arrays: {result.keep_path}")
+    else:
+        print("(not saved: pass --save_model_pt to write the thinned checkpoint)")
+
+
+def run_search(argv: List[str]) -> None:
+    from compression_tool.apps.search import SearchConfig
+    from compression_tool.apps.search import run_search as search
+
+    args = search_parser().parse_args(argv)
+    if (args.flops is None) == (args.params is None):
+        raise UserError("--mode search needs exactly one budget: --flops F or --params F (fraction to keep)")
+    resource, fraction = ("macs", args.flops) if args.flops is not None else ("params", args.params)
+    cfg = SearchConfig(source=model_source(args), resource=resource, fraction=fraction, algo=args.algo,
+                       eval=eval_config(args), criterion=criterion_config(args), population=args.population,
+                       iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
+                       ignore=args.ignore, output=args.output, force=args.force, seed=args.seed)
+    out, lines = search(cfg)
+    print("\n".join(lines))
+    print(f"schedule: {out}")
+
+
+def overview_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pruning.py", description=__doc__, formatter_class=HELP_FORMAT)
+    p.add_argument("--mode", choices=MODES, required=True, help="what to do (see above)")
+    return p
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None) -> None:
+    mode, rest = split_mode(list(sys.argv[1:] if argv is None else argv))
+    if mode == "finetune":  # the seed tool's mode: the same command line as python -m train_module
+        from compression_tool.cli.finetune import main as finetune_main
+        return finetune_main(rest, prog="pruning.py --mode finetune")
+    if mode not in MODES:
+        overview_parser().parse_args([] if mode is None and not rest else ["--mode", str(mode), *rest])
+        return
+    {"sa": run_sa, "prune": run_prune, "search": run_search}[mode](rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Quantize a model: BN folding, int8 PTQ through ONNX Runtime, LSQ mixed precision, dynamic fixed point.
+
+  python quantization.py --mode fold --model digits_net --best_model_path work_space/checkpoints/digits_net.pth
+  python quantization.py --mode ptq  ...   # int8 ONNX (QDQ, per-channel), accuracy / size / latency vs fp32
+  python quantization.py --mode lsq  --avg_bit_weights 4 --avg_bit_fm 6 ...   # searched per-layer bits + QAT
+  python quantization.py --mode lsq  --w_bit 8,4,4,4,8 --a_bit 8 ...          # explicit per-layer bits
+  python quantization.py --mode dfp  ...   # Ristretto dynamic fixed point, fl per layer, with/without BN folding
+  python quantization.py --mode hist ...   # per-layer weight / activation histograms (PNG)
+  python quantization.py --mode ptq --pruned_model work_space/pruned_model/digits_net.pth   # prune, then quantize
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import List, Optional
+
+from compression_tool.cli.common import add_model_args
+from compression_tool.io.errors import UserError, cli_main
+
+MODES = ("fold", "ptq", "lsq", "dfp", "hist", "all")
+
+
+def bit_list(text: str) -> List[int]:
+    """'8,4,4' or '8 4 4' -> [8, 4, 4]."""
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=MODES, required=True,
+                   help="fold: merge BN and check outputs; ptq: int8 ONNX Runtime; lsq: learned-step QAT with "
+                        "per-layer bits; dfp: dynamic fixed point; hist: histograms; all: every mode in turn")
+    add_model_args(p, required=False)   # no checkpoint: --model (default digits_net) with random weights
+    p.add_argument("--pruned_model", default=None,
+                   help="a thinned checkpoint from pruning.py (rebuilt at its pruned width); replaces "
+                        "--best_model_path")
+    p.add_argument("--data", default="digits",
+                   help="evaluation data spec, as for pruning.py: digits | image_folder:DIR | mnist:DIR | "
+                        "cifar10:DIR | orl:DIR | lfw:PAIRS …")
+    p.add_argument("--batch_size", type=int, default=64, help="batch size for evaluation, calibration and QAT")
+    p.add_argument("--eval_batches", type=int, default=None, help="evaluate on this many batches only")
+    p.add_argument("--train_batches", type=int, default=None,
+                   help="use only this many calibration/QAT batches (default: the whole digits training split)")
+    p.add_argument("--calib_batches", type=int, default=8,
+                   help="batches for calibration, sensitivity, fixed-point ranges and histograms")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation")
+    p.add_argument("--out_dir", default="work_space/output/quant", help="ONNX files and histograms go here")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files / checkpoints")
+    ptq = p.add_argument_group("ptq")
+    ptq.add_argument("--reduce_range", choices=("auto", "on", "off"), default="auto",
+                     help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI); auto = on without VNNI")
+    ptq.add_argument("--keep_prelu", action="store_true",
+                     help="export PReLU as ONNX PRelu (default: the exact (1-a)*relu(x) + a*x, faster in ORT)")
+    q = p.add_argument_group("lsq")
+    q.add_argument("--w_bit", type=bit_list, default=None,
+                   help="weight bits per conv/linear layer in model order ('8,4,4,8'), or one value for all")
+    q.add_argument("--a_bit", type=bit_list, default=None,
+                   help="input-activation bits per conv/linear layer, or one value for all (32 = float)")
+    q.add_argument("--avg_bit_weights", type=float, default=4.0,
+                   help="without --w_bit: average weight bits (weighted by weight count); searched per layer")
+    q.add_argument("--avg_bit_fm", type=float, default=6.0,
+                   help="without --a_bit: average feature-map bits (weighted by activation size); searched")
+    q.add_argument("--fix_bw_weights", action="store_true",
+                   help="every layer gets --avg_bit_weights weight bits (no search)")
+    q.add_argument("--fix_bw_fm", action="store_true", help="every layer gets --avg_bit_fm activation bits")
+    q.add_argument("--search_batches", type=int, default=2,
+                   help="bit search: batches used to measure each layer's sensitivity")
+    q.add_argument("--min_bw", type=int, default=2, help="bit search: fewest bits a layer may get")
+    q.add_argument("--max_bw", type=int, default=8, help="bit search: most bits a layer may get")
+    q.add_argument("--per_channel", action="store_true", help="one learned weight step per output channel")
+    q.add_argument("--epochs", type=int, default=3, help="QAT epochs (0: only initialise the steps)")
+    q.add_argument("--lr", type=float, default=0.01, help="QAT learning rate (weights and steps)")
+    q.add_argument("--weight_decay", type=float, default=1e-4, help="QAT weight decay")
+    q.add_argument("--save", default=None, help="write the LSQ model (state_dict + bits meta) here")
+    d = p.add_argument_group("dfp")
+    d.add_argument("--dfp_w_bits", type=int, default=8, help="dynamic fixed point: weight bits")
+    d.add_argument("--dfp_a_bits", type=int, default=8, help="dynamic fixed point: activation bits")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.pruned_model and args.best_model_path:
+        raise UserError("give either --pruned_model or --best_model_path, not both")
+    for flag in ("batch_size", "calib_batches", "search_batches", "threads"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not 2 <= args.min_bw <= args.max_bw <= 16:
+        raise UserError(f"--min_bw/--max_bw must satisfy 2 <= min <= max <= 16, got {args.min_bw}/{args.max_bw}")
+    if not (2 <= args.dfp_w_bits <= 32 and 2 <= args.dfp_a_bits <= 32):
+        raise UserError("--dfp_w_bits/--dfp_a_bits must be 2..32")
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from compression_tool.apps.quantize import QuantConfig, run  # heavy imports after argument checks
+
+    cfg = QuantConfig(**{f.name: getattr(args, f.name) for f in fields(QuantConfig)})
+    for line in run(cfg):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

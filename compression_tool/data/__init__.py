@@ -1,0 +1,1 @@
+"""Foundations: the data-spec parser, readers (image folders, MNIST, CIFAR, JSON, face pairs), preprocessing."""

@@ -1,0 +1,1 @@
+"""Foundations: user errors, atomic output writes, checkpoint reading (weights only)."""

@@ -1,0 +1,106 @@
+"""Turn ``--data`` into a fixed evaluation subset and a metric function ``evaluate(model) -> metrics``.
+
+The specs are compression_tool.data.spec's; classifiers get top-1/top-5/loss, face embedders the verification
+metrics of test_module.verification, in the order that puts the targeted metric first.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from compression_tool.data.spec import FACE_KINDS, classifier_tensors, parse_data_spec
+from compression_tool.io.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_METRICS = ["top1", "top5", "loss"]
+
+
+@dataclass
+class EvalSetup:
+    evaluate: Callable[[nn.Module], "OrderedDict[str, float]"]
+    metric_names: List[str]
+    batches: Callable[[], Iterable[torch.Tensor]]   # input batches for data-driven criteria (hrank…)
+    dataset: str
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate on and how: the data spec, a fixed seeded subset, the metric order and face options."""
+    data: str = "digits"
+    batch_size: int = 64
+    eval_batches: Optional[int] = None        # evaluate on this many batches only (a seeded, fixed subset)
+    seed: int = 0
+    metric: str = "lfw_acc"                   # face embedders: the metric put first (and targeted)
+    test_root: Optional[str] = None           # image root of pairs:/lfw: pair lists
+    folds: int = 10
+    flip: bool = False
+    bgr: bool = False
+    mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
+    std: Optional[Sequence[float]] = None
+
+
+def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
+                     eval_batches: Optional[int] = None, seed: int = 0, mean=None, std=None,
+                     model_mean=None, model_std=None) -> EvalSetup:
+    from test_module.classification import evaluate_classifier
+
+    x, y = classifier_tensors(spec, input_size, "test", seed, mean, std, model_mean, model_std)
+    if eval_batches and eval_batches * batch_size < len(y):
+        # a seeded random subset: image folders come sorted by class, so a prefix would be one class
+        pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
+        x, y = x[pick.sort().values], y[pick.sort().values]
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+    return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
+                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0])
+
+
+def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", batch_size: int = 64,
+               eval_batches: Optional[int] = None, seed: int = 0, test_root: Optional[str] = None,
+               folds: int = 10, flip: bool = False, bgr: bool = False) -> EvalSetup:
+    from compression_tool.data import readers
+    from test_module.verification import evaluate_pairs, ordered_metrics
+
+    pairset = readers.load_pairset(spec, input_size=tuple(input_size[1:]), seed=seed, test_root=test_root, bgr=bgr)
+    if eval_batches:
+        pairset = pairset.subset(eval_batches * batch_size)
+
+    def evaluate(m: nn.Module):
+        return ordered_metrics(evaluate_pairs(m, pairset, folds=folds, flip=flip, batch_size=batch_size), metric)
+
+    names = list(evaluate_names(metric))
+    return EvalSetup(evaluate=evaluate, metric_names=names,
+                     batches=lambda: (pairset.images[i:i + batch_size]
+                                      for i in range(0, len(pairset.images), batch_size)),
+                     dataset=spec.split(":")[0])
+
+
+def evaluate_names(metric: str) -> List[str]:
+    from test_module.verification import metric_names
+    names = metric_names()
+    key = metric.replace("tar@far", "tpr@fpr")
+    if key not in names:
+        raise UserError(f"--metric: unknown metric {metric!r}; known: {', '.join(names)}")
+    return [key] + [n for n in names if n != key]
+
+
+def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
+                **kw) -> EvalSetup:
+    """Pick the classifier or the face-verification evaluation for this model kind and data spec (``cfg`` may be
+    a spec string with EvalConfig's fields as keywords)."""
+    cfg = cfg if isinstance(cfg, EvalConfig) else EvalConfig(data=cfg, **kw)
+    ds = parse_data_spec(cfg.data)
+    if kind == "embedder" and not ds.is_face:
+        raise UserError(f"--data {cfg.data}: this model is a face embedder; give verification data "
+                        f"({', '.join(k + ':…' for k in FACE_KINDS)})")
+    if ds.is_face:
+        return face_setup(cfg.data, input_size, cfg.metric, cfg.batch_size, cfg.eval_batches, cfg.seed,
+                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr)
+    return classifier_setup(cfg.data, input_size, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.mean, cfg.std,
+                            model_mean, model_std)
