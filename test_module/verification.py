@@ -16,7 +16,11 @@ Conventions
 * ``tpr@fpr=X`` (the same number as TAR@FAR=X): the TPR of the ROC point with the largest TPR among the
   points whose FPR is <= X, i.e. the best true-accept rate without exceeding the false-accept budget. The
   ROC always contains (0, 0), so a target below ``1 / #different-pairs`` is resolved at FPR = 0 (the TPR
-  with no false accept at all; 0.0 when even that accepts nothing). The value is never NaN.
+  with no false accept at all; 0.0 when even that accepts nothing). The value is never NaN, but it only
+  measures the TPR at FPR=X when there are at least ``1/X`` different-identity pairs
+  (:func:`resolvable`); otherwise a warning says so once per metric, and the sensitivity analysis refuses it
+  as its target (``core.evaluation``).
+* Pair labels (``issame``) are bools or the numbers 0/1; anything else (2, -1, 'no') is a UserError.
 * EER: the point on the piecewise-linear ROC where FPR = FNR (= 1 - TPR).
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,9 +51,33 @@ RATE_PREFIXES = ("tpr@fpr=", "tar@far=")
 
 # --------------------------------------------------------------------------- k-fold accuracy
 
+def _shown(value: object) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def check_issame(labels: object, where: str) -> np.ndarray:
+    """Pair labels as a flat bool array. Accepted: bools and the numbers 0/1; anything else (2, -1, 'no', 0.5)
+    is a one-line UserError naming ``where`` and the first bad value."""
+    arr = np.asarray(labels).reshape(-1)
+    if arr.dtype == np.bool_:
+        return arr
+    if arr.dtype.kind in "iuf":
+        bad = arr[(arr != 0) & (arr != 1)]
+        if bad.size == 0:
+            return arr != 0
+        value = bad[0]
+    else:  # strings, objects: only real bools and 0/1 numbers pass
+        ok = [isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, float, np.number)) and v in (0, 1))
+              for v in arr.tolist()]
+        if all(ok):
+            return np.array([bool(v) for v in arr.tolist()], dtype=bool)
+        value = arr[ok.index(False)]
+    raise UserError(f"{where}: issame label {_shown(value)} is not a bool or 0/1")
+
+
 def _check_pairs_arrays(values: np.ndarray, issame: np.ndarray, what: str) -> Tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, dtype=np.float64).reshape(-1)
-    issame = np.asarray(issame).astype(bool).reshape(-1)
+    issame = check_issame(issame, "issame")
     if values.shape != issame.shape:
         raise ValueError(f"{what} has {values.size} entries but issame has {issame.size}")
     if not np.all(np.isfinite(values)):
@@ -125,6 +153,35 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(np.max(np.asarray(tpr)[ok])) if ok.any() else 0.0
 
 
+def min_different_pairs(fpr: float) -> int:
+    """Different-identity pairs needed for one false accept to be a false-accept rate <= ``fpr``."""
+    return max(1, math.ceil((1.0 / fpr) * (1.0 - 1e-12)))
+
+
+def metric_fpr(metric: str) -> Optional[float]:
+    """X of a ``tpr@fpr=X`` / ``tar@far=X`` metric name; None for other metrics."""
+    return _parse_rate(metric.strip().lower())
+
+
+def resolvable(metric: str, n_different: int) -> bool:
+    """Whether ``metric`` measures what its name says on ``n_different`` different-identity pairs: a
+    ``tpr@fpr=X`` below 1/n_different is the TPR at zero false accepts whatever X is. Other metrics: True."""
+    fpr = metric_fpr(metric)
+    return fpr is None or n_different >= min_different_pairs(fpr)
+
+
+_warned: Set[str] = set()
+
+
+def _warn_unresolvable(key: str, n_different: int) -> None:
+    """Once per metric per process (a sensitivity sweep evaluates hundreds of times)."""
+    if key in _warned or resolvable(key, n_different):
+        return
+    _warned.add(key)
+    log.warning("%s is not resolvable on %d different-identity pairs (it needs at least %d): the value is the "
+                "TPR at zero false accepts", key, n_different, min_different_pairs(metric_fpr(key)))
+
+
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """FPR (= FNR) where the piecewise-linear ROC crosses FPR = 1 - TPR."""
     gap = (1.0 - np.asarray(tpr)) - np.asarray(fpr)          # FNR - FPR, non-increasing along the ROC
@@ -151,9 +208,11 @@ def roc_metrics(scores: np.ndarray, issame: np.ndarray, fprs: Sequence[float] = 
     from sklearn.metrics import auc
 
     fpr, tpr, _ = roc_points(scores, issame)
+    n_different = int(np.count_nonzero(~check_issame(issame, "issame")))
     out: "OrderedDict[str, float]" = OrderedDict(auc=float(auc(fpr, tpr)), eer=equal_error_rate(fpr, tpr))
     for x in fprs:
         out[rate_key(x)] = tpr_at_fpr(fpr, tpr, x)
+        _warn_unresolvable(rate_key(x), n_different)
     return out
 
 
@@ -199,7 +258,7 @@ class PairSet:
 
     def __post_init__(self) -> None:
         self.pairs = torch.as_tensor(self.pairs, dtype=torch.long)
-        self.issame = torch.as_tensor(self.issame, dtype=torch.bool).reshape(-1)
+        self.issame = torch.from_numpy(check_issame(torch.as_tensor(self.issame).numpy(), "PairSet").copy())
         if self.images.dim() != 4:
             raise ValueError(f"PairSet images must be [N, C, H, W], got {tuple(self.images.shape)}")
         if self.pairs.dim() != 2 or self.pairs.shape[1] != 2 or self.pairs.shape[0] != self.issame.numel():
@@ -213,18 +272,31 @@ class PairSet:
     def __len__(self) -> int:
         return int(self.issame.numel())
 
-    def subset(self, max_pairs: int) -> "PairSet":
-        """At most ``max_pairs`` pairs spread evenly over the list (every fold and both classes keep a
-        share; a prefix would take LFW's all-same first half-fold), with only the images they use."""
+    def subset(self, max_pairs: int, seed: int = 0) -> "PairSet":
+        """At most ``max_pairs`` pairs, with only the images they use: a seeded random sample within each
+        class (same / different) in proportion to its share, kept in the original order so contiguous folds
+        stay mixed. (Evenly spaced picks alias with an interleaved same/different list: every other pair of
+        an ORL-style list is a same pair.)"""
         if max_pairs >= len(self):
             return self
         if max_pairs < 2:
             raise UserError(f"a verification subset needs at least 2 pairs, got {max_pairs}")
-        keep = torch.from_numpy(np.unique(np.linspace(0, len(self) - 1, max_pairs).round().astype(np.int64)))
+        same, diff = torch.nonzero(self.issame).flatten(), torch.nonzero(~self.issame).flatten()
+        k_same = _stratum_size(max_pairs, len(same), len(diff))
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.cat([same[torch.randperm(len(same), generator=g)[:k_same]],
+                          diff[torch.randperm(len(diff), generator=g)[:max_pairs - k_same]]]).sort().values
         pairs = self.pairs[keep]
         used, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
         paths = [self.paths[i] for i in used.tolist()] if self.paths is not None else None
         return PairSet(self.images[used], inverse.reshape(-1, 2), self.issame[keep], paths)
+
+
+def _stratum_size(total: int, n_same: int, n_diff: int) -> int:
+    """Same pairs in a stratified sample of ``total``: the proportional share, at least one of each class."""
+    k = round(total * n_same / (n_same + n_diff))
+    k = max(k, 1 if n_same else 0, total - n_diff)
+    return min(k, n_same, total - (1 if n_diff else 0))
 
 
 def _forward_embeddings(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
