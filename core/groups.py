@@ -23,16 +23,18 @@ Two kinds of group are never offered for pruning:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+import torch_pruning.dependency.index_mapping as tp_index_mapping
 from torch_pruning.dependency.node import Node
 from torch_pruning.ops import OPTYPE
 
@@ -71,6 +73,28 @@ class PrunableGroup:
         return min(int(sparsity * self.channels + 1e-9), self.channels - 1)
 
 
+# ------------------------------------------------------------------------------------- graph building
+@contextlib.contextmanager
+def tolerant_index_mapping() -> Iterator[None]:
+    """torch-pruning 1.6.1 divides by an inferred channel count of 0 at some reshapes (a chain of
+    split/concat/channel-shuffle blocks) and the whole graph fails to build. Inside this context such a
+    reshape keeps its default (identity) index mapping instead; the groups through it are then judged by the
+    trial pruning like any other group with a reshape."""
+    original = tp_index_mapping.update_reshape_index_mapping
+
+    def update(graph, node):
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            log.debug("torch-pruning cannot map channels through %s; left unmapped", node)
+
+    tp_index_mapping.update_reshape_index_mapping = update
+    try:
+        yield
+    finally:
+        tp_index_mapping.update_reshape_index_mapping = original
+
+
 # ----------------------------------------------------------------------------------------- output layers
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> Tuple[tp.DependencyGraph, List[torch.Tensor]]:
     """torch-pruning's dependency graph (traced in eval mode) and the model outputs of that trace."""
@@ -83,8 +107,9 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> Tuple[tp.Depe
     was_training = model.training
     model.eval()
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, output_transform=keep,
-                                                   customized_pruners=dict(CUSTOM_PRUNERS))
+        with tolerant_index_mapping():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, output_transform=keep,
+                                                       customized_pruners=dict(CUSTOM_PRUNERS))
     finally:
         model.train(was_training)
     return dg, outputs
@@ -240,6 +265,7 @@ class GroupIndex:
         if not prune_outputs:
             ignored += out_layers  # never shrink the logits / embedding dimension unless the user asks for it
         self.skipped: List[Tuple[str, str]] = []
+        self._nodes: Dict[str, Set[Node]] = {}  # group name -> the graph nodes its full group touches
         groups = self._collect(ignored)
         self.groups: List[PrunableGroup] = self._resolvable(groups, set(out_layers)) if check_groups else groups
         self._by_name = {g.name: g for g in self.groups}
@@ -265,9 +291,9 @@ class GroupIndex:
             pruner = self.dg.get_pruner_of_module(m)
             if pruner is None or pruner.get_out_channels(m) is None:
                 continue
-            try:
-                g = self.dg.get_pruning_group(m, pruner.prune_out_channels,
-                                              list(range(pruner.get_out_channels(m))))
+            try:  # one channel first: a group torch-pruning cannot map fails as fast (a full one can take seconds)
+                self.pruning_group_of(m, [0])
+                g = self.pruning_group_of(m, range(pruner.get_out_channels(m)))
             except Exception as exc:  # torch-pruning cannot map indices through some op
                 visited.add(m)
                 self.skipped.append((f"{name}.weight", f"the dependency graph cannot build its group "
@@ -280,6 +306,7 @@ class GroupIndex:
             members = sorted({self.module_names[o] for o in outs if o in self.module_names},
                              key=self._order.__getitem__)
             roots = [n for n in members if isinstance(self._mods[n], ROOT_TYPES)]
+            self._nodes[f"{roots[0]}.weight"] = {d.target for d, _ in g}
             groups.append(PrunableGroup(name=f"{roots[0]}.weight", root_name=roots[0], root=self._mods[roots[0]],
                                         members=members, weights=[f"{n}.weight" for n in roots],
                                         channels=pruner.get_out_channels(m)))
@@ -292,9 +319,8 @@ class GroupIndex:
         trial = _Trial(self.model, self.example_inputs)
         keep = []
         for g in groups:
-            nodes = {d.target for d, _ in self.pruning_group(g, [0])}
             reason = None
-            if g.channels > 1 and any(may_move_channels(n, memo) for n in nodes):
+            if g.channels > 1 and any(may_move_channels(n, memo) for n in self._nodes[g.name]):
                 same_shape = not any(self._mods[m] in out_layers for m in g.members)
                 reason = trial.run(g, same_shape)
             if reason is None:
@@ -327,8 +353,13 @@ class GroupIndex:
         return None
 
     def pruning_group(self, group: PrunableGroup, idxs: Iterable[int]) -> "tp.dependency.Group":
-        pruner = self.dg.get_pruner_of_module(group.root)
-        return self.dg.get_pruning_group(group.root, pruner.prune_out_channels, sorted(int(i) for i in idxs))
+        return self.pruning_group_of(group.root, idxs)
+
+    def pruning_group_of(self, root: nn.Module, idxs: Iterable[int]) -> "tp.dependency.Group":
+        """torch-pruning's group removing output channels ``idxs`` of ``root`` (and everything coupled)."""
+        pruner = self.dg.get_pruner_of_module(root)
+        with tolerant_index_mapping():  # get_pruning_group recomputes the index mappings
+            return self.dg.get_pruning_group(root, pruner.prune_out_channels, sorted(int(i) for i in idxs))
 
     def describe(self) -> List[Tuple[str, int, List[str]]]:
         return [(g.name, g.channels, g.members) for g in self.groups]
