@@ -140,8 +140,8 @@ def check_target_resolvable(metric: str, n_different: int) -> None:
     from test_module.verification import metric_fpr, min_different_pairs, resolvable
     if not resolvable(metric, n_different):
         raise UserError(f"--metric {metric}: the evaluation pairs hold {n_different} different-identity pairs, "
-                        f"{metric} needs at least {min_different_pairs(metric_fpr(metric))} (use more pairs, "
-                        f"a larger --eval_batches, or a larger FPR)")
+                        f"{metric} needs at least {min_different_pairs(metric_fpr(metric))} (use more pairs: a larger or no "
+                        f"--eval_batches; or a larger FPR)")
 
 
 def build_setup(spec: str, kind: str, input_size: Sequence[int], **kw) -> EvalSetup:

@@ -11,7 +11,14 @@ Two kinds of group are never offered for pruning:
   F.normalize, mean/pooling, flatten/view/reshape, scaling, concatenation, adds…). They are found by walking
   torch-pruning's traced graph backwards from the output node(s), stopping at conv/linear (and other
   channel-mixing layers: embedding, attention, LSTM). Tensor identity is not enough: ``F.normalize(bn(fc(x)))``
-  or ``fc(x) * t`` return a tensor no layer produced. ``prune_outputs=True`` offers them again.
+  or ``fc(x) * t`` return a tensor no layer produced. A per-group trial (does thinning change the output
+  shape?) was the alternative; the walk is preferred because it costs one graph traversal instead of a model
+  copy per group, and because it also protects layers whose channels reach the output through a reduction
+  (``fc(x).norm(dim=1)``), where pruning keeps the shape but changes the output's meaning. Its limit is the
+  other side of that: a layer reaching the output only through a parameter-free channel contraction
+  (``x.sum(1)``, a matmul of two activations) is protected although its width could change; and ops that
+  autograd does not record (a numpy round trip) hide what lies behind them. ``prune_outputs=True`` offers
+  output groups again.
 * **unresolvable groups** — a group whose thinning does not compute what masking computes (torch-pruning's
   index mapping cannot follow e.g. a channel split + concat + channel shuffle). Groups whose graph holds any op
   that can move channels (split, concat, reshape other than a flatten into a Linear, slicing on the channel
@@ -233,7 +240,8 @@ class _Trial:
             index.pruning_group(g, idxs).prune()
             hard = _tensors(model(x))
         except Exception as exc:  # torch-pruning's IndexError, a conv's shape error…: that is the finding
-            return f"thinning it breaks the forward pass ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            first_line = (str(exc).splitlines() or [""])[0][:120]
+            return f"thinning it breaks the forward pass ({type(exc).__name__}: {first_line})"
         if same_shape and [t.shape for t in hard] != [t.shape for t in before]:
             return "thinning it changes the model output's shape"
         if soft is not None and [t.shape for t in hard] == [t.shape for t in soft]:
