@@ -139,9 +139,10 @@ def check_target_resolvable(metric: str, n_different: int) -> None:
     (below that every X reports the TPR at zero false accepts, so a schedule would chase noise)."""
     from test_module.verification import metric_fpr, min_different_pairs, resolvable
     if not resolvable(metric, n_different):
+        need = min_different_pairs(metric_fpr(metric))
         raise UserError(f"--metric {metric}: the evaluation pairs hold {n_different} different-identity pairs, "
-                        f"{metric} needs at least {min_different_pairs(metric_fpr(metric))} (use more pairs: a larger or no "
-                        f"--eval_batches; or a larger FPR)")
+                        f"{metric} needs at least {need} (use more pairs: a larger or no --eval_batches; "
+                        f"or a larger FPR)")
 
 
 def build_setup(spec: str, kind: str, input_size: Sequence[int], **kw) -> EvalSetup:
