@@ -67,14 +67,15 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
     from compression_tool.data import readers
     from test_module.verification import evaluate_pairs, ordered_metrics
 
+    names = list(evaluate_names(metric))
     pairset = readers.load_pairset(spec, input_size=tuple(input_size[1:]), seed=seed, test_root=test_root, bgr=bgr)
     if eval_batches:
-        pairset = pairset.subset(eval_batches * batch_size)
+        pairset = pairset.subset(eval_batches * batch_size, seed=seed)
+    check_target_resolvable(names[0], int((~pairset.issame).sum()))
 
     def evaluate(m: nn.Module):
         return ordered_metrics(evaluate_pairs(m, pairset, folds=folds, flip=flip, batch_size=batch_size), metric)
 
-    names = list(evaluate_names(metric))
     return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (pairset.images[i:i + batch_size]
                                       for i in range(0, len(pairset.images), batch_size)),
@@ -88,6 +89,17 @@ def evaluate_names(metric: str) -> List[str]:
     if key not in names:
         raise UserError(f"--metric: unknown metric {metric!r}; known: {', '.join(names)}")
     return [key] + [n for n in names if n != key]
+
+
+def check_target_resolvable(metric: str, n_different: int) -> None:
+    """The sensitivity target must measure what it names: ``tpr@fpr=X`` needs at least 1/X different pairs
+    (below that every X reports the TPR at zero false accepts, so a schedule would chase noise)."""
+    from test_module.verification import metric_fpr, min_different_pairs, resolvable
+    if not resolvable(metric, n_different):
+        need = min_different_pairs(metric_fpr(metric))
+        raise UserError(f"--metric {metric}: the evaluation pairs hold {n_different} different-identity pairs, "
+                        f"{metric} needs at least {need} (use more pairs: a larger or no --eval_batches; "
+                        f"or a larger FPR)")
 
 
 def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
