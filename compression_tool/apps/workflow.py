@@ -105,10 +105,12 @@ def load_source(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
     return model, meta
 
 
-def eval_setup(cfg: EvalConfig, meta: Dict[str, Any]) -> EvalSetup:
-    """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation."""
+def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Module] = None) -> EvalSetup:
+    """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation;
+    ``reference`` (the unpruned model) backs the label-free ``fidelity`` metric of embedders."""
     spec = model_spec(meta["model"])
-    return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std)
+    return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
+                       reference=reference)
 
 
 def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex, setup: EvalSetup, tag: str,
@@ -123,7 +125,7 @@ def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
     """Sweep every prunable group over ``cfg.sparsities``; appends to (and resumes) the CSV; returns its path."""
     model, meta = load_source(cfg.source)
-    setup = eval_setup(cfg.eval, meta)
+    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
     index = GroupIndex(model, example_input(meta["input_size"]), ignore=cfg.ignore)
     crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
     out = Path(cfg.output or Path(cfg.work_space) / "sensitivity_data" / f"{meta['model']}_{cfg.criterion.name}.csv")
@@ -144,7 +146,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         check_writable(out, cfg.force)
         check_writable(keep_path, cfg.force)
     x = example_input(meta["input_size"])
-    setup = eval_setup(cfg.eval, meta)
+    setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
     index = GroupIndex(model, x, ignore=cfg.ignore)
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))
     widths_before = layer_widths(model)

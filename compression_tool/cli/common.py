@@ -59,8 +59,10 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                         "digits/JSON)")
     g.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     g.add_argument("--metric", default="lfw_acc",
-                   help="face embedders: the metric put first in the CSV and targeted (lfw_acc, auc, eer, "
-                        "tpr@fpr=1e-3 = tar@far=1e-3, …); classifiers always report top1, top5, loss")
+                   help="face embedders: the metric put first in the CSV and targeted: lfw_acc (k-fold accuracy), "
+                        "auc, eer, tpr@fpr=1e-3 (= tar@far=1e-3; needs >= 1000 different pairs), or fidelity (mean "
+                        "cosine to the unpruned model's embeddings: label-free, works on image_folder:DIR too); "
+                        "classifiers always report top1, top5, loss")
     g.add_argument("--folds", type=positive_int, default=10, help="face verification: k of the k-fold accuracy")
     g.add_argument("--flip", action="store_true", help="face verification: add the flipped image's embedding")
     g.add_argument("--bgr", action="store_true", help="face images: feed BGR (models trained on OpenCV input)")
