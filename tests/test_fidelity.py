@@ -73,8 +73,8 @@ def test_label_free_distillation_raises_fidelity(tmp_path):
     before = setup.evaluate(student)["fidelity"]
     job = FinetuneJob(source=ModelSource(str(tmp_path / "student.pth")), unlabeled=data,
                       teacher=ModelSource(str(tmp_path / "teacher.pth")), batch_size=8,
-                      train=FinetuneConfig(epochs=6, lr=0.01, distill="cosine", freeze_bn=True, save_dir=str(tmp_path / "out"),
-                                           progress=False, restore_best=False))
+                      train=FinetuneConfig(epochs=6, lr=0.01, distill="cosine", freeze_bn=True,
+                                           save_dir=str(tmp_path / "out"), progress=False, restore_best=False))
     result = run_finetune(job)
     tuned = torch.load(result.last_path, weights_only=True)["state_dict"]
     student.load_state_dict(tuned)
