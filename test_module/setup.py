@@ -43,6 +43,7 @@ class EvalConfig:
     folds: int = 10
     flip: bool = False
     bgr: bool = False
+    subjects: Optional[str] = None            # identity folders: which identities to pair (orl: s31..s40)
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
 
@@ -65,7 +66,7 @@ def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
 def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", batch_size: int = 64,
                eval_batches: Optional[int] = None, seed: int = 0, test_root: Optional[str] = None,
                folds: int = 10, flip: bool = False, bgr: bool = False,
-               reference: Optional[nn.Module] = None) -> EvalSetup:
+               reference: Optional[nn.Module] = None, subjects: Optional[str] = None) -> EvalSetup:
     """Verification on pairs (``orl:``, ``lfw:``, ``pairs:``, ``bin:``, ``identity_folders:``); with ``metric``
     ``fidelity`` the ``reference`` model's embeddings of the same images are taken now, and every evaluation adds
     the cosine fidelity to them (first) to the verification metrics."""
@@ -74,7 +75,8 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
 
     wants_fidelity = metric == "fidelity"
     names = list(evaluate_names("lfw_acc" if wants_fidelity else metric))
-    pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr)
+    pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr,
+                                   subjects=subjects)
     if eval_batches:
         pairset = pairset.subset(eval_batches * batch_size, seed=seed)
     if not wants_fidelity:
@@ -157,6 +159,6 @@ def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], m
                         f"({', '.join(k + ':…' for k in FACE_KINDS)})")
     if ds.is_face:
         return face_setup(cfg.data, input_size, cfg.metric, cfg.batch_size, cfg.eval_batches, cfg.seed,
-                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference)
+                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects)
     return classifier_setup(cfg.data, input_size, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.mean, cfg.std,
                             model_mean, model_std)

@@ -94,7 +94,7 @@ def build_loader(job: FinetuneJob, input_size: Sequence[int], model_mean=None, m
     if job.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {job.batch_size}")
     if job.unlabeled:
-        x = unlabeled_images(job.unlabeled, input_size, job.fit)
+        x = unlabeled_images(job.unlabeled, input_size, job.fit, job.subjects)
         y = torch.zeros(len(x), dtype=torch.long)   # never used: a label-free fine-tune has no head
         dataset: Dataset = TensorDataset(x)
     else:
@@ -133,7 +133,8 @@ def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_
                        reference=reference).evaluate
 
 
-def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad") -> torch.Tensor:
+def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad", subjects: Optional[str] = None
+                     ) -> torch.Tensor:
     """Images of any folder of face images (``image_folder:DIR``, ``identity_folders:DIR``, ``orl:DIR``:
     ``DIR/<any>/<img>``), face-preprocessed; identities, if any, are ignored."""
     from compression_tool.data import readers
@@ -143,7 +144,8 @@ def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad") -> 
     if ds.kind not in ("image_folder", "identity_folders", "orl"):
         raise UserError(f"--unlabeled {spec}: expected a folder of images (image_folder:DIR, identity_folders:DIR)")
     c, h, w = (int(v) for v in input_size)
-    images = readers.read_identity_dataset(ds.path, ImageTransform(size=(h, w), channels=c, fit=fit))[0]
+    images = readers.read_identity_dataset(ds.path, ImageTransform(size=(h, w), channels=c, fit=fit),
+                                           readers.parse_subjects(subjects))[0]
     log.info("%d unlabeled images from %s", len(images), ds.path)
     return images
 
