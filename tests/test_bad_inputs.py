@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ---------------------------------------------------------------------------------------- helpers
 
 
 def snapshot(root: Path) -> dict:
@@ -148,7 +148,7 @@ def ckpt_args(path="digits_net.pth"):
 
 SA_FAST = ["--sparsities", "0,0.5", "--eval_batches", "1", "--batch_size", "16"]
 
-# ------------------------------------------------------------------------------------------------ pruning.py --mode sa
+# ---------------------------------------------------------------------------------------- pruning.py --mode sa
 
 
 def _pruning():
@@ -269,7 +269,7 @@ def test_sa_force_starts_afresh_and_sidecar_records_the_run(sb):
     rows = list(csv.reader(open(sb / "sa.csv", newline="")))
     assert rows[0] == ["parameter", "sparsity", "top1", "top5", "loss"] and len(rows) == 1 + 4 * 2
 
-# ------------------------------------------------------------------------------------------------ pruning.py, other modes
+# ---------------------------------------------------------------------------------------- pruning.py, other modes
 
 
 @pytest.fixture
@@ -364,7 +364,7 @@ def test_finetune_refuses(case, sb, capsys):
 def test_pruning_finetune_mode_refuses(sb, capsys):
     refused(_pruning(), ["--mode", "finetune", *ckpt_args(), "--epochs", "-1"], capsys, sb)
 
-# ------------------------------------------------------------------------------------------------ auto_make_yaml / plot
+# ---------------------------------------------------------------------------------------- auto_make_yaml / plot
 
 
 def _amy():
@@ -442,7 +442,7 @@ def test_atomic_files_get_the_umask_mode(sb):
         os.umask(old)
     assert (sb / "m.txt").stat().st_mode & 0o777 == 0o644
 
-# ------------------------------------------------------------------------------------------------ quantization / run.py
+# ---------------------------------------------------------------------------------------- quantization / run.py
 
 
 def _quant():
@@ -490,7 +490,7 @@ RUN_CASES = {
 def test_run_refuses(case, sb, capsys):
     refused(_run(), ["--epochs", "1", "--refine_epochs", "1", "--no_progress", *RUN_CASES[case]], capsys, sb)
 
-# ------------------------------------------------------------------------------------------------ evaluate / sparse / face
+# ---------------------------------------------------------------------------------------- evaluate / sparse / face
 
 
 def _evaluate():
@@ -562,7 +562,7 @@ FACE_CASES = {
 def test_face_chain_refuses(case, sb, capsys):
     refused(_face(), FACE_CASES[case], capsys, sb)
 
-# ------------------------------------------------------------------------------------------------ untrusted checkpoints
+# ---------------------------------------------------------------------------------------- untrusted checkpoints
 
 
 def test_untrusted_checkpoints_never_run_code(tmp_path):
@@ -618,8 +618,16 @@ def test_untrusted_checkpoints_never_run_code(tmp_path):
 
 
 def test_every_checkpoint_loading_cli_has_the_opt_in():
-    from compression_tool.cli import auto_make_yaml, evaluate, face_chain, finetune, pruning, quantization, run
-    from compression_tool.cli import train_sparse
+    from compression_tool.cli import (
+        auto_make_yaml,
+        evaluate,
+        face_chain,
+        finetune,
+        pruning,
+        quantization,
+        run,
+        train_sparse,
+    )
     helps = {"sa": pruning.sa_parser().format_help(), "prune": pruning.prune_parser().format_help(),
              "search": pruning.search_parser().format_help(), "finetune": finetune.build_parser().format_help(),
              "quantization": quantization.build_parser().format_help(), "run": run.build_parser().format_help(),

@@ -84,7 +84,7 @@ def checkpoint_meta(meta: Dict[str, Any], cfg: FinetuneConfig, data: str) -> Dic
     carried = {k: v for k, v in meta.items() if k not in ("metrics", "train_state", "step", "best_metric",
                                                             "best_value", "finetune", "source_meta")}
     return {**carried, "format": FORMAT, "keep": meta.get("keep", []),
-            "finetune": {**config_dict(cfg), "data": data}}
+            "finetune": {**config_dict(cfg), "data": data}, "threads": torch.get_num_threads()}
 
 
 def build_loader(job: FinetuneJob, input_size: Sequence[int], model_mean=None, model_std=None

@@ -194,6 +194,7 @@ class PipelineConfig:
     force: bool = False
     progress: bool = True
     ignore: List[str] = field(default_factory=list)
+    trust: bool = False                 # full unpickling of saved checkpoints (--trust_checkpoint)
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Pipeline:
         path = self.checkpoint(step)
         if not path.exists():
             raise UserError(f"step {step + 1} needs {path} from step {step} ({STAGES[step]}); run --step {step} first")
-        return load_model(path)
+        return load_model(path, trust=self.cfg.trust)
 
     def run(self) -> Dict[int, StepResult]:
         """Run the chosen steps in order; {step: result}."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from compression_tool.cli.common import HELP_FORMAT
+from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
     LOWER_IS_BETTER,
@@ -32,7 +33,7 @@ POSITIONAL = ["csv", "target", "model", "input_size"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="auto_make_yaml.py", description=__doc__, formatter_class=HELP_FORMAT)
+    p = ArgumentParser(prog="auto_make_yaml.py", description=__doc__, formatter_class=HELP_FORMAT)
     p.add_argument("pos", nargs="*", help="CSV TARGET_ACC MODEL INPUT_SIZE (the seed tool's positional form)")
     p.add_argument("--csv", help="sensitivity CSV written by pruning.py --mode sa")
     p.add_argument("--target", help="target metric value (e.g. top-1 accuracy 95.0)")
