@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
-from compression_tool.io.files import atomic_torch_save
+from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,8 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
         teacher.eval()
     optimizer = build_optimizer(model, head, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_iters)
+    if cfg.save_dir is not None:          # an unwritable --save_dir fails now, not after the first epoch
+        check_writable_dir(cfg.save_dir)
     if resume is None:
         _check_save_dir(cfg)
         return optimizer, scheduler, 0, None
