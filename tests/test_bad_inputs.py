@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,11 @@ def snapshot(root: Path) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+PROGRESS = re.compile(r"^[^:]+:\s+\d+%\|")   # a tqdm bar a terminal overwrites (carriage returns)
+
+
 def one_line_error(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.strip() and not PROGRESS.match(ln)]
     assert "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     return lines[0]

@@ -55,7 +55,9 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     p = ArgumentParser(prog=prog, formatter_class=HELP_FORMAT, description=(
         "Sensitivity analysis: sweep every prunable group (layers coupled by residual adds or depthwise convs are "
         "one group, named by its leading weight) over sparsity levels on a fixed, seeded evaluation subset and "
-        "append the metrics to a Distiller-shaped CSV (parameter,sparsity,<metrics>). Re-running resumes."))
+        "append the metrics to a Distiller-shaped CSV (parameter,sparsity,<metrics>). Re-running resumes when the run "
+        "matches <csv>.meta.json (checkpoint hash, data, seed, subset, criterion, grid, threads); --force starts "
+        "afresh."))
     add_model_args(p)
     add_eval_args(p)
     add_criterion_args(p)
@@ -115,7 +117,7 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     apply_threads(args.threads)
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
-                            ignore=args.ignore, use_cache=not args.no_cache)
+                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 
