@@ -276,6 +276,10 @@ def _validate(cfg: FinetuneConfig, iters_per_epoch: int) -> int:
         raise UserError(f"--max_iters must be >= 1, got {cfg.max_iters}")
     if cfg.eval_every < 0:
         raise UserError(f"--eval_every must be >= 0, got {cfg.eval_every}")
+    for flag, v, low in (("--lr", cfg.lr, 0.0), ("--momentum", cfg.momentum, None), ("--weight_decay",
+                         cfg.weight_decay, None), ("--alpha", cfg.alpha, None), ("--gamma", cfg.gamma, 0.0)):
+        if not math.isfinite(v) or v < 0 or (low is not None and v <= low):
+            raise UserError(f"{flag} must be a {'positive' if low is not None else 'non-negative'} number, got {v}")
     return cfg.max_iters or cfg.epochs * iters_per_epoch
 
 

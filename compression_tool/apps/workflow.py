@@ -142,6 +142,23 @@ def check_classes(model: nn.Module, setup: EvalSetup, meta: Dict[str, Any], data
                         f"but {meta['model']} has {out.shape[1]} outputs; wrong data or model?")
 
 
+def check_schedule_fits(schedule: Any, meta: Dict[str, Any], source: str) -> None:
+    """A schedule records the arch and input size it was made for; applying it to another model is refused (the
+    user may insist with --force: Distiller schedules often carry a stale arch)."""
+    if schedule.arch and schedule.arch != meta["model"]:
+        raise UserError(f"{source}: written for arch {schedule.arch!r}, the model is {meta['model']!r}; pass --force "
+                        "to apply it anyway")
+    want, have = schedule.input_size, [int(v) for v in meta["input_size"]]
+    if want:
+        try:
+            want = [int(v) for v in want]
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: input_size {want!r} is not a list of whole numbers") from None
+        if want != have[-len(want):]:
+            raise UserError(f"{source}: written for input_size {want}, the model takes {have}; pass --force to "
+                            "apply it anyway")
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -196,6 +213,8 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     model, meta = load_source(cfg.source)
     check_finite(model, cfg.source.path)
     name = meta["model"]
+    if not cfg.force:
+        check_schedule_fits(schedule, meta, str(cfg.schedule))
     out = Path(cfg.output or Path(cfg.work_space) / "pruned_model" / f"{name}.pth")
     keep_path = out.with_suffix(".keep.json")
     if cfg.save:  # fail before the work, not after

@@ -77,6 +77,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise UserError(f"TARGET_ACC: expected a number, got {args.target!r}") from None
         if args.target != args.target or args.target in (float("inf"), float("-inf")):
             raise UserError(f"TARGET_ACC: expected a finite number, got {args.target}")
+        if args.target < 0:
+            raise UserError(f"TARGET_ACC: every metric of the CSV (accuracy, AUC, TPR, loss, EER) is >= 0; a target "
+                            f"of {args.target:g} means nothing")
+    elif not 0.0 < args.flops < 1.0:   # also NaN
+        raise UserError(f"--flops: expected the fraction of the MACs to keep, in (0, 1), e.g. 0.7, got {args.flops}")
+    model_spec(args.model)             # an unknown --model: one line listing the known ones, before any work
     return args
 
 

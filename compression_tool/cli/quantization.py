@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 from typing import List, Optional
 
@@ -90,6 +91,13 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "calib_batches", "search_batches", "threads"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("epochs",):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("lr", "weight_decay", "avg_bit_weights", "avg_bit_fm"):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or v < 0:
+            raise UserError(f"--{flag} must be a non-negative number, got {v}")
     if not 2 <= args.min_bw <= args.max_bw <= 16:
         raise UserError(f"--min_bw/--max_bw must satisfy 2 <= min <= max <= 16, got {args.min_bw}/{args.max_bw}")
     if not (2 <= args.dfp_w_bits <= 32 and 2 <= args.dfp_a_bits <= 32):
