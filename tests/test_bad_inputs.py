@@ -562,6 +562,12 @@ FACE_CASES = {
 }
 
 
+def test_default_model_refuses(sb, capsys):
+    from compression_tool.cli.default_model import main
+    refused(main, ["--epochs", "-1", "--output", "d.pth"], capsys, sb)
+    refused(main, ["--output", "notes.txt"], capsys, sb)
+
+
 @pytest.mark.parametrize("case", sorted(FACE_CASES))
 def test_face_chain_refuses(case, sb, capsys):
     refused(_face(), FACE_CASES[case], capsys, sb)

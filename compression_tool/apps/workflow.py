@@ -196,6 +196,7 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
         raise UserError(f"{out} is a folder; give a CSV file path")
     run_meta = sensitivity_meta(cfg, meta)
     check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
+    check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
     setup = eval_setup(cfg.eval, meta)
     check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, example_input(meta["input_size"]), ignore=cfg.ignore)

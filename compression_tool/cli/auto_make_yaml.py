@@ -27,6 +27,7 @@ from compression_tool.engine.schedule import (
 )
 from compression_tool.engine.sensitivity import load_csv
 from compression_tool.io.errors import UserError, cli_main
+from compression_tool.io.files import check_writable
 from model_define import model_spec
 
 POSITIONAL = ["csv", "target", "model", "input_size"]
@@ -117,8 +118,7 @@ def budget(args: argparse.Namespace) -> Path:
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, args.input_size,
                          args.trust_checkpoint)
     out = Path(args.output or Path("yaml_file") / f"{args.model}_flops-{round(100 * args.flops)}.yaml")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_writable(out, args.force)   # before the model is loaded and the budget searched
     input_size_of(source)
     model, meta = load_source(source)
     size = meta["input_size"]

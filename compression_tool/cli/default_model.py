@@ -9,7 +9,7 @@ from pathlib import Path
 
 from compression_tool.apps.default_model import train_default
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
-from compression_tool.io.errors import cli_main
+from compression_tool.io.errors import UserError, cli_main
 
 
 @cli_main
@@ -22,6 +22,8 @@ def main(argv=None) -> None:
     add_threads_arg(p)
     args = p.parse_args(argv)
     apply_threads(args.threads)
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     print(f"checkpoint: {train_default(Path(args.output), args.epochs, args.seed, args.force)}")
 
 
