@@ -187,6 +187,7 @@ SA_CASES = {
     "output_under_a_file": ["--output", "a_file/sa.csv"],
     "output_is_foreign_text": ["--output", "notes.txt"],
     "output_is_latin1": ["--output", "latin1.csv"],
+    "output_is_foreign_text_even_with_force": ["--output", "notes.txt", "--force"],
 }
 
 
@@ -310,7 +311,9 @@ def test_prune_schedule_disagrees_with_model(what, sb, capsys):
 
 def test_prune_schedule_mismatch_accepted_with_force(sb, capsys):
     write_schedule(sb / "bad.yaml", arch="resnet20")
-    _pruning()(["--mode", "prune", *ckpt_args(), "--yaml", "bad.yaml", "--eval_batches", "1", "--force"])
+    _pruning()(["--mode", "prune", *ckpt_args(), "--yaml", "bad.yaml", "--eval_batches", "1", "--force",
+                "--save_model_pt", "--output", "p.pth"])
+    assert torch.load(sb / "p.pth", weights_only=True)["meta"]["threads"] == 1   # recorded with the numbers
 
 
 def test_prune_nan_weights(sb, sched, capsys):
@@ -593,6 +596,7 @@ def test_untrusted_checkpoints_never_run_code(tmp_path):
     ck = ["--model", "digits_net", "--best_model_path", str(evil)]
     commands = {
         "sa": [py, "pruning.py", "--mode", "sa", *ck, "--output", str(tmp_path / "o.csv")],
+        "sensitivity_analysis": [py, "sensitivity_analysis.py", *ck, "--output", str(tmp_path / "o2.csv")],
         "prune": [py, "pruning.py", "--mode", "prune", *ck, "--yaml", str(tmp_path / "s.yaml")],
         "search": [py, "pruning.py", "--mode", "search", *ck, "--flops", "0.5"],
         "finetune": [py, "pruning.py", "--mode", "finetune", *ck, "--max_iters", "1"],
@@ -646,3 +650,11 @@ def test_every_checkpoint_loading_cli_has_the_opt_in():
              "face_chain report": face_chain.build_parser()._subparsers._group_actions[0].choices["report"]
              .format_help()}
     assert [k for k, h in helps.items() if "--trust_checkpoint" not in h] == []
+
+
+def test_clis_default_to_passive_openmp_waiting():
+    code = "import os, compression_tool.cli, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PASSIVE"

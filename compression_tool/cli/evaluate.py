@@ -87,8 +87,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     apply_threads(args.threads)
     resolve_metric(args.metric, metric_names())
-    if args.roc and not args.force:
-        check_writable(args.roc, force=False)
+    if args.roc:
+        check_writable(args.roc, args.force)   # before the evaluation, not after it
     model, meta = load_source(ModelSource(args.best_model_path, args.model, args.from_data_parallel,
                                           args.input_size, args.trust_checkpoint))
     size = tuple(meta["input_size"])

@@ -99,10 +99,9 @@ def check_resume(path: Path, meta: Optional[Dict], force: bool = False,
 
 def _inspect(path: Path, header: Optional[Sequence[str]], meta: Optional[Dict], force: bool) -> bool:
     """Read-only: True when ``path`` holds rows this run may resume, False to start afresh. Anything that is not
-    our CSV, or our CSV measured differently (its sidecar), is refused in one line before a byte is written."""
+    our CSV (even with ``force``), or our CSV measured differently (its sidecar), is refused in one line before a
+    byte is written."""
     if not path.exists() or path.stat().st_size == 0:
-        return False
-    if force:
         return False
     again = "pass --force to start afresh (its rows are discarded) or another --output"
     raw = path.read_bytes()
@@ -116,6 +115,8 @@ def _inspect(path: Path, header: Optional[Sequence[str]], meta: Optional[Dict], 
     if found[:2] != ["parameter", "sparsity"]:
         raise UserError(f"{path}: not a sensitivity CSV (its first line is not 'parameter,sparsity,…'); it was left "
                         "untouched: choose another --output")
+    if force:              # our CSV, to be started afresh; a file that is not ours is refused even with --force
+        return False
     if header is not None and found != list(header):
         raise UserError(f"{path}: existing CSV has header {found}, expected {list(header)}; {again}")
     has_rows = raw.count(b"\n") > 1 or (raw.count(b"\n") == 1 and not raw.endswith(b"\n"))
