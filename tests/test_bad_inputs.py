@@ -440,6 +440,20 @@ def test_plot_csv_refuses(case, sb, capsys):
     refused(_plot(), PLOT_CASES[case], capsys, sb)
 
 
+def test_full_disk_during_an_atomic_write_keeps_the_old_file(sb, capsys):
+    """ENOSPC in the middle of a write: one line, the old file intact, no temp file left behind."""
+    import errno
+
+    from compression_tool.io.errors import cli_main
+    from compression_tool.io.files import atomic_save_with
+
+    def full(tmp):
+        Path(tmp).write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    refused(cli_main(lambda argv: atomic_save_with(argv[0], full, force=True)), ["notes.txt"], capsys, sb)
+
+
 def test_atomic_files_get_the_umask_mode(sb):
     from compression_tool.io.files import atomic_write_text
     old = os.umask(0o022)

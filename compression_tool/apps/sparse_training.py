@@ -183,7 +183,8 @@ def run_sparse(job: SparseJob) -> Tuple[Optional[Path], List[str]]:
     else:
         log.info("before sparse training: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                      evaluate_classifier(model, test).items()))
-    meta = {"model": name, "input_size": list(spec.input_size), "args": asdict(job)}
+    meta = {"model": name, "input_size": list(spec.input_size), "args": asdict(job),
+            "threads": torch.get_num_threads()}
 
     def save(epoch: int, metrics: Optional[Dict[str, float]]) -> Path:
         return save_training_checkpoint(checkpoint_path(model_path, epoch), model, pruner, epoch=epoch,
