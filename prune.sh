@@ -11,6 +11,7 @@ PY=${PYTHON:-python}
 MODEL=${1:-digits_net}
 CKPT=${2:-work_space/checkpoints/digits_net.pth}
 DATA=${3:-digits}
+TARGET_ARG=${4:-}          # read before the shift below: extra flags must never be taken for the target
 METHOD=${5:-l1}
 [ $# -ge 5 ] && shift 5 || shift $#
 EXTRA="$*"
@@ -27,7 +28,7 @@ $PY pruning.py --mode sa --model "$MODEL" --best_model_path "$CKPT" --data "$DAT
 $PY pruning_analysis_tools/plot_csv.py "$CSV" --force
 
 # default target: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)
-TARGET=${4:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}
+TARGET=${TARGET_ARG:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}
 INPUT=$($PY -c "import sys, model_define as m; print(','.join(map(str,m.model_spec(sys.argv[1]).input_size)))" "$MODEL")
 YAML=yaml_file/${MODEL}_${TARGET}.yaml
 echo "== 2. schedule for target $TARGET -> $YAML"

@@ -84,7 +84,7 @@ def ours_to_budget(base: nn.Module, x: torch.Tensor, criterion: str, target: flo
 
 
 def interleaved_latency(models: List[nn.Module], x: torch.Tensor, rounds: int = 15) -> List[float]:
-    """Median over rounds of ``compression_tool.engine.report.latency_ms``, the models taking turns so load drifts
+    """Median over rounds of ``compression_tool.engine.cost.latency_ms``, the models taking turns so load drifts
     hit all alike."""
     times: List[List[float]] = [[] for _ in models]
     for _ in range(rounds):

@@ -36,12 +36,14 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import pruning  # noqa: E402
-from benchmarks.timing import side_by_side_latency  # noqa: E402
 from compression_tool.apps import workflow  # noqa: E402
-from compression_tool.cli import auto_make_yaml  # noqa: E402
+from compression_tool.cli import (
+    auto_make_yaml,  # noqa: E402
+    pruning,  # noqa: E402
+)
 from compression_tool.engine import budget  # noqa: E402
 from compression_tool.engine.checkpoint import example_input, load_model  # noqa: E402
+from compression_tool.engine.cost import interleaved_latency  # noqa: E402
 from compression_tool.engine.groups import GroupIndex  # noqa: E402
 from compression_tool.engine.schedule import build_schedule, read_schedule, write_schedule  # noqa: E402
 from compression_tool.engine.sensitivity import load_csv  # noqa: E402
@@ -238,8 +240,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         ckpt, recorded[tag] = prune(args, yaml_path, tag.replace("-", "_"))
         models[tag] = load_model(ckpt)[0]
     holdout = holdout_metrics(args, models)
-    latency = {b: side_by_side_latency(models, torch.randn(b, *FACE_INPUT), rounds=args.rounds, repeats=5 if b == 1
-                                       else 2) for b in (1, args.latency_batch)}
+    latency = {b: dict(zip(models, interleaved_latency(list(models.values()), torch.randn(b, *FACE_INPUT),
+                                                       rounds=args.rounds, reps=5 if b == 1 else 2)))
+               for b in (1, args.latency_batch)}
     sa_pairs = OrderedDict(baseline=recorded["per-layer"]["before"], **{t: recorded[t]["after"] for t in schedules})
     columns = OrderedDict((name, OrderedDict([
         ("cost", {"params": sa_pairs[name]["params"], "macs": sa_pairs[name]["macs"],

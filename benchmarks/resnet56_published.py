@@ -38,11 +38,10 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from benchmarks.timing import side_by_side_latency  # noqa: E402
 from compression_tool.data.imagefolder import load_image_folder  # noqa: E402
 from compression_tool.data.normalise import RGB_MEAN, RGB_STD  # noqa: E402
 from compression_tool.engine.checkpoint import load_model  # noqa: E402
-from compression_tool.engine.cost import params_and_macs  # noqa: E402
+from compression_tool.engine.cost import interleaved_latency, params_and_macs  # noqa: E402
 from compression_tool.engine.criteria import make_criterion  # noqa: E402
 from compression_tool.engine.criteria.data import DataCriterion, _SiteHooks, take_batches
 from compression_tool.engine.groups import (
@@ -198,7 +197,8 @@ def add_latencies(models: Dict[str, nn.Module], base: Dict[str, float], rows: Li
                   rounds: int) -> None:
     """Batch-1 and batch-``batch`` latency of the baseline and every pruned model, measured side by side."""
     for b in (1, batch):
-        lat = side_by_side_latency(models, torch.randn(b, 3, 32, 32), rounds=rounds, repeats=5 if b == 1 else 2)
+        lat = dict(zip(models, interleaved_latency(list(models.values()), torch.randn(b, 3, 32, 32), rounds=rounds,
+                                                   reps=5 if b == 1 else 2)))
         base[f"latency_b{b}_ms"] = lat["baseline"]
         for r in rows:
             r[f"latency_b{b}_ms"] = lat[r["method"]]

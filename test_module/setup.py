@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from compression_tool.data.spec import FACE_KINDS, classifier_tensors, parse_data_spec
 from compression_tool.io.errors import UserError
+from test_module.fidelity import FIDELITY_METRICS, fidelity
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class EvalConfig:
     folds: int = 10
     flip: bool = False
     bgr: bool = False
+    subjects: Optional[str] = None            # identity folders: which identities to pair (orl: s31..s40)
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
 
@@ -65,22 +67,64 @@ def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
 
 def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", batch_size: int = 64,
                eval_batches: Optional[int] = None, seed: int = 0, test_root: Optional[str] = None,
-               folds: int = 10, flip: bool = False, bgr: bool = False) -> EvalSetup:
+               folds: int = 10, flip: bool = False, bgr: bool = False,
+               reference: Optional[nn.Module] = None, subjects: Optional[str] = None) -> EvalSetup:
+    """Verification on pairs (``orl:``, ``lfw:``, ``pairs:``, ``bin:``, ``identity_folders:``); with ``metric``
+    ``fidelity`` the ``reference`` model's embeddings of the same images are taken now, and every evaluation adds
+    the cosine fidelity to them (first) to the verification metrics."""
     from compression_tool.data import readers
-    from test_module.verification import evaluate_pairs, ordered_metrics
+    from test_module.verification import embed_images, ordered_metrics, pair_distances, verification_metrics
 
-    pairset = readers.load_pairset(spec, input_size=tuple(input_size[1:]), seed=seed, test_root=test_root, bgr=bgr)
+    wants_fidelity = metric == "fidelity"
+    names = list(evaluate_names("lfw_acc" if wants_fidelity else metric))
+    pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr,
+                                   subjects=subjects)
     if eval_batches:
-        pairset = pairset.subset(eval_batches * batch_size)
+        pairset = pairset.subset(eval_batches * batch_size, seed=seed)
+    if not wants_fidelity:
+        check_target_resolvable(names[0], int((~pairset.issame).sum()))
+    ref = None
+    if wants_fidelity:
+        if reference is None:
+            raise UserError("--metric fidelity: needs the unpruned reference model (sensitivity analysis, prune and "
+                            "fine-tuning with a --teacher_path provide it)")
+        ref = embed_images(reference, pairset.images, batch_size, flip)
+        names = list(FIDELITY_METRICS) + names
 
     def evaluate(m: nn.Module):
-        return ordered_metrics(evaluate_pairs(m, pairset, folds=folds, flip=flip, batch_size=batch_size), metric)
+        emb = embed_images(m, pairset.images, batch_size, flip)
+        out = verification_metrics(pair_distances(emb, pairset.pairs), pairset.issame.numpy(), folds)
+        if ref is not None:
+            return OrderedDict([*fidelity(emb, ref).items(), *ordered_metrics(out, "lfw_acc").items()])
+        return ordered_metrics(out, metric)
 
-    names = list(evaluate_names(metric))
     return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (pairset.images[i:i + batch_size]
                                       for i in range(0, len(pairset.images), batch_size)),
                      dataset=spec.split(":")[0])
+
+
+def fidelity_setup(folder: str, input_size: Sequence[int], reference: Optional[nn.Module], batch_size: int = 64,
+                   eval_batches: Optional[int] = None, seed: int = 0, flip: bool = False, bgr: bool = False
+                   ) -> EvalSetup:
+    """Label-free evaluation of an embedder on any face images (``image_folder:DIR``, ``DIR/<any>/<img>``, face
+    preprocessing): fidelity to the reference model's embeddings only."""
+    from compression_tool.data import readers
+    from compression_tool.data.preprocess import ImageTransform
+    from test_module.verification import embed_images
+
+    if reference is None:
+        raise UserError("--metric fidelity: needs the unpruned reference model")
+    c, h, w = (int(v) for v in input_size)
+    images = readers.read_identity_dataset(folder, ImageTransform(size=(h, w), channels=c, bgr=bgr))[0]
+    if eval_batches and eval_batches * batch_size < len(images):
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
+        images = images[pick.sort().values]
+    ref = embed_images(reference, images, batch_size, flip)
+    return EvalSetup(evaluate=lambda m: OrderedDict(fidelity(embed_images(m, images, batch_size, flip), ref)),
+                     metric_names=list(FIDELITY_METRICS),
+                     batches=lambda: (images[i:i + batch_size] for i in range(0, len(images), batch_size)),
+                     dataset="image_folder")
 
 
 def evaluate_names(metric: str) -> List[str]:
@@ -92,17 +136,31 @@ def evaluate_names(metric: str) -> List[str]:
     return [key] + [n for n in names if n != key]
 
 
+def check_target_resolvable(metric: str, n_different: int) -> None:
+    """The sensitivity target must measure what it names: ``tpr@fpr=X`` needs at least 1/X different pairs
+    (below that every X reports the TPR at zero false accepts, so a schedule would chase noise)."""
+    from test_module.verification import metric_fpr, min_different_pairs, resolvable
+    if not resolvable(metric, n_different):
+        need = min_different_pairs(metric_fpr(metric))
+        raise UserError(f"--metric {metric}: the evaluation pairs hold {n_different} different-identity pairs, "
+                        f"{metric} needs at least {need} (use more pairs: a larger or no --eval_batches; "
+                        f"or a larger FPR)")
+
+
 def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
-                **kw) -> EvalSetup:
+                reference: Optional[nn.Module] = None, **kw) -> EvalSetup:
     """Pick the classifier or the face-verification evaluation for this model kind and data spec (``cfg`` may be
     a spec string with EvalConfig's fields as keywords)."""
     cfg = cfg if isinstance(cfg, EvalConfig) else EvalConfig(data=cfg, **kw)
     ds = parse_data_spec(cfg.data)
+    if kind == "embedder" and cfg.metric == "fidelity" and ds.kind == "image_folder":
+        return fidelity_setup(ds.path, input_size, reference, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.flip,
+                              cfg.bgr)
     if kind == "embedder" and not ds.is_face:
         raise UserError(f"--data {cfg.data}: this model is a face embedder; give verification data "
                         f"({', '.join(k + ':…' for k in FACE_KINDS)})")
     if ds.is_face:
         return face_setup(cfg.data, input_size, cfg.metric, cfg.batch_size, cfg.eval_batches, cfg.seed,
-                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr)
+                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects)
     return classifier_setup(cfg.data, input_size, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.mean, cfg.std,
                             model_mean, model_std)

@@ -16,7 +16,11 @@ Conventions
 * ``tpr@fpr=X`` (the same number as TAR@FAR=X): the TPR of the ROC point with the largest TPR among the
   points whose FPR is <= X, i.e. the best true-accept rate without exceeding the false-accept budget. The
   ROC always contains (0, 0), so a target below ``1 / #different-pairs`` is resolved at FPR = 0 (the TPR
-  with no false accept at all; 0.0 when even that accepts nothing). The value is never NaN.
+  with no false accept at all; 0.0 when even that accepts nothing). The value is never NaN, but it only
+  measures the TPR at FPR=X when there are at least ``1/X`` different-identity pairs
+  (:func:`resolvable`); otherwise a warning says so once per metric, and the sensitivity analysis refuses it
+  as its target (``test_module.setup``).
+* Pair labels (``issame``) are bools or the numbers 0/1; anything else (2, -1, 'no') is a UserError.
 * EER: the point on the piecewise-linear ROC where FPR = FNR (= 1 - TPR).
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from compression_tool.data.pairs import PairSet
+from compression_tool.data.pairs import PairSet, check_issame
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_save_with
 
@@ -50,7 +54,7 @@ FUSIONS = ("sum", "concat")
 
 def _check_pairs_arrays(values: np.ndarray, issame: np.ndarray, what: str) -> Tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, dtype=np.float64).reshape(-1)
-    issame = np.asarray(issame).astype(bool).reshape(-1)
+    issame = check_issame(issame, "issame")
     if values.shape != issame.shape:
         raise ValueError(f"{what} has {values.size} entries but issame has {issame.size}")
     if not np.all(np.isfinite(values)):
@@ -126,6 +130,35 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(np.max(np.asarray(tpr)[ok])) if ok.any() else 0.0
 
 
+def min_different_pairs(fpr: float) -> int:
+    """Different-identity pairs needed for one false accept to be a false-accept rate <= ``fpr``."""
+    return max(1, math.ceil((1.0 / fpr) * (1.0 - 1e-12)))
+
+
+def metric_fpr(metric: str) -> Optional[float]:
+    """X of a ``tpr@fpr=X`` / ``tar@far=X`` metric name; None for other metrics."""
+    return _parse_rate(metric.strip().lower())
+
+
+def resolvable(metric: str, n_different: int) -> bool:
+    """Whether ``metric`` measures what its name says on ``n_different`` different-identity pairs: a
+    ``tpr@fpr=X`` below 1/n_different is the TPR at zero false accepts whatever X is. Other metrics: True."""
+    fpr = metric_fpr(metric)
+    return fpr is None or n_different >= min_different_pairs(fpr)
+
+
+_warned: Set[str] = set()
+
+
+def _warn_unresolvable(key: str, n_different: int) -> None:
+    """Once per metric per process (a sensitivity sweep evaluates hundreds of times)."""
+    if key in _warned or resolvable(key, n_different):
+        return
+    _warned.add(key)
+    log.warning("%s is not resolvable on %d different-identity pairs (it needs at least %d): the value is the "
+                "TPR at zero false accepts", key, n_different, min_different_pairs(metric_fpr(key)))
+
+
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """FPR (= FNR) where the piecewise-linear ROC crosses FPR = 1 - TPR."""
     gap = (1.0 - np.asarray(tpr)) - np.asarray(fpr)          # FNR - FPR, non-increasing along the ROC
@@ -152,9 +185,11 @@ def roc_metrics(scores: np.ndarray, issame: np.ndarray, fprs: Sequence[float] = 
     from sklearn.metrics import auc
 
     fpr, tpr, _ = roc_points(scores, issame)
+    n_different = int(np.count_nonzero(~check_issame(issame, "issame")))
     out: "OrderedDict[str, float]" = OrderedDict(auc=float(auc(fpr, tpr)), eer=equal_error_rate(fpr, tpr))
     for x in fprs:
         out[rate_key(x)] = tpr_at_fpr(fpr, tpr, x)
+        _warn_unresolvable(rate_key(x), n_different)
     return out
 
 

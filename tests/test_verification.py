@@ -261,10 +261,13 @@ def test_pairset_subset_keeps_classes_and_reindexes():
     ps = PairSet(torch.arange(40.0).reshape(10, 1, 2, 2), torch.tensor([[i, i + 1] for i in range(9)] + [[0, 9]]),
                  torch.tensor([True] * 5 + [False] * 5), paths=[f"img{i}" for i in range(10)])
     sub = ps.subset(4)
-    assert len(sub) == 4 and sub.issame.any() and (~sub.issame).any()
-    for (a, b), (pa, pb) in zip(sub.pairs.tolist(), [[0, 1], [3, 4], [6, 7], [0, 9]]):
+    assert len(sub) == 4 and int(sub.issame.sum()) == 2   # stratified: 2 same + 2 different
+    picked = [ps.pairs.tolist().index([int(sub.paths[a][3:]), int(sub.paths[b][3:])]) for a, b in sub.pairs.tolist()]
+    assert picked == sorted(picked)                         # the original order
+    for (a, b), k in zip(sub.pairs.tolist(), picked):
+        pa, pb = ps.pairs[k].tolist()
         assert torch.equal(sub.images[a], ps.images[pa]) and torch.equal(sub.images[b], ps.images[pb])
-        assert (sub.paths[a], sub.paths[b]) == (f"img{pa}", f"img{pb}")
+        assert bool(sub.issame[picked.index(k)]) == bool(ps.issame[k])
     assert sub.images.shape[0] == len(set(sub.pairs.flatten().tolist()))
     assert ps.subset(100) is ps
 

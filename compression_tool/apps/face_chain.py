@@ -76,7 +76,7 @@ def add_latency(rows: Sequence[Row], paths: Sequence[str], model: Optional[str] 
                 input_size: Optional[Sequence[int]] = None, from_data_parallel: bool = False, rounds: int = 15,
                 reps: int = 5, trust: bool = False) -> None:
     """``latency_ms`` of every row: median CPU time of one image at the current torch thread count, the models
-    measured in alternation (``compression_tool.engine.report.interleaved_latency``) so that load drifts hit all of
+    measured in alternation (``compression_tool.engine.cost.interleaved_latency``) so that load drifts hit all of
     them alike."""
     loaded = [_loaded(p, model, input_size, from_data_parallel, trust) for p in paths]
     times = interleaved_latency([net for net, _ in loaded], example_input(loaded[0][1]), rounds, reps)

@@ -38,6 +38,7 @@ class FinetuneJob:
     milestones: Sequence[float] = ()                # epochs at which the LR drops (train.milestones is set from it)
     train: FinetuneConfig = field(default_factory=FinetuneConfig)   # distill/alpha/lr/epochs… live here
     resume: Optional[str] = None
+    unlabeled: Optional[str] = None                 # label-free distillation: images only (image/identity folders)
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
 
@@ -92,9 +93,14 @@ def build_loader(job: FinetuneJob, input_size: Sequence[int], model_mean=None, m
     """Shuffled (seeded) training loader and the number of classes / identities in it."""
     if job.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {job.batch_size}")
-    x, y = train_tensors(job.data, input_size, job.train.seed, job.subjects, job.fit, job.mean, job.std,
-                         model_mean, model_std)
-    dataset: Dataset = TensorDataset(x, y)
+    if job.unlabeled:
+        x = unlabeled_images(job.unlabeled, input_size, job.fit, job.subjects)
+        y = torch.zeros(len(x), dtype=torch.long)   # never used: a label-free fine-tune has no head
+        dataset: Dataset = TensorDataset(x)
+    else:
+        x, y = train_tensors(job.data, input_size, job.train.seed, job.subjects, job.fit, job.mean, job.std,
+                             model_mean, model_std)
+        dataset = TensorDataset(x, y)
     if job.hflip:
         dataset = RandomHFlip(dataset)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=True,
@@ -114,22 +120,45 @@ def build_head(job: FinetuneJob, kind: str, name: str, model: nn.Module, input_s
     return make_head(job.head or "arcface", output_size(model, input_size), num_classes, s=job.s, m=job.m)
 
 
-def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_mean=None, model_std=None
-                  ) -> Optional[EvalFn]:
+def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
+                  reference: Optional[nn.Module] = None) -> Optional[EvalFn]:
     cfg = job.eval
-    if cfg is None:
+    if cfg is None and not job.unlabeled:
         spec = default_eval_spec(job.data)
         cfg = EvalConfig(data=spec, batch_size=job.batch_size, seed=job.train.seed) if spec else None
     if cfg is None:
         log.warning("no --eval_data: no best-checkpoint selection; the last state is saved")
         return None
-    return build_setup(cfg, kind, input_size, model_mean=model_mean, model_std=model_std).evaluate
+    return build_setup(cfg, kind, input_size, model_mean=model_mean, model_std=model_std,
+                       reference=reference).evaluate
+
+
+def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad", subjects: Optional[str] = None
+                     ) -> torch.Tensor:
+    """Images of any folder of face images (``image_folder:DIR``, ``identity_folders:DIR``, ``orl:DIR``:
+    ``DIR/<any>/<img>``), face-preprocessed; identities, if any, are ignored."""
+    from compression_tool.data import readers
+    from compression_tool.data.preprocess import ImageTransform
+
+    ds = parse_data_spec(spec, "--unlabeled")
+    if ds.kind not in ("image_folder", "identity_folders", "orl"):
+        raise UserError(f"--unlabeled {spec}: expected a folder of images (image_folder:DIR, identity_folders:DIR)")
+    c, h, w = (int(v) for v in input_size)
+    images = readers.read_identity_dataset(ds.path, ImageTransform(size=(h, w), channels=c, fit=fit),
+                                           readers.parse_subjects(subjects))[0]
+    log.info("%d unlabeled images from %s", len(images), ds.path)
+    return images
 
 
 def run_finetune(job: FinetuneJob) -> FinetuneResult:
     """Fine-tune ``job.source``; checkpoints keep the thinned format, so every tool reloads them."""
     if (job.teacher is None) != (job.train.distill is None):
         raise UserError("distillation needs both --teacher_path and --distill cosine|mse")
+    if job.unlabeled and (job.teacher is None or job.head not in (None, "none")):
+        raise UserError("--unlabeled: label-free fine-tuning distills the teacher: give --teacher_path and "
+                        "--distill, and no --head")
+    if job.unlabeled:
+        job.head = "none"
     parse_data_spec(job.data)
     model, meta = load_source(job.source)
     name, input_size = meta["model"], meta["input_size"]
@@ -139,11 +168,13 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
         teacher, _ = load_model(job.teacher.path, name, job.teacher.from_data_parallel, input_size,
                                 trust=job.teacher.trust, **meta.get("model_kwargs", {}))
     loader, num_classes = build_loader(job, input_size, spec.mean, spec.std)
+    if job.eval is not None and job.eval.metric == "fidelity" and teacher is None:
+        raise UserError("--metric fidelity: the reference embeddings come from --teacher_path; give one")
     torch.manual_seed(job.train.seed)  # the margin head's initialisation follows the seed too
     head = build_head(job, spec.kind, name, model, input_size, num_classes)
     cfg = job.train
     cfg.milestones = milestone_iters(job.milestones, len(loader))
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
-                    eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std),
+                    eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher),
                     meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume)

@@ -108,10 +108,12 @@ def load_source(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
     return model, meta
 
 
-def eval_setup(cfg: EvalConfig, meta: Dict[str, Any]) -> EvalSetup:
-    """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation."""
+def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Module] = None) -> EvalSetup:
+    """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation;
+    ``reference`` (the unpruned model) backs the label-free ``fidelity`` metric of embedders."""
     spec = model_spec(meta["model"])
-    return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std)
+    return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
+                       reference=reference)
 
 
 def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex, setup: EvalSetup, tag: str,
@@ -182,9 +184,9 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
             "data": _data_id(e.data), "test_root": _data_id(f"x:{e.test_root}") if e.test_root else None,
             "mean": list(e.mean) if e.mean else None, "std": list(e.std) if e.std else None,
             "seed": e.seed, "eval_batches": e.eval_batches, "batch_size": e.batch_size, "metric": e.metric,
-            "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "criterion": c.name, "criterion_limit": c.limit,
-            "criterion_seed": c.seed, "ignore": sorted(cfg.ignore), "sparsities": [round(s, 6) for s in cfg.sparsities],
-            "threads": torch.get_num_threads()}
+            "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "subjects": e.subjects, "criterion": c.name,
+            "criterion_limit": c.limit, "criterion_seed": c.seed, "ignore": sorted(cfg.ignore),
+            "sparsities": [round(s, 6) for s in cfg.sparsities], "threads": torch.get_num_threads()}
 
 
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
@@ -197,7 +199,7 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     run_meta = sensitivity_meta(cfg, meta)
     check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
     check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
-    setup = eval_setup(cfg.eval, meta)
+    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
     check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, example_input(meta["input_size"]), ignore=cfg.ignore)
     crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
@@ -222,7 +224,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         check_writable(out, cfg.force)
         check_writable(keep_path, cfg.force)
     x = example_input(meta["input_size"])
-    setup = eval_setup(cfg.eval, meta)
+    setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
     check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, x, ignore=cfg.ignore)
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))

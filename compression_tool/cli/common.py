@@ -60,11 +60,16 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                         "digits/JSON)")
     g.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     g.add_argument("--metric", default="lfw_acc",
-                   help="face embedders: the metric put first in the CSV and targeted (lfw_acc, auc, eer, "
-                        "tpr@fpr=1e-3 = tar@far=1e-3, …); classifiers always report top1, top5, loss")
+                   help="face embedders: the metric put first in the CSV and targeted: lfw_acc (k-fold accuracy), "
+                        "auc, eer, tpr@fpr=1e-3 (= tar@far=1e-3; needs >= 1000 different pairs), or fidelity (mean "
+                        "cosine to the unpruned model's embeddings: label-free, works on image_folder:DIR too); "
+                        "classifiers always report top1, top5, loss")
     g.add_argument("--folds", type=positive_int, default=10, help="face verification: k of the k-fold accuracy")
     g.add_argument("--flip", action="store_true", help="face verification: add the flipped image's embedding")
     g.add_argument("--bgr", action="store_true", help="face images: feed BGR (models trained on OpenCV input)")
+    g.add_argument("--subjects", default=None,
+                   help="identity folders (orl:/identity_folders:): the identities to pair, e.g. s31..s40 "
+                        "(orl's default) or s3..s30")
     g.add_argument("--eval_batches", type=positive_int, default=eval_batches_default,
                    help="evaluate on N batches only: a fixed, seeded subset (default: all)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="evaluation batch size")
@@ -102,7 +107,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(data=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches, seed=args.seed,
                       metric=args.metric, test_root=args.test_root_path, folds=args.folds, flip=args.flip,
-                      bgr=args.bgr, mean=args.mean, std=args.std)
+                      bgr=args.bgr, subjects=args.subjects, mean=args.mean, std=args.std)
 
 
 def criterion_name(args: argparse.Namespace, default: Optional[str] = "l1") -> Optional[str]:

@@ -41,6 +41,10 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                         "mnist:/cifar10:/cifar100:/json: their train files, image_folder:DIR all its images), or "
                         "for embedders identity_folders:DIR (DIR/<identity>/<image>, see --subjects) or orl:DIR "
                         "(subjects s3..s30 by default)")
+    p.add_argument("--unlabeled", metavar="DATA",
+                   help="label-free distillation: fine-tune on these images only (image_folder:DIR or "
+                        "identity_folders:DIR; identities ignored), matching the --teacher_path embeddings "
+                        "(needs --distill; no --head)")
     p.add_argument("--mean", type=floats, default=None, help="classifier data: per-channel mean on the [0,1] scale")
     p.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     p.add_argument("--trust_checkpoint", action="store_true",
@@ -50,8 +54,8 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                    help="evaluation data spec as in pruning.py --data (default: digits for digits, the held-out "
                         "s31..s40 pairs for orl:DIR, none for identity_folders)")
     p.add_argument("--metric", default="lfw_acc",
-                   help="face metric to maximise when choosing the best checkpoint (default lfw_acc); "
-                        "classifiers use top1")
+                   help="face metric to maximise when choosing the best checkpoint (default lfw_acc; fidelity "
+                        "compares to --teacher_path); classifiers use top1")
     p.add_argument("--fit", default="pad", choices=FITS,
                    help="how face images of another aspect ratio reach the model input (default pad)")
     p.add_argument("--hflip", action="store_true", help="augment training images with random horizontal flips")
@@ -114,7 +118,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
                        hflip=args.hflip, head=args.head, s=args.s, m=args.m, teacher=teacher,
                        batch_size=args.batch_size, milestones=parse_milestones(args.milestones), train=train,
-                       resume=args.resume, mean=args.mean, std=args.std)
+                       resume=args.resume, unlabeled=args.unlabeled, mean=args.mean, std=args.std)
 
 
 @cli_main

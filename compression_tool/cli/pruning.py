@@ -172,8 +172,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if mode == "finetune":  # the seed tool's mode: the same command line as python -m train_module
         from compression_tool.cli.finetune import main as finetune_main
         return finetune_main(rest, prog="pruning.py --mode finetune")
-    if mode not in MODES:
-        overview_parser().parse_args([] if mode is None and not rest else ["--mode", str(mode), *rest])
+    if mode not in MODES:  # no mode: the overview help (or argparse's one-line error naming the modes)
+        overview_parser().parse_args(rest if mode is None else ["--mode", mode, *rest])
         return
     {"sa": run_sa, "prune": run_prune, "search": run_search}[mode](rest)
 

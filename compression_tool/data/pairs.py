@@ -10,6 +10,30 @@ import torch
 from compression_tool.io.errors import UserError
 
 
+def _shown(value: object) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def check_issame(labels: object, where: str) -> np.ndarray:
+    """Pair labels as a flat bool array. Accepted: bools and the numbers 0/1; anything else (2, -1, 'no', 0.5)
+    is a one-line UserError naming ``where`` and the first bad value."""
+    arr = np.asarray(labels).reshape(-1)
+    if arr.dtype == np.bool_:
+        return arr
+    if arr.dtype.kind in "iuf":
+        bad = arr[(arr != 0) & (arr != 1)]
+        if bad.size == 0:
+            return arr != 0
+        value = bad[0]
+    else:  # strings, objects: only real bools and 0/1 numbers pass
+        ok = [isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, float, np.number)) and v in (0, 1))
+              for v in arr.tolist()]
+        if all(ok):
+            return np.array([bool(v) for v in arr.tolist()], dtype=bool)
+        value = arr[ok.index(False)]
+    raise UserError(f"{where}: issame label {_shown(value)} is not a bool or 0/1")
+
+
 @dataclass
 class PairSet:
     """Preprocessed images [N, C, H, W], ``pairs`` LongTensor [P, 2] indexing them, ``issame`` BoolTensor [P].
@@ -24,7 +48,7 @@ class PairSet:
 
     def __post_init__(self) -> None:
         self.pairs = torch.as_tensor(self.pairs, dtype=torch.long)
-        self.issame = torch.as_tensor(self.issame, dtype=torch.bool).reshape(-1)
+        self.issame = torch.from_numpy(check_issame(torch.as_tensor(self.issame).numpy(), "PairSet").copy())
         if self.images.dim() != 4:
             raise ValueError(f"PairSet images must be [N, C, H, W], got {tuple(self.images.shape)}")
         if self.pairs.dim() != 2 or self.pairs.shape[1] != 2 or self.pairs.shape[0] != self.issame.numel():
@@ -38,15 +62,28 @@ class PairSet:
     def __len__(self) -> int:
         return int(self.issame.numel())
 
-    def subset(self, max_pairs: int) -> "PairSet":
-        """At most ``max_pairs`` pairs spread evenly over the list (every fold and both classes keep a
-        share; a prefix would take LFW's all-same first half-fold), with only the images they use."""
+    def subset(self, max_pairs: int, seed: int = 0) -> "PairSet":
+        """At most ``max_pairs`` pairs, with only the images they use: a seeded random sample within each
+        class (same / different) in proportion to its share, kept in the original order so contiguous folds
+        stay mixed. (Evenly spaced picks alias with an interleaved same/different list: every other pair of
+        an ORL-style list is a same pair.)"""
         if max_pairs >= len(self):
             return self
         if max_pairs < 2:
             raise UserError(f"a verification subset needs at least 2 pairs, got {max_pairs}")
-        keep = torch.from_numpy(np.unique(np.linspace(0, len(self) - 1, max_pairs).round().astype(np.int64)))
+        same, diff = torch.nonzero(self.issame).flatten(), torch.nonzero(~self.issame).flatten()
+        k_same = _stratum_size(max_pairs, len(same), len(diff))
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.cat([same[torch.randperm(len(same), generator=g)[:k_same]],
+                          diff[torch.randperm(len(diff), generator=g)[:max_pairs - k_same]]]).sort().values
         pairs = self.pairs[keep]
         used, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
         paths = [self.paths[i] for i in used.tolist()] if self.paths is not None else None
         return PairSet(self.images[used], inverse.reshape(-1, 2), self.issame[keep], paths)
+
+
+def _stratum_size(total: int, n_same: int, n_diff: int) -> int:
+    """Same pairs in a stratified sample of ``total``: the proportional share, at least one of each class."""
+    k = round(total * n_same / (n_same + n_diff))
+    k = max(k, 1 if n_same else 0, total - n_diff)
+    return min(k, n_same, total - (1 if n_diff else 0))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from compression_tool.data.imagefolder import IMAGE_EXTENSIONS, natural_key
-from compression_tool.data.pairs import PairSet
+from compression_tool.data.pairs import PairSet, check_issame
 from compression_tool.data.preprocess import ImageTransform, decode_image, load_images, transform_all
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_text
@@ -193,7 +193,7 @@ def read_bin(path: PathLike, transform: ImageTransform, workers: int = 0) -> Pai
     obj = safe_unpickle(path, "insightface .bin file")
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
         raise UserError(f"{path}: expected a pickle of (bins, issame_list)")
-    bins, issame = list(obj[0]), [bool(s) for s in np.asarray(obj[1]).reshape(-1)]
+    bins, issame = list(obj[0]), check_issame(obj[1], str(path)).tolist()  # bool or 0/1 only
     if len(bins) != 2 * len(issame) or not issame:
         raise UserError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected two images per pair")
 

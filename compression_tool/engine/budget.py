@@ -12,7 +12,7 @@ an ordered list of moves, each raising one layer by one level:
 2. the moves are sorted by that metric, best first (the order in which lowering auto_make_yaml's
    ``--rule strict`` target would take them, with ties and the levels above the baseline taken one at a time);
 3. the number of moves is bisected: each candidate schedule is thinned on a copy of the model and measured with
-   ``compression_tool.engine.report.params_and_macs``. The result is the shortest prefix that meets the budget.
+   ``compression_tool.engine.cost.params_and_macs``. The result is the shortest prefix that meets the budget.
 
 The schedule is written in auto_make_yaml's (Distiller) format, so ``pruning.py --mode prune --yaml`` takes it:
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 def thin(index: GroupIndex, pruned: Mapping[str, Sequence[int]]) -> Dict[str, dict]:
     """Remove root channels ``pruned[group_name]`` from every group named; returns the keep-arrays."""
+    _check_names(index, pruned)
     keep: Dict[str, dict] = OrderedDict()
     for g in index.groups:
         idxs = sorted(int(i) for i in pruned.get(g.name, ()))
@@ -31,10 +32,19 @@ def thin(index: GroupIndex, pruned: Mapping[str, Sequence[int]]) -> Dict[str, di
         keep[g.name] = {"root": g.root_name, "channels": g.channels, "kept": kept, "pruned": idxs,
                         "layers": g.members}
         log.debug("thinned %s: %d -> %d", g.name, g.channels, len(kept))
-    unknown = set(pruned) - {g.name for g in index.groups}
-    if unknown:
-        raise UserError(f"keep-arrays name unknown groups: {', '.join(sorted(unknown))}")
     return keep
+
+
+def _check_names(index: GroupIndex, pruned: Mapping[str, Sequence[int]]) -> None:
+    """Every named group must be prunable; checked before the model is touched."""
+    names = {g.name for g in index.groups}
+    for name in sorted(set(pruned) - names):
+        why = index.skip_reason(name)
+        if why is not None and len(pruned[name]):
+            raise UserError(f"{name} cannot be pruned: {why}")
+    unknown = sorted(n for n in set(pruned) - names if index.skip_reason(n) is None)
+    if unknown:
+        raise UserError(f"keep-arrays name unknown groups: {', '.join(unknown)}")
 
 
 def replay(model: nn.Module, example_inputs, keep: Mapping[str, dict]) -> nn.Module:
