@@ -170,10 +170,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, step: int, metrics: O
     return atomic_torch_save({"state_dict": model.state_dict(), "meta": full_meta}, path, force=force)
 
 
-def load_checkpoint(path: str | Path) -> Dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; UserError naming the file when it is not one."""
+def load_checkpoint(path: str | Path, trust: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; UserError naming the file when it is not one. Weights only
+    unless ``trust`` (--trust_checkpoint): our own checkpoints never need more."""
     p = Path(path)
-    ckpt = torch_load(p, what="--resume checkpoint")
+    ckpt = torch_load(p, trust, what="--resume checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "train_state" not in ckpt.get("meta", {}):
         raise UserError(f"--resume: {p} is not a train_module checkpoint (expected 'state_dict' and "
                         "'meta.train_state')")
@@ -315,7 +316,8 @@ def replay_batches(train_loader: Iterable, cfg: FinetuneConfig, step: int, total
 
 
 def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Module], cfg: FinetuneConfig,
-           resume: Optional[str | Path]) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
+           resume: Optional[str | Path], trust_resume: bool = False
+           ) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
     """Move to the device, build optimizer and schedule, restore a checkpoint: (opt, sched, step, best)."""
     device = torch.device(cfg.device)
     for m in (model, head, teacher):
@@ -330,7 +332,7 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
     if resume is None:
         _check_save_dir(cfg)
         return optimizer, scheduler, 0, None
-    ckpt = load_checkpoint(resume)
+    ckpt = load_checkpoint(resume, trust_resume)
     step = restore_training_state(ckpt, model, head, optimizer, scheduler, source=str(resume))
     best = ckpt["meta"].get("best_value")
     log.info("resumed from %s at step %d (best so far: %s)", resume, step, best)
@@ -340,7 +342,7 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
 def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, task: str = "classifier",
              head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
              eval_fn: Optional[EvalFn] = None, meta: Optional[Mapping[str, Any]] = None,
-             resume: Optional[str | Path] = None) -> FinetuneResult:
+             resume: Optional[str | Path] = None, trust_resume: bool = False) -> FinetuneResult:
     """Train ``model`` (and ``head``) on ``train_loader``; see the module doc and ``FinetuneConfig``.
 
     ``eval_fn(model) -> OrderedDict`` is called every ``cfg.eval_every`` iterations (or each epoch) and at the
@@ -354,7 +356,7 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
     was_training = model.training
-    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume)
+    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume)
     keeper = _BestKeeper(cfg, meta, best)
     result = FinetuneResult(step=step)
     state = dict(model=model, head=head, optimizer=optimizer, scheduler=scheduler)

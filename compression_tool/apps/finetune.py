@@ -177,4 +177,5 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
                     eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher),
-                    meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume)
+                    meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume,
+                    trust_resume=job.source.trust)
