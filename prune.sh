@@ -25,7 +25,7 @@ CSV=work_space/sensitivity_data/${MODEL}_${METHOD}.csv
 echo "== 1. sensitivity analysis -> $CSV"
 $PY pruning.py --mode sa --model "$MODEL" --best_model_path "$CKPT" --data "$DATA" --method "$METHOD" \
     --output "$CSV" $EXTRA
-$PY pruning_analysis_tools/plot_csv.py "$CSV"
+$PY pruning_analysis_tools/plot_csv.py "$CSV" --force
 
 # default target: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)
 TARGET=${TARGET_ARG:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}

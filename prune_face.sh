@@ -54,7 +54,7 @@ CSV=$WORK/${MODEL}_${METHOD}_${METRIC}.csv
 echo "== 1. sensitivity analysis on $METRIC (ORL s31..s40 pairs) -> $CSV"
 $PY pruning.py --mode sa $COMMON --best_model_path "$CKPT" --data "orl:$ORL" --metric "$METRIC" \
     --method "$METHOD" --sparsities "$SPARSITIES" --output "$CSV" --work_space "$WORK"
-$PY pruning_analysis_tools/plot_csv.py "$CSV"
+$PY pruning_analysis_tools/plot_csv.py "$CSV" --force
 
 YAML=$WORK/${MODEL}_flops-${TAG}.yaml
 echo "== 2. schedule: least sensitive layers first until ${TAG}% of the MACs are gone -> $YAML"

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compression_tool.io.errors import UserError
+
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -22,6 +24,9 @@ def evaluate_classifier(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, t
         if max_batches is not None and i >= max_batches:
             break
         logits = model(x)
+        if y.numel() and int(y.max()) >= logits.shape[1]:
+            raise UserError(f"the data has label {int(y.max())} but the model has only {logits.shape[1]} outputs; "
+                            "wrong data or model?")
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         k_max = min(max(topk), logits.shape[1])
         pred = logits.topk(k_max, dim=1).indices

@@ -29,6 +29,7 @@ class EvalSetup:
     metric_names: List[str]
     batches: Callable[[], Iterable[torch.Tensor]]   # input batches for data-driven criteria (hrank…)
     dataset: str
+    num_classes: Optional[int] = None               # classifier data: highest label + 1
 
 
 @dataclass
@@ -54,13 +55,14 @@ def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
     from test_module.classification import evaluate_classifier
 
     x, y = classifier_tensors(spec, input_size, "test", seed, mean, std, model_mean, model_std)
+    num_classes = int(y.max()) + 1 if len(y) else None
     if eval_batches and eval_batches * batch_size < len(y):
         # a seeded random subset: image folders come sorted by class, so a prefix would be one class
         pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
         x, y = x[pick.sort().values], y[pick.sort().values]
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
     return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
-                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0])
+                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0], num_classes=num_classes)
 
 
 def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", batch_size: int = 64,

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
-from compression_tool.io.files import atomic_torch_save
+from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -170,10 +170,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, step: int, metrics: O
     return atomic_torch_save({"state_dict": model.state_dict(), "meta": full_meta}, path, force=force)
 
 
-def load_checkpoint(path: str | Path) -> Dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; UserError naming the file when it is not one."""
+def load_checkpoint(path: str | Path, trust: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; UserError naming the file when it is not one. Weights only
+    unless ``trust`` (--trust_checkpoint): our own checkpoints never need more."""
     p = Path(path)
-    ckpt = torch_load(p, what="--resume checkpoint")
+    ckpt = torch_load(p, trust, what="--resume checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "train_state" not in ckpt.get("meta", {}):
         raise UserError(f"--resume: {p} is not a train_module checkpoint (expected 'state_dict' and "
                         "'meta.train_state')")
@@ -276,6 +277,10 @@ def _validate(cfg: FinetuneConfig, iters_per_epoch: int) -> int:
         raise UserError(f"--max_iters must be >= 1, got {cfg.max_iters}")
     if cfg.eval_every < 0:
         raise UserError(f"--eval_every must be >= 0, got {cfg.eval_every}")
+    for flag, v, low in (("--lr", cfg.lr, 0.0), ("--momentum", cfg.momentum, None), ("--weight_decay",
+                         cfg.weight_decay, None), ("--alpha", cfg.alpha, None), ("--gamma", cfg.gamma, 0.0)):
+        if not math.isfinite(v) or v < 0 or (low is not None and v <= low):
+            raise UserError(f"{flag} must be a {'positive' if low is not None else 'non-negative'} number, got {v}")
     return cfg.max_iters or cfg.epochs * iters_per_epoch
 
 
@@ -311,7 +316,8 @@ def replay_batches(train_loader: Iterable, cfg: FinetuneConfig, step: int, total
 
 
 def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Module], cfg: FinetuneConfig,
-           resume: Optional[str | Path]) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
+           resume: Optional[str | Path], trust_resume: bool = False
+           ) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
     """Move to the device, build optimizer and schedule, restore a checkpoint: (opt, sched, step, best)."""
     device = torch.device(cfg.device)
     for m in (model, head, teacher):
@@ -321,10 +327,12 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
         teacher.eval()
     optimizer = build_optimizer(model, head, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_iters)
+    if cfg.save_dir is not None:          # an unwritable --save_dir fails now, not after the first epoch
+        check_writable_dir(cfg.save_dir)
     if resume is None:
         _check_save_dir(cfg)
         return optimizer, scheduler, 0, None
-    ckpt = load_checkpoint(resume)
+    ckpt = load_checkpoint(resume, trust_resume)
     step = restore_training_state(ckpt, model, head, optimizer, scheduler, source=str(resume))
     best = ckpt["meta"].get("best_value")
     log.info("resumed from %s at step %d (best so far: %s)", resume, step, best)
@@ -334,7 +342,7 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
 def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, task: str = "classifier",
              head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
              eval_fn: Optional[EvalFn] = None, meta: Optional[Mapping[str, Any]] = None,
-             resume: Optional[str | Path] = None) -> FinetuneResult:
+             resume: Optional[str | Path] = None, trust_resume: bool = False) -> FinetuneResult:
     """Train ``model`` (and ``head``) on ``train_loader``; see the module doc and ``FinetuneConfig``.
 
     ``eval_fn(model) -> OrderedDict`` is called every ``cfg.eval_every`` iterations (or each epoch) and at the
@@ -348,7 +356,7 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
     was_training = model.training
-    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume)
+    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume)
     keeper = _BestKeeper(cfg, meta, best)
     result = FinetuneResult(step=step)
     state = dict(model=model, head=head, optimizer=optimizer, scheduler=scheduler)

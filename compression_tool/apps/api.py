@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
 from compression_tool.apps.finetune import FinetuneJob, run_finetune
@@ -75,8 +78,23 @@ def sensitivity(model: nn.Module, data: Union[str, EvalConfig], input_size: Size
     levels = list(levels) if levels is not None else default_sparsities()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(csv) if csv else Path(tmp) / "sensitivity.csv"
-        sweep(model, index, crit, setup.evaluate, path, levels, setup.metric_names)
+        sweep(model, index, crit, setup.evaluate, path, levels, setup.metric_names,
+              meta=_sweep_meta(model, data, input_size, criterion, levels, ignore, eval_kw))
         return pd.read_csv(path)
+
+
+def _sweep_meta(model: nn.Module, data: Union[str, EvalConfig], input_size: Size, criterion: str,
+                levels: Sequence[float], ignore: Sequence[str], eval_kw: Dict[str, Any]) -> Dict[str, Any]:
+    """The CSV sidecar of an in-memory model: a hash of its weights stands for the checkpoint's."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return {"format": "compression_tool/sensitivity-v1", "weights_sha256": h.hexdigest(),
+            "data": dataclasses.asdict(data) if isinstance(data, EvalConfig) else str(data),
+            "input_size": [int(v) for v in input_size], "criterion": criterion,
+            "sparsities": [round(float(s), 6) for s in levels], "ignore": sorted(ignore),
+            "eval": {k: v for k, v in sorted(eval_kw.items())}, "threads": torch.get_num_threads()}
 
 
 def make_schedule(table: Union[pd.DataFrame, str], target: float, arch: str, input_size: Size,

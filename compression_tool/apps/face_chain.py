@@ -57,28 +57,28 @@ def init_checkpoint(path: str | Path, model: str, input_size: Sequence[int], see
 
 
 def _loaded(path: str | Path, model: Optional[str], input_size: Optional[Sequence[int]],
-            from_data_parallel: bool) -> Tuple[nn.Module, List[int]]:
+            from_data_parallel: bool, trust: bool = False) -> Tuple[nn.Module, List[int]]:
     """(model, its C,H,W input): thinned checkpoints rebuild themselves; plain ones need ``model``."""
-    net, meta = load_source(ModelSource(str(path), model, from_data_parallel, input_size))
+    net, meta = load_source(ModelSource(str(path), model, from_data_parallel, input_size, trust))
     return net, [int(v) for v in meta["input_size"]]
 
 
 def verify(path: str | Path, data: str, model: Optional[str] = None, input_size: Optional[Sequence[int]] = None,
            metric: str = "lfw_acc", batch_size: int = 64, seed: int = 0, flip: bool = False,
-           from_data_parallel: bool = False) -> Dict[str, float]:
+           from_data_parallel: bool = False, trust: bool = False) -> Dict[str, float]:
     """Verification metrics of one checkpoint on ``data`` (all pairs) plus its params and MACs."""
-    net, size = _loaded(path, model, input_size, from_data_parallel)
+    net, size = _loaded(path, model, input_size, from_data_parallel, trust)
     setup = face_setup(data, size, metric=metric, batch_size=batch_size, seed=seed, flip=flip)
     return {**setup.evaluate(net), **params_and_macs(net, example_input(size))}
 
 
 def add_latency(rows: Sequence[Row], paths: Sequence[str], model: Optional[str] = None,
                 input_size: Optional[Sequence[int]] = None, from_data_parallel: bool = False, rounds: int = 15,
-                reps: int = 5) -> None:
+                reps: int = 5, trust: bool = False) -> None:
     """``latency_ms`` of every row: median CPU time of one image at the current torch thread count, the models
     measured in alternation (``compression_tool.engine.cost.interleaved_latency``) so that load drifts hit all of
     them alike."""
-    loaded = [_loaded(p, model, input_size, from_data_parallel) for p in paths]
+    loaded = [_loaded(p, model, input_size, from_data_parallel, trust) for p in paths]
     times = interleaved_latency([net for net, _ in loaded], example_input(loaded[0][1]), rounds, reps)
     for (_, m), ms in zip(rows, times):
         m["latency_ms"] = ms
@@ -110,9 +110,9 @@ def parse_labelled(items: Sequence[str]) -> List[Tuple[str, str]]:
 
 def report(labelled: Sequence[Tuple[str, str]], data: str, json_path: Optional[str] = None, force: bool = False,
            model: Optional[str] = None, input_size: Optional[Sequence[int]] = None, from_data_parallel: bool = False,
-           **verify_kw) -> List[Row]:
+           trust: bool = False, **verify_kw) -> List[Row]:
     """Verify every checkpoint, then time them together; optionally write the rows to ``json_path``."""
-    load_kw = dict(model=model, input_size=input_size, from_data_parallel=from_data_parallel)
+    load_kw = dict(model=model, input_size=input_size, from_data_parallel=from_data_parallel, trust=trust)
     rows = [(label, verify(path, data, **load_kw, **verify_kw)) for label, path in labelled]
     add_latency(rows, [path for _, path in labelled], **load_kw)
     if json_path:

@@ -85,7 +85,7 @@ def checkpoint_meta(meta: Dict[str, Any], cfg: FinetuneConfig, data: str) -> Dic
     carried = {k: v for k, v in meta.items() if k not in ("metrics", "train_state", "step", "best_metric",
                                                             "best_value", "finetune", "source_meta")}
     return {**carried, "format": FORMAT, "keep": meta.get("keep", []),
-            "finetune": {**config_dict(cfg), "data": data}}
+            "finetune": {**config_dict(cfg), "data": data}, "threads": torch.get_num_threads()}
 
 
 def build_loader(job: FinetuneJob, input_size: Sequence[int], model_mean=None, model_std=None
@@ -177,4 +177,5 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
                     eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher),
-                    meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume)
+                    meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume,
+                    trust_resume=job.source.trust)

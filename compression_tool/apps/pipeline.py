@@ -8,6 +8,7 @@ Every step appends per-epoch lines (top-1, top-k, loss, train and eval throughpu
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ DATA_TYPES = ("digits", "mnist", "cifar10", "cifar100", "json")
 MODEL_ALIASES = {"lenet": "lenet5", "vgg16": "vgg16_bn", "vgg": "vgg16_bn"}
 STAGES = {1: "model_base", 2: "model_prune", 3: "model_refine"}
 GLOBAL_SCOPE_CRITERIA = ("bn",)   # scores comparable across layers: one global threshold, as in slimming
+BN_CRITERIA = ("bn", "bn_similarity")   # rank channels by BatchNorm parameters: need a model with affine BNs
 
 
 # ---------------------------------------------------------------------------- data
@@ -194,6 +196,7 @@ class PipelineConfig:
     force: bool = False
     progress: bool = True
     ignore: List[str] = field(default_factory=list)
+    trust: bool = False                 # full unpickling of saved checkpoints (--trust_checkpoint)
 
 
 @dataclass
@@ -225,9 +228,30 @@ class Pipeline:
         self.log_dir = Path(cfg.work_space) / "log"
         spec = model_spec(self.model_name)
         self.data = load_data(cfg.data_type, cfg.data_path, spec.input_size, cfg.seed)
+        self._check_method(spec)
         g = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, generator=g)
         self.test_loader = DataLoader(self.data.test, batch_size=max(cfg.batch_size, 256), shuffle=False)
+
+    def _check_method(self, spec) -> None:
+        """--prune_method and its fit with the model, before step 1 spends its epochs training."""
+        from compression_tool.engine.criteria import CRITERIA
+
+        cfg = self.cfg
+        if cfg.prune_method not in CRITERIA:
+            raise UserError(f"--prune_method: unknown pruning criterion {cfg.prune_method!r}; known: "
+                            f"{', '.join(sorted(CRITERIA))}")
+        for flag, v in (("--lr", cfg.lr), ("--refine_lr", cfg.refine_lr)):
+            if not math.isfinite(v) or v <= 0:
+                raise UserError(f"{flag} must be a positive number, got {v}")
+        if not math.isfinite(cfg.sr) or cfg.sr < 0:
+            raise UserError(f"--sr must be a number >= 0, got {cfg.sr}")
+        if cfg.prune_method in BN_CRITERIA or cfg.sr > 0:
+            probe = spec.build_for(self.data.input_size, num_classes=self.data.num_classes)
+            if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in probe.modules()):
+                what = f"--prune_method {cfg.prune_method}" if cfg.prune_method in BN_CRITERIA else f"--sr {cfg.sr}"
+                raise UserError(f"{what}: {self.model_name} has no BatchNorm layers, so there are no BN gammas to "
+                                "use; pick another criterion (l1, fpgm, …) or a model with BN")
 
     def checkpoint(self, step: int) -> Path:
         return self.out_dir / STAGES[step] / "model.pth"
@@ -243,7 +267,7 @@ class Pipeline:
         path = self.checkpoint(step)
         if not path.exists():
             raise UserError(f"step {step + 1} needs {path} from step {step} ({STAGES[step]}); run --step {step} first")
-        return load_model(path)
+        return load_model(path, trust=self.cfg.trust)
 
     def run(self) -> Dict[int, StepResult]:
         """Run the chosen steps in order; {step: result}."""

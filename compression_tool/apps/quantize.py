@@ -34,7 +34,7 @@ from compression_tool.engine.quant.ptq_onnx import (
 )
 from compression_tool.engine.quant.qmodules import input_batches, quant_layer_names
 from compression_tool.io.errors import UserError
-from compression_tool.io.files import atomic_torch_save, check_writable
+from compression_tool.io.files import atomic_torch_save, check_writable, check_writable_dir
 from model_define import model_spec
 from test_module.setup import EvalConfig
 from train_module.finetune import FinetuneConfig, finetune
@@ -290,6 +290,8 @@ MODES: Dict[str, Callable[[Context, QuantConfig], List[str]]] = {
 
 def run(cfg: QuantConfig) -> List[str]:
     """Run ``cfg.mode`` (or every mode for ``all``); returns the lines to print."""
+    if cfg.mode in ("ptq", "hist", "all"):   # the modes that write into --out_dir: fail before the work
+        check_writable_dir(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

@@ -101,6 +101,12 @@ def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
                         "fraction to keep, in (0, 1]")
     if cfg.search_batches <= 0:
         raise UserError("--search_batches must be positive")
+    if not 0.0 < cfg.max_ratio <= 1.0:   # also NaN
+        raise UserError(f"--max_ratio: expected the largest fraction of a group's channels to remove, in (0, 1], "
+                        f"got {cfg.max_ratio}")
+    for flag, v in (("--population", cfg.population), ("--iterations", cfg.iterations)):
+        if v < 1:
+            raise UserError(f"{flag} must be at least 1, got {v}")
     model, meta = load_source(cfg.source)
     name = meta["model"]
     tag = f"{cfg.fraction:g}" if cfg.resource == "macs" else f"params{cfg.fraction:g}"

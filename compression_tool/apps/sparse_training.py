@@ -45,6 +45,7 @@ class SparseJob:
     seed: int = 0
     force: bool = False
     no_progress: bool = False
+    trust_checkpoint: bool = False     # full unpickling of --pretrained_model (can run code: only your own files)
 
 
 # ---------------------------------------------------------------- pieces
@@ -158,11 +159,13 @@ def run_sparse(job: SparseJob) -> Tuple[Optional[Path], List[str]]:
     if job.eval_only:
         if not job.pretrained_model:
             raise UserError("--eval_only needs --pretrained_model CHECKPOINT")
-        model, name = load_initial(job.model, job.pretrained_model, job.from_data_parallel, job.seed)
+        model, name = load_initial(job.model, job.pretrained_model, job.from_data_parallel, job.seed,
+                                   job.trust_checkpoint)
         return None, eval_lines(model, digits_for(classifier_spec(name), job.batch_size, job.seed)[1])
     _validate(job)
     resuming = job.resume_epoch >= 0
-    model, name = load_initial(job.model, job.pretrained_model, job.from_data_parallel, job.seed)
+    model, name = load_initial(job.model, job.pretrained_model, job.from_data_parallel, job.seed,
+                               job.trust_checkpoint)
     spec = classifier_spec(name)
     model_path = Path(job.model_path or Path("work_space") / "sparse" / name)
     start = max(job.resume_epoch, 0)
@@ -180,7 +183,8 @@ def run_sparse(job: SparseJob) -> Tuple[Optional[Path], List[str]]:
     else:
         log.info("before sparse training: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                      evaluate_classifier(model, test).items()))
-    meta = {"model": name, "input_size": list(spec.input_size), "args": asdict(job)}
+    meta = {"model": name, "input_size": list(spec.input_size), "args": asdict(job),
+            "threads": torch.get_num_threads()}
 
     def save(epoch: int, metrics: Optional[Dict[str, float]]) -> Path:
         return save_training_checkpoint(checkpoint_path(model_path, epoch), model, pruner, epoch=epoch,

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 
-from compression_tool.data.spec import parse_input_size
+from compression_tool.data.spec import parse_data_spec, parse_input_size
 from compression_tool.engine.checkpoint import example_input, load_model, save_pruned
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
-from compression_tool.engine.sensitivity import default_sparsities, sweep
+from compression_tool.engine.sensitivity import check_resume, default_sparsities, sweep
 from compression_tool.engine.thinning import keep_table, layer_widths, thin
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_json, check_writable
@@ -54,6 +56,7 @@ class SensitivityConfig:
     work_space: str = "work_space"
     ignore: Sequence[str] = ()
     use_cache: bool = True
+    force: bool = False                             # start the CSV afresh instead of resuming it
 
 
 @dataclass
@@ -122,16 +125,88 @@ def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex
     return crit
 
 
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse, in one line, a model whose weights or buffers hold NaN/inf: every number measured on it is noise."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{source}: {name} holds {bad} NaN/inf value(s); refusing to measure or prune it")
+
+
+def check_classes(model: nn.Module, setup: EvalSetup, meta: Dict[str, Any], data: str) -> None:
+    """Classifier data with more classes than the model has outputs: one line now, not an IndexError mid-sweep."""
+    if setup.num_classes is None:
+        return
+    with torch.no_grad():
+        out = model.eval()(example_input(meta["input_size"]))
+    if out.dim() == 2 and setup.num_classes > out.shape[1]:
+        raise UserError(f"--data {data}: labels go up to class {setup.num_classes - 1} ({setup.num_classes} classes) "
+                        f"but {meta['model']} has {out.shape[1]} outputs; wrong data or model?")
+
+
+def check_schedule_fits(schedule: Any, meta: Dict[str, Any], source: str) -> None:
+    """A schedule records the arch and input size it was made for; applying it to another model is refused (the
+    user may insist with --force: Distiller schedules often carry a stale arch)."""
+    if schedule.arch and schedule.arch != meta["model"]:
+        raise UserError(f"{source}: written for arch {schedule.arch!r}, the model is {meta['model']!r}; pass --force "
+                        "to apply it anyway")
+    want, have = schedule.input_size, [int(v) for v in meta["input_size"]]
+    if want:
+        try:
+            want = [int(v) for v in want]
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: input_size {want!r} is not a list of whole numbers") from None
+        if want != have[-len(want):]:
+            raise UserError(f"{source}: written for input_size {want}, the model takes {have}; pass --force to "
+                            "apply it anyway")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _data_id(spec: Optional[str]) -> Optional[str]:
+    if not spec:
+        return spec
+    ds = parse_data_spec(spec)
+    return f"{ds.kind}:{Path(ds.path).resolve()}" if ds.path else ds.kind
+
+
+def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """What the CSV's numbers depend on (its sidecar): a resume must match every field."""
+    e, c = cfg.eval, cfg.criterion
+    return {"format": "compression_tool/sensitivity-v1", "model": meta["model"],
+            "input_size": list(meta["input_size"]), "checkpoint_sha256": _sha256(cfg.source.path),
+            "data": _data_id(e.data), "test_root": _data_id(f"x:{e.test_root}") if e.test_root else None,
+            "mean": list(e.mean) if e.mean else None, "std": list(e.std) if e.std else None,
+            "seed": e.seed, "eval_batches": e.eval_batches, "batch_size": e.batch_size, "metric": e.metric,
+            "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "subjects": e.subjects, "criterion": c.name,
+            "criterion_limit": c.limit, "criterion_seed": c.seed, "ignore": sorted(cfg.ignore),
+            "sparsities": [round(s, 6) for s in cfg.sparsities], "threads": torch.get_num_threads()}
+
+
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
     """Sweep every prunable group over ``cfg.sparsities``; appends to (and resumes) the CSV; returns its path."""
     model, meta = load_source(cfg.source)
+    check_finite(model, cfg.source.path)
+    out = Path(cfg.output or Path(cfg.work_space) / "sensitivity_data" / f"{meta['model']}_{cfg.criterion.name}.csv")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a CSV file path")
+    run_meta = sensitivity_meta(cfg, meta)
+    check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
+    check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
     setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
+    check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, example_input(meta["input_size"]), ignore=cfg.ignore)
     crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
-    out = Path(cfg.output or Path(cfg.work_space) / "sensitivity_data" / f"{meta['model']}_{cfg.criterion.name}.csv")
     log.info("sweeping %d groups x %d levels with %s -> %s", len(index.groups), len(cfg.sparsities),
              cfg.criterion.name, out)
-    sweep(model, index, crit, setup.evaluate, out, cfg.sparsities, setup.metric_names, use_cache=cfg.use_cache)
+    sweep(model, index, crit, setup.evaluate, out, cfg.sparsities, setup.metric_names, use_cache=cfg.use_cache,
+          meta=run_meta, force=cfg.force)
     return out
 
 
@@ -139,7 +214,10 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     """Apply a schedule: select channels per group with its criteria, thin, measure before/after, maybe save."""
     schedule = read_schedule(cfg.schedule)
     model, meta = load_source(cfg.source)
+    check_finite(model, cfg.source.path)
     name = meta["model"]
+    if not cfg.force:
+        check_schedule_fits(schedule, meta, str(cfg.schedule))
     out = Path(cfg.output or Path(cfg.work_space) / "pruned_model" / f"{name}.pth")
     keep_path = out.with_suffix(".keep.json")
     if cfg.save:  # fail before the work, not after
@@ -147,6 +225,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         check_writable(keep_path, cfg.force)
     x = example_input(meta["input_size"])
     setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
+    check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, x, ignore=cfg.ignore)
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))
     widths_before = layer_widths(model)

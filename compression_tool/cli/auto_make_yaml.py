@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from compression_tool.cli.common import HELP_FORMAT
+from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
     LOWER_IS_BETTER,
@@ -26,13 +27,14 @@ from compression_tool.engine.schedule import (
 )
 from compression_tool.engine.sensitivity import load_csv
 from compression_tool.io.errors import UserError, cli_main
+from compression_tool.io.files import check_writable
 from model_define import model_spec
 
 POSITIONAL = ["csv", "target", "model", "input_size"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="auto_make_yaml.py", description=__doc__, formatter_class=HELP_FORMAT)
+    p = ArgumentParser(prog="auto_make_yaml.py", description=__doc__, formatter_class=HELP_FORMAT)
     p.add_argument("pos", nargs="*", help="CSV TARGET_ACC MODEL INPUT_SIZE (the seed tool's positional form)")
     p.add_argument("--csv", help="sensitivity CSV written by pruning.py --mode sa")
     p.add_argument("--target", help="target metric value (e.g. top-1 accuracy 95.0)")
@@ -76,6 +78,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise UserError(f"TARGET_ACC: expected a number, got {args.target!r}") from None
         if args.target != args.target or args.target in (float("inf"), float("-inf")):
             raise UserError(f"TARGET_ACC: expected a finite number, got {args.target}")
+        if args.target < 0:
+            raise UserError(f"TARGET_ACC: every metric of the CSV (accuracy, AUC, TPR, loss, EER) is >= 0; a target "
+                            f"of {args.target:g} means nothing")
+    elif not 0.0 < args.flops < 1.0:   # also NaN
+        raise UserError(f"--flops: expected the fraction of the MACs to keep, in (0, 1), e.g. 0.7, got {args.flops}")
+    model_spec(args.model)             # an unknown --model: one line listing the known ones, before any work
     return args
 
 
@@ -110,8 +118,7 @@ def budget(args: argparse.Namespace) -> Path:
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, args.input_size,
                          args.trust_checkpoint)
     out = Path(args.output or Path("yaml_file") / f"{args.model}_flops-{round(100 * args.flops)}.yaml")
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_writable(out, args.force)   # before the model is loaded and the budget searched
     input_size_of(source)
     model, meta = load_source(source)
     size = meta["input_size"]

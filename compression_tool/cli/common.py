@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from compression_tool.apps.workflow import CriterionConfig, ModelSource
+from compression_tool.cli.parser import add_threads_arg
 from compression_tool.io.errors import UserError
 from test_module.setup import EvalConfig
 
@@ -73,6 +74,7 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                    help="evaluate on N batches only: a fixed, seeded subset (default: all)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="evaluation batch size")
     g.add_argument("--seed", type=int, default=0, help="seed for data subsets, pairs, random criteria, search")
+    add_threads_arg(g)
 
 
 def add_criterion_args(p: argparse.ArgumentParser, default: Optional[str] = "l1") -> None:

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from compression_tool.apps.workflow import ModelSource, load_source
 from compression_tool.cli.common import floats
+from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data import readers
 from compression_tool.data.preprocess import FITS
 from compression_tool.data.spec import parse_data_spec
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compression_tool.cli.evaluate", description=__doc__,
+    p = ArgumentParser(prog="python -m compression_tool.cli.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="registered model name (see model_define.list_models()); not needed for thinned checkpoints")
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metric printed first, e.g. lfw_acc, auc, eer, tar@far=1e-3 (default lfw_acc)")
     p.add_argument("--roc", metavar="PNG", help="also write the ROC curve to this PNG")
     p.add_argument("--force", action="store_true", help="overwrite an existing --roc file")
+    add_threads_arg(p)
     return p
 
 
@@ -83,9 +85,10 @@ def pair_spec(args: argparse.Namespace) -> str:
 @cli_main
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    apply_threads(args.threads)
     resolve_metric(args.metric, metric_names())
-    if args.roc and not args.force:
-        check_writable(args.roc, force=False)
+    if args.roc:
+        check_writable(args.roc, args.force)   # before the evaluation, not after it
     model, meta = load_source(ModelSource(args.best_model_path, args.model, args.from_data_parallel,
                                           args.input_size, args.trust_checkpoint))
     size = tuple(meta["input_size"])

@@ -13,6 +13,7 @@ from typing import List, Optional
 import torch
 
 from compression_tool.apps.face_chain import format_table, init_checkpoint, parse_labelled, report
+from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data.spec import parse_input_size
 from compression_tool.io.errors import cli_main
 from compression_tool.io.files import check_writable
@@ -20,7 +21,7 @@ from model_define import model_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compression_tool.cli.face_chain", description=__doc__,
+    p = ArgumentParser(prog="python -m compression_tool.cli.face_chain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("init", help="save an untrained model built for --input_size (to train with train_module)")
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     r.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
     r.add_argument("--seed", type=int, default=0, help="seed of the pair list (default 0)")
-    r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_threads_arg(r)
+    r.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (can run code: only your own files)")
     r.add_argument("--json", default=None, help="also write the rows to this JSON file")
     r.add_argument("--force", action="store_true", help="overwrite an existing --json")
     return p
@@ -58,13 +61,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if args.json:
         check_writable(args.json, args.force)  # fail before the evaluation, not after it
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     labelled = parse_labelled(args.checkpoints)
     rows = report(labelled, args.data, args.json, args.force, model=args.model,
                   input_size=size(args.input_size, args.model), metric=args.metric,
                   batch_size=args.batch_size, seed=args.seed, flip=args.flip,
-                  from_data_parallel=args.from_data_parallel)
+                  from_data_parallel=args.from_data_parallel, trust=args.trust_checkpoint)
     print(f"{args.data}, {torch.get_num_threads()} torch thread(s); latency: one image")
     print(format_table(rows))
 

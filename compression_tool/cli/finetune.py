@@ -16,6 +16,7 @@ from typing import List, Optional
 from compression_tool.apps.finetune import FinetuneJob, run_finetune
 from compression_tool.apps.workflow import ModelSource
 from compression_tool.cli.common import floats
+from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data.preprocess import FITS
 from compression_tool.io.errors import UserError, cli_main
 from test_module.setup import EvalConfig
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+    p = ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="registered model name; optional when the checkpoint is a pruned one (it "
                                    "names its model)")
@@ -92,6 +93,7 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                                                     "optimizer, LR schedule and step)")
     p.add_argument("--seed", type=int, default=0, help="seed for batch order, augmentation and pairs (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing checkpoint files")
+    add_threads_arg(p)
     return p
 
 
@@ -122,6 +124,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
 @cli_main
 def main(argv: Optional[List[str]] = None, prog: str = "python -m train_module") -> None:
     args = build_parser(prog).parse_args(argv)
+    apply_threads(args.threads)
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")

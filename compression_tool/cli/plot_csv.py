@@ -2,15 +2,16 @@
 """Plot a sensitivity CSV: one curve per layer, metric vs. sparsity (PNG next to the CSV by default)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from compression_tool.cli.parser import ArgumentParser
 from compression_tool.engine.sensitivity import load_csv  # noqa: E402
 from compression_tool.io.errors import UserError, cli_main  # noqa: E402
-from compression_tool.io.files import atomic_save_with  # noqa: E402
+from compression_tool.io.files import atomic_save_with, check_writable  # noqa: E402
 
 
-def plot(csv_path: str, out: Path, metric: str | None = None) -> Path:
+def plot(csv_path: str, out: Path, metric: str | None = None, force: bool = False) -> Path:
+    check_writable(out, force)   # an existing plot is not overwritten without --force
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -35,12 +36,13 @@ def plot(csv_path: str, out: Path, metric: str | None = None) -> Path:
 
 @cli_main
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("csv", help="sensitivity CSV from pruning.py --mode sa")
     p.add_argument("--metric", default=None, help="column to plot (default: the first metric column)")
     p.add_argument("--output", default=None, help="PNG path (default: the CSV path with .png)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     args = p.parse_args(argv)
-    out = plot(args.csv, Path(args.output or Path(args.csv).with_suffix(".png")), args.metric)
+    out = plot(args.csv, Path(args.output or Path(args.csv).with_suffix(".png")), args.metric, args.force)
     print(f"plot: {out}")
     return out
 

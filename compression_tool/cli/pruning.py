@@ -23,6 +23,7 @@ from compression_tool.cli.common import (
     eval_config,
     model_source,
 )
+from compression_tool.cli.parser import ArgumentParser, apply_threads
 from compression_tool.io.errors import UserError, cli_main
 
 MODES = ("sa", "prune", "search", "finetune")
@@ -51,10 +52,12 @@ def _sparsity_levels(text: str):
 def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     from compression_tool.engine.sensitivity import default_sparsities
 
-    p = argparse.ArgumentParser(prog=prog, formatter_class=HELP_FORMAT, description=(
+    p = ArgumentParser(prog=prog, formatter_class=HELP_FORMAT, description=(
         "Sensitivity analysis: sweep every prunable group (layers coupled by residual adds or depthwise convs are "
         "one group, named by its leading weight) over sparsity levels on a fixed, seeded evaluation subset and "
-        "append the metrics to a Distiller-shaped CSV (parameter,sparsity,<metrics>). Re-running resumes."))
+        "append the metrics to a Distiller-shaped CSV (parameter,sparsity,<metrics>). Re-running resumes when the run "
+        "matches <csv>.meta.json (checkpoint hash, data, seed, subset, criterion, grid, threads); --force starts "
+        "afresh."))
     add_model_args(p)
     add_eval_args(p)
     add_criterion_args(p)
@@ -67,7 +70,7 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
 
 
 def prune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pruning.py --mode prune", formatter_class=HELP_FORMAT, description=(
+    p = ArgumentParser(prog="pruning.py --mode prune", formatter_class=HELP_FORMAT, description=(
         "Apply a Distiller-style YAML schedule: rank each named group's channels with the schedule's pruner "
         "classes (or --method), remove them physically (convs, BN, PReLU, residual-coupled layers, Linear after "
         "flatten), print the keep-arrays and a before/after report (params, MACs, latency, metrics)."))
@@ -84,7 +87,7 @@ def prune_parser() -> argparse.ArgumentParser:
 def search_parser() -> argparse.ArgumentParser:
     from compression_tool.engine.search import ALGORITHMS
 
-    p = argparse.ArgumentParser(prog="pruning.py --mode search", formatter_class=HELP_FORMAT, description=(
+    p = ArgumentParser(prog="pruning.py --mode search", formatter_class=HELP_FORMAT, description=(
         "Search per-group pruning ratios under a budget; each candidate is thinned, its BN statistics "
         "re-estimated and evaluated on --eval_batches batches. Writes a schedule for --mode prune and prints "
         "best_candidates_prune=[…]."))
@@ -111,9 +114,10 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     from compression_tool.apps.workflow import SensitivityConfig, run_sensitivity
 
     args = sa_parser(prog).parse_args(argv)
+    apply_threads(args.threads)
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
-                            ignore=args.ignore, use_cache=not args.no_cache)
+                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 
@@ -122,6 +126,7 @@ def run_prune(argv: List[str]) -> None:
     from compression_tool.apps.workflow import run_prune as prune
 
     args = prune_parser().parse_args(argv)
+    apply_threads(args.threads)
     crit = criterion_config(args, default=None)
     cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args), criterion=crit,
                       override_criterion=bool(args.method or args.fpgm or args.hrank), ignore=args.ignore,
@@ -142,6 +147,7 @@ def run_search(argv: List[str]) -> None:
     from compression_tool.apps.search import run_search as search
 
     args = search_parser().parse_args(argv)
+    apply_threads(args.threads)
     if (args.flops is None) == (args.params is None):
         raise UserError("--mode search needs exactly one budget: --flops F or --params F (fraction to keep)")
     resource, fraction = ("macs", args.flops) if args.flops is not None else ("params", args.params)
@@ -155,7 +161,7 @@ def run_search(argv: List[str]) -> None:
 
 
 def overview_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pruning.py", description=__doc__, formatter_class=HELP_FORMAT)
+    p = ArgumentParser(prog="pruning.py", description=__doc__, formatter_class=HELP_FORMAT)
     p.add_argument("--mode", choices=MODES, required=True, help="what to do (see above)")
     return p
 

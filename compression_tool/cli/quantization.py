@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 from typing import List, Optional
 
 from compression_tool.cli.common import add_model_args
+from compression_tool.cli.parser import DEFAULT_THREADS, ArgumentParser, apply_threads
 from compression_tool.io.errors import UserError, cli_main
 
 MODES = ("fold", "ptq", "lsq", "dfp", "hist", "all")
@@ -29,7 +31,7 @@ def bit_list(text: str) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=MODES, required=True,
                    help="fold: merge BN and check outputs; ptq: int8 ONNX Runtime; lsq: learned-step QAT with "
                         "per-layer bits; dfp: dynamic fixed point; hist: histograms; all: every mode in turn")
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this many calibration/QAT batches (default: the whole digits training split)")
     p.add_argument("--calib_batches", type=int, default=8,
                    help="batches for calibration, sensitivity, fixed-point ranges and histograms")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for PyTorch and ONNX Runtime")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help=f"intra-op threads for PyTorch and ONNX Runtime (default {DEFAULT_THREADS})")
     p.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation")
     p.add_argument("--out_dir", default="work_space/output/quant", help="ONNX files and histograms go here")
     p.add_argument("--force", action="store_true", help="overwrite existing output files / checkpoints")
@@ -88,6 +91,13 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "calib_batches", "search_batches", "threads"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("epochs",):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in ("lr", "weight_decay", "avg_bit_weights", "avg_bit_fm"):
+        v = getattr(args, flag)
+        if not math.isfinite(v) or v < 0:
+            raise UserError(f"--{flag} must be a non-negative number, got {v}")
     if not 2 <= args.min_bw <= args.max_bw <= 16:
         raise UserError(f"--min_bw/--max_bw must satisfy 2 <= min <= max <= 16, got {args.min_bw}/{args.max_bw}")
     if not (2 <= args.dfp_w_bits <= 32 and 2 <= args.dfp_a_bits <= 32):
@@ -98,6 +108,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
+    apply_threads(args.threads)
     from compression_tool.apps.quantize import QuantConfig, run  # heavy imports after argument checks
 
     cfg = QuantConfig(**{f.name: getattr(args, f.name) for f in fields(QuantConfig)})

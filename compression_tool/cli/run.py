@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 
 from compression_tool.apps.pipeline import DATA_TYPES, PipelineConfig  # noqa: E402
+from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="digits_net", help="model name from the zoo (lenet = lenet5; default digits_net)")
     p.add_argument("--data_type", default="digits", choices=DATA_TYPES,
                    help="digits: embedded scikit-learn digits; mnist: idx files; cifar10/cifar100: python pickles; "
@@ -42,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work_space", default="work_space", help="root folder for output/ and log/")
     p.add_argument("--force", action="store_true", help="overwrite checkpoints an earlier run saved")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow step 2/3 to load a checkpoint that needs full unpickling (can run code: only your "
+                        "own files)")
+    add_threads_arg(p)
     return p
 
 
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    apply_threads(args.threads)
     from compression_tool.apps.pipeline import Pipeline
 
     for flag in ("epochs", "refine_epochs", "batch_size", "topk", "limit"):
@@ -58,7 +64,7 @@ def main(argv=None) -> None:
                          epochs=args.epochs, refine_epochs=args.refine_epochs, lr=args.lr, refine_lr=args.refine_lr,
                          sr=args.sr, batch_size=args.batch_size, topk=args.topk, limit=args.limit, seed=args.seed,
                          work_space=args.work_space, force=args.force, progress=not args.no_progress,
-                         ignore=args.ignore)
+                         ignore=args.ignore, trust=args.trust_checkpoint)
     for result in Pipeline(cfg).run().values():
         print(result.summary)
 

@@ -15,13 +15,14 @@ import argparse
 from dataclasses import fields
 from typing import Optional, Sequence
 
+from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.io.errors import cli_main
 
 STRATEGIES = ("base", "gmp")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python train_module/train_sparse.py", description=__doc__,
+    p = ArgumentParser(prog="python train_module/train_sparse.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="registered classifier name (default: digits_net, or the model named in the "
                                    "checkpoint's metadata)")
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for the data split, init and batch order (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing checkpoints in --model_path")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow a --pretrained_model that needs full unpickling (can run code: only your own files)")
+    add_threads_arg(p)
     return p
 
 
@@ -75,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from compression_tool.apps.sparse_training import SparseJob, run_sparse
 
     args = build_parser().parse_args(argv)
+    apply_threads(args.threads)
     saved, lines = run_sparse(SparseJob(**{f.name: getattr(args, f.name) for f in fields(SparseJob)}))
     print("\n".join(lines))
     if saved is not None:

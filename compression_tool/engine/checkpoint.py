@@ -28,8 +28,10 @@ FORMAT = "compression_tool/pruned-v1"
 
 
 def save_pruned(path: str | Path, model: nn.Module, meta: Dict[str, Any], force: bool = False) -> Path:
-    return atomic_torch_save({"state_dict": model.state_dict(), "meta": {"format": FORMAT, **meta}}, path,
-                             force=force)
+    """Write a thinned checkpoint; its meta also records the torch thread count its numbers were measured with."""
+    meta = {"format": FORMAT, **meta}
+    meta.setdefault("threads", torch.get_num_threads())
+    return atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path, force=force)
 
 
 def example_input(input_size: Sequence[int], batch: int = 1) -> torch.Tensor:

@@ -10,6 +10,7 @@ Shape (a Distiller user reads it as theirs):
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -53,7 +54,9 @@ Curve = List[Tuple[float, Dict[str, float]]]
 def pick_level(curve: Curve, metric: str, target: float, rule: str = "closest") -> float:
     """The sparsity chosen for one layer (see module doc). ``curve`` is sorted by sparsity."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    vals = [(s, sign * m[metric]) for s, m in curve]
+    vals = [(s, sign * m[metric]) for s, m in curve if math.isfinite(m[metric])]   # a NaN level is never chosen
+    if not vals:
+        return 0.0
     t = sign * target
     if rule == "strict":
         ok = [s for s, v in vals if v >= t]
@@ -71,6 +74,11 @@ def baseline(data: Dict[str, Curve], metric: str) -> float:
     zeros = [m[metric] for curve in data.values() for s, m in curve if s == 0.0]
     if not zeros:
         raise UserError("the CSV has no sparsity-0 rows, so the baseline metric is unknown")
+    broken = [(layer, m[metric]) for layer, curve in data.items() for s, m in curve
+              if s == 0.0 and not math.isfinite(m[metric])]
+    if broken:
+        raise UserError(f"the unpruned (sparsity 0) {metric} of {broken[0][0]} is {broken[0][1]}: the baseline is not "
+                        "a number (NaN/inf weights or a broken evaluation); re-run the sensitivity analysis")
     return max(zeros) if metric not in LOWER_IS_BETTER else min(zeros)
 
 

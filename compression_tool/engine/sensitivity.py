@@ -1,15 +1,21 @@
 """Sensitivity analysis: sweep every prunable group over sparsity levels and record the metrics.
 
 The CSV has Distiller's shape — ``parameter,sparsity,<metric columns>`` — one row per (group, level),
-appended and flushed row by row, so an interrupted run resumes where it stopped.
+appended and flushed row by row, so an interrupted run resumes where it stopped. What measured the rows is recorded
+next to it in ``<csv>.meta.json``; a resume measured differently is refused, and ``<csv>.lock`` keeps a second run out.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
+import json
 import logging
+import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch.nn as nn
 from tqdm import tqdm
@@ -19,7 +25,7 @@ from compression_tool.engine.groups import GroupIndex, PrunableGroup
 from compression_tool.engine.masking import group_slices, masked
 from compression_tool.engine.prefix_cache import PrefixCache
 from compression_tool.io.errors import UserError
-from compression_tool.io.files import atomic_write_text
+from compression_tool.io.files import atomic_write_bytes, atomic_write_json, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ def parse_sparsities(text: str) -> List[float]:
     try:
         if ":" in text:
             a, b, c = (float(t) for t in text.split(":"))
+            if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)) or c <= 0:
+                raise UserError(f"--sparsities {text}: start:stop:step needs finite numbers and a step > 0")
             n = int(round((b - a) / c))
             vals = [a + i * c for i in range(n)]
         else:
@@ -47,6 +55,15 @@ def parse_sparsities(text: str) -> List[float]:
     if bad or not vals:
         raise UserError(f"--sparsities: every level must be in [0, 1); got {bad or text!r}")
     return vals
+
+
+def sidecar_path(csv_path: Path) -> Path:
+    """``<csv>.meta.json``: what produced the CSV (checkpoint hash, data, seed, subset, criterion, grid…)."""
+    return csv_path.with_name(csv_path.name + ".meta.json")
+
+
+def lock_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + ".lock")
 
 
 def read_done(path: Path, header: Sequence[str]) -> Set[Tuple[str, float]]:
@@ -68,6 +85,93 @@ def read_done(path: Path, header: Sequence[str]) -> Set[Tuple[str, float]]:
     return done
 
 
+def _short(v: object) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume(path: Path, meta: Optional[Dict], force: bool = False,
+                 header: Optional[Sequence[str]] = None) -> bool:
+    """Before any expensive work: would a sweep into ``path`` resume (True), start afresh (False), or be refused
+    (UserError)? Reads only."""
+    return _inspect(Path(path), header, meta, force)
+
+
+def _inspect(path: Path, header: Optional[Sequence[str]], meta: Optional[Dict], force: bool) -> bool:
+    """Read-only: True when ``path`` holds rows this run may resume, False to start afresh. Anything that is not
+    our CSV (even with ``force``), or our CSV measured differently (its sidecar), is refused in one line before a
+    byte is written."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    again = "pass --force to start afresh (its rows are discarded) or another --output"
+    raw = path.read_bytes()
+    try:
+        first = raw.split(b"\n", 1)[0].decode("utf-8")
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a sensitivity CSV (not UTF-8 text); it was left untouched: choose another "
+                        "--output") from None
+    found = next(csv.reader([first.rstrip("\r")]), [])
+    if found[:2] != ["parameter", "sparsity"]:
+        raise UserError(f"{path}: not a sensitivity CSV (its first line is not 'parameter,sparsity,…'); it was left "
+                        "untouched: choose another --output")
+    if force:              # our CSV, to be started afresh; a file that is not ours is refused even with --force
+        return False
+    if header is not None and found != list(header):
+        raise UserError(f"{path}: existing CSV has header {found}, expected {list(header)}; {again}")
+    has_rows = raw.count(b"\n") > 1 or (raw.count(b"\n") == 1 and not raw.endswith(b"\n"))
+    side = sidecar_path(path)
+    if meta is None:
+        return True
+    if not side.exists():
+        if not has_rows:
+            return False
+        raise UserError(f"{path}: no {side.name} records what measured its rows, so they cannot be resumed "
+                        f"safely; {again}")
+    try:
+        old = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{side}: not a sensitivity sidecar (JSON object); {again}") from None
+    for key, value in meta.items():
+        if old.get(key) != value:
+            raise UserError(f"{path}: its rows were measured with {key}={_short(old.get(key))}, this run has "
+                            f"{key}={_short(value)}; {again}")
+    return True
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<csv>.lock`` for the whole run: a second run into the same CSV fails at once."""
+    lock = lock_path(path)
+    for _ in range(3):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"{path}: another sensitivity run is writing it (it holds {lock.name}); wait for it "
+                            "to finish or choose another --output") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino   # not a lock file its last holder just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"{path}: could not take {lock.name}; try again")
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+
+
 def _append_row(path: Path, row: Sequence) -> None:
     with open(path, "a", newline="") as f:
         csv.writer(f).writerow(row)
@@ -81,46 +185,61 @@ def _fmt(v: float) -> str:
 
 def sweep(model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: EvalFn, csv_path: Path,
           sparsities: Sequence[float], metric_names: Sequence[str], groups: Optional[Sequence[PrunableGroup]] = None,
-          use_cache: bool = True) -> Path:
-    """Run the sweep, appending to ``csv_path``; returns it. ``evaluate`` must use a fixed data subset."""
+          use_cache: bool = True, meta: Optional[Dict] = None, force: bool = False) -> Path:
+    """Run the sweep, appending to ``csv_path``; returns it. ``evaluate`` must use a fixed data subset.
+
+    ``meta`` (JSON-able: checkpoint hash, data, seed, subset, criterion, grid…) goes to ``<csv>.meta.json``; a
+    resume whose meta differs is refused, naming the field. ``force`` starts afresh instead of resuming. The CSV is
+    checked to be ours before anything is written, and an exclusive lock keeps a second run out.
+    """
+    csv_path = Path(csv_path)
     header = ["parameter", "sparsity", *metric_names]
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(csv_path)
-    done = read_done(csv_path, header)
-    if not done:
-        _repair_or_create(csv_path, header)
-    groups = list(groups if groups is not None else index.groups)
-    todo = [(g, s) for g in groups for s in sparsities if (g.name, round(s, 6)) not in done]
-    if not todo:
-        log.info("%s already holds every row; nothing to do", csv_path)
-        return csv_path
-    model.eval()
-    cache = PrefixCache(model, index.example_inputs) if use_cache else None
-    baseline: Optional[Metrics] = None
-    bar = tqdm(total=len(todo), desc="sensitivity", unit="eval")
-    for g in groups:
-        levels = [s for s in sparsities if (g.name, round(s, 6)) not in done]
-        if not levels:
-            continue
-        order = criterion.order(g.root_name, g.root)
-        reuse = cache.reusable(set(g.members) | _touched(index, g)) if cache else []
-        for s in levels:
-            n = g.n_prune(s)
-            if n == 0:
-                baseline = baseline or _checked(evaluate(model), metric_names)
-                metrics = baseline
-            else:
-                slices = group_slices(index, g, order[:n])
-                with masked(slices):
-                    if cache:
-                        with cache.reuse(reuse):
+    meta = json.loads(json.dumps({**(meta or {}), "metrics": list(metric_names)})) if meta is not None else None
+    if csv_path.is_dir():
+        raise UserError(f"{csv_path} is a folder; give a CSV file path")
+    _inspect(csv_path, header, meta, force)           # refuse before the lock file or any folder is created
+    check_writable(csv_path, force=True)
+    with _exclusive(csv_path):
+        resume = _inspect(csv_path, header, meta, force)
+        if resume:
+            _drop_torn_tail(csv_path)
+        done = read_done(csv_path, header) if resume else set()
+        fresh = not resume
+        groups = list(groups if groups is not None else index.groups)
+        todo = [(g, s) for g in groups for s in sparsities if (g.name, round(s, 6)) not in done]
+        if not todo:
+            log.info("%s already holds every row; nothing to do", csv_path)
+            return csv_path
+        model.eval()
+        cache = PrefixCache(model, index.example_inputs) if use_cache else None
+        baseline: Optional[Metrics] = None
+        bar = tqdm(total=len(todo), desc="sensitivity", unit="eval")
+        for g in groups:
+            levels = [s for s in sparsities if (g.name, round(s, 6)) not in done]
+            if not levels:
+                continue
+            order = criterion.order(g.root_name, g.root)
+            reuse = cache.reusable(set(g.members) | _touched(index, g)) if cache else []
+            for s in levels:
+                n = g.n_prune(s)
+                if n == 0:
+                    baseline = baseline or _checked(evaluate(model), metric_names)
+                    metrics = baseline
+                else:
+                    slices = group_slices(index, g, order[:n])
+                    with masked(slices):
+                        if cache:
+                            with cache.reuse(reuse):
+                                metrics = _checked(evaluate(model), metric_names)
+                        else:
                             metrics = _checked(evaluate(model), metric_names)
-                    else:
-                        metrics = _checked(evaluate(model), metric_names)
-            _append_row(csv_path, [g.name, _fmt(round(s, 6)), *(_fmt(metrics[k]) for k in metric_names)])
-            bar.set_postfix_str(f"{g.name} {s:.2f} {metric_names[0]}={metrics[metric_names[0]]:.2f}")
-            bar.update(1)
-    bar.close()
+                if fresh:   # the first row: only now is an old file replaced (header first, then the sidecar)
+                    _start(csv_path, header, meta)
+                    fresh = False
+                _append_row(csv_path, [g.name, _fmt(round(s, 6)), *(_fmt(metrics[k]) for k in metric_names)])
+                bar.set_postfix_str(f"{g.name} {s:.2f} {metric_names[0]}={metrics[metric_names[0]]:.2f}")
+                bar.update(1)
+        bar.close()
     return csv_path
 
 
@@ -137,18 +256,20 @@ def _checked(metrics: Metrics, names: Sequence[str]) -> Metrics:
     return metrics
 
 
-def _repair_or_create(path: Path, header: Sequence[str]) -> None:
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerow(header)
+def _start(path: Path, header: Sequence[str], meta: Optional[Dict]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(header)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    if meta is not None:
+        atomic_write_json(sidecar_path(path), meta)
 
 
 def _drop_torn_tail(path: Path) -> None:
-    """An interrupted run may leave half a row without its newline: cut it so appends start clean."""
-    if not path.exists():
-        return
-    text = path.read_text()
-    if text and not text.endswith("\n"):
-        atomic_write_text(path, text[: text.rfind("\n") + 1])
+    """An interrupted run may leave half a row without its newline: cut it so appends start clean. Bytes, not text:
+    the rows keep csv.writer's \\r\\n, so a resumed CSV is byte-identical to an uninterrupted one."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
 def load_csv(path: str | os.PathLike) -> Tuple[List[str], Dict[str, List[Tuple[float, Dict[str, float]]]]]:
@@ -156,8 +277,13 @@ def load_csv(path: str | os.PathLike) -> Tuple[List[str], Dict[str, List[Tuple[f
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such sensitivity CSV")
-    with open(p, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not a sensitivity CSV (not UTF-8 text: byte {exc.start})") from None
+    except IsADirectoryError:
+        raise UserError(f"{p} is a folder, not a sensitivity CSV") from None
     if not rows or len(rows[0]) < 3 or rows[0][:2] != ["parameter", "sparsity"]:
         raise UserError(f"{p}: not a sensitivity CSV (expected header 'parameter,sparsity,<metric>,…')")
     metrics = rows[0][2:]

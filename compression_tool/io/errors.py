@@ -14,7 +14,8 @@ class UserError(Exception):
 
 
 def cli_main(func: F) -> F:
-    """Decorate a CLI ``main``: UserError -> 'error: …' on stderr and exit code 2."""
+    """Decorate a CLI ``main``: UserError -> 'error: …' on stderr and exit code 2. Errors of the environment that
+    no check caught (a full disk, a file that is not UTF-8 text) are one line too (exit code 1), never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,6 +25,13 @@ def cli_main(func: F) -> F:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except UnicodeDecodeError as exc:
+            print(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+            raise SystemExit(1) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise SystemExit(130) from None
