@@ -45,6 +45,9 @@ class EvalConfig:
     flip: bool = False
     bgr: bool = False
     subjects: Optional[str] = None            # identity folders: which identities to pair (orl: s31..s40)
+    split: Optional[str] = None               # target-true splits "sa,check,report" (classifier data) …
+    split_seed: int = 0
+    split_part: str = "sa"                    # … and the part this evaluation uses
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
 

@@ -19,6 +19,7 @@ from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.engine.sensitivity import check_resume, default_sparsities, sweep
+from compression_tool.engine.sensitivity_ci import with_ci
 from compression_tool.engine.thinning import keep_table, layer_widths, thin
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_json, check_writable
@@ -57,6 +58,7 @@ class SensitivityConfig:
     ignore: Sequence[str] = ()
     use_cache: bool = True
     force: bool = False                             # start the CSV afresh instead of resuming it
+    ci: bool = False                                # Wilson confidence-interval columns after Distiller's
 
 
 @dataclass
@@ -71,6 +73,7 @@ class PruneConfig:
     output: Optional[str] = None                    # default work_space/pruned_model/<model>.pth
     work_space: str = "work_space"
     force: bool = False
+    bn_recalib: int = 0                             # AdaBN after thinning: batches of training-side images
 
 
 @dataclass
@@ -112,6 +115,13 @@ def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Mod
     """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation;
     ``reference`` (the unpruned model) backs the label-free ``fidelity`` metric of embedders."""
     spec = model_spec(meta["model"])
+    if cfg.split:  # target-true splits: sa measures the SA part, search the check part, prune the report part
+        from compression_tool.apps.target_true import split_setup
+        from compression_tool.data.splits import parse_split
+
+        return split_setup(cfg.data, meta["input_size"], parse_split(cfg.split, cfg.split_seed), cfg.split_part,
+                           cfg.batch_size, cfg.seed, cfg.mean, cfg.std,
+                           cfg.eval_batches if cfg.split_part == "sa" else None, spec.mean, spec.std)
     return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
                        reference=reference)
 
@@ -186,7 +196,8 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
             "seed": e.seed, "eval_batches": e.eval_batches, "batch_size": e.batch_size, "metric": e.metric,
             "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "subjects": e.subjects, "criterion": c.name,
             "criterion_limit": c.limit, "criterion_seed": c.seed, "ignore": sorted(cfg.ignore),
-            "sparsities": [round(s, 6) for s in cfg.sparsities], "threads": torch.get_num_threads()}
+            "sparsities": [round(s, 6) for s in cfg.sparsities], "threads": torch.get_num_threads(),
+            "split": [e.split, e.split_seed, e.split_part] if e.split else None, "ci": cfg.ci}
 
 
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
@@ -205,8 +216,11 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
     log.info("sweeping %d groups x %d levels with %s -> %s", len(index.groups), len(cfg.sparsities),
              cfg.criterion.name, out)
-    sweep(model, index, crit, setup.evaluate, out, cfg.sparsities, setup.metric_names, use_cache=cfg.use_cache,
-          meta=run_meta, force=cfg.force)
+    names, evaluate = setup.metric_names, setup.evaluate
+    if cfg.ci:
+        names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    sweep(model, index, crit, evaluate, out, cfg.sparsities, names, use_cache=cfg.use_cache, meta=run_meta,
+          force=cfg.force)
     return out
 
 
@@ -241,6 +255,13 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
             criteria[cname] = prepared_criterion(cfg.criterion, model, index, setup, name, cname)
         pruned[g.name] = criteria[cname].select(g.root_name, g.root, g.n_prune(s))
     keep = thin(index, pruned)
+    if cfg.bn_recalib:  # AdaBN: re-estimate BN statistics on training-side images, as the schedule was checked
+        from compression_tool.apps.target_true import bn_reestimate
+        from compression_tool.data.splits import parse_split
+
+        e = cfg.eval
+        bn_reestimate(model, e.data, meta["input_size"], cfg.bn_recalib,
+                      parse_split(e.split, e.split_seed) if e.split else None, e.batch_size, e.seed, e.mean, e.std)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio
     before["latency_ms"], after["latency_ms"] = interleaved_latency([original, model], x)

@@ -5,6 +5,11 @@ Modes:
       closest: per layer, the level whose metric is closest to the target, then the highest sparsity at least as
       good (Distiller users' rule). strict: the highest sparsity whose metric is >= target. Layers are judged
       one at a time: the composed model usually lands below the target.
+  target-true (the default when --best_model_path and --data are given):
+      auto_make_yaml.py CSV --drop 1 --model M --best_model_path CKPT --data SPEC [--split 0.34,0.33,0.33]
+      the largest MACs reduction whose composed, thinned model meets TARGET_ACC (or the unpruned model minus
+      --drop) on a check split, judged on a report split, both disjoint from the sensitivity split
+      (pruning.py --mode sa --split …): docs/target_true.md.
   budget:  auto_make_yaml.py CSV --flops 0.7 --model M --best_model_path CKPT [--input_size …]
       least-sensitive layers first, one level at a time, until the thinned model keeps at most 70 % of the MACs
       (every budget flag of the project is the fraction KEPT).
@@ -26,6 +31,7 @@ from compression_tool.engine.schedule import (
     write_schedule,
 )
 from compression_tool.engine.sensitivity import load_csv
+from compression_tool.engine.sensitivity_ci import resolution_note
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
 from model_define import model_spec
@@ -56,11 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="schedule path (default yaml_file/<model>_<target>.yaml, or <model>_flops-<kept %%>.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing schedule")
+    add_target_true_args(p)
     return p
+
+
+def add_target_true_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target-true mode")
+    g.add_argument("--mode", choices=("auto", "seed", "budget", "target_true"), default="auto",
+                   help="seed: the per-layer rule from the CSV alone; budget: --flops; target_true: search on the "
+                        "composed model (needs --best_model_path and --data); auto: budget with --flops, else "
+                        "target_true when --best_model_path and --data are given, else seed")
+    g.add_argument("--data", default=None, help="evaluation data spec (as for pruning.py), split into sa/check/report")
+    g.add_argument("--drop", type=float, default=None,
+                   help="at most this many points below the unpruned model (instead of TARGET_ACC)")
+    g.add_argument("--split", default="0.34,0.33,0.33",
+                   help="sa,check,report sizes: fractions or counts, one may be 'rest' (e.g. 512,1000,rest); the "
+                        "SA part must be the one pruning.py --mode sa --split measured")
+    g.add_argument("--split_seed", type=int, default=0, help="seed of the split permutation")
+    g.add_argument("--bn_recalib", type=int, default=8,
+                   help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
+    g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
+    g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
+    g.add_argument("--bonferroni", action="store_true",
+                   help="test every candidate at 1 - (1 - confidence) / max_evals: guards against picking a lucky "
+                        "pass among many candidates (needs a larger check split)")
+    g.add_argument("--resource", choices=("macs", "params"), default="macs", help="what to reduce")
+    g.add_argument("--data_seed", type=int, default=0, help="seed of the data spec (digits' train/test split)")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.mode == "auto":
+        args.mode = "budget" if args.flops is not None else \
+            "target_true" if args.best_model_path and args.data else "seed"
+    if args.mode == "target_true":
+        return target_true_args(args)
+    if args.mode == "budget" and args.flops is None:
+        raise UserError("--mode budget needs --flops F (the fraction of the MACs to keep)")
     if len(args.pos) > len(POSITIONAL):
         raise UserError(f"expected at most 4 positional arguments (CSV TARGET_ACC MODEL INPUT_SIZE), "
                         f"got {len(args.pos)}")
@@ -87,6 +125,51 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
+    for name, val in zip(POSITIONAL, args.pos):
+        if getattr(args, name) is None:
+            setattr(args, name, val)
+    if not args.csv or not args.best_model_path or not args.data:
+        raise UserError("--mode target_true needs the CSV, --best_model_path and --data")
+    if (args.target is None) == (args.drop is None):
+        raise UserError("--mode target_true: give exactly one of TARGET_ACC or --drop")
+    if args.target is not None:
+        try:
+            args.target = float(args.target)
+        except ValueError:
+            raise UserError(f"TARGET_ACC: expected a number, got {args.target!r}") from None
+    for name in ("target", "drop"):
+        v = getattr(args, name)
+        if v is not None and not (v == v and 0 <= v < float("inf")):
+            raise UserError(f"--{name}: expected a finite number >= 0, got {v}")
+    if not 0.5 <= args.confidence < 1.0:
+        raise UserError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    if args.model:
+        model_spec(args.model)
+    return args
+
+
+def target_true(args: argparse.Namespace) -> Path:
+    from compression_tool.apps.target_true import TargetTrueJob, run_target_true
+    from compression_tool.apps.workflow import ModelSource, input_size_of
+    from compression_tool.data.splits import parse_split
+    from compression_tool.engine.target_true import format_result
+
+    size = input_size_of(ModelSource(args.best_model_path, args.model, input_size=args.input_size))
+    job = TargetTrueJob(checkpoint=args.best_model_path, csv=args.csv, data=args.data, model_name=args.model,
+                        target=args.target, drop=args.drop, method=args.method,
+                        split=parse_split(args.split, args.split_seed), metric=args.metric,
+                        resource=args.resource, bn_recalib=args.bn_recalib, confidence=args.confidence,
+                        max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
+                        input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
+                        output=args.output, force=args.force, trust=args.trust_checkpoint,
+                        multiple_testing="bonferroni" if args.bonferroni else "none")
+    result, out, report = run_target_true(job)
+    print(format_result(result))
+    print(f"schedule report: {report}")
+    return out
+
+
 def per_layer(args: argparse.Namespace) -> Path:
     input_size = parse_input_size(args.input_size, model_spec(args.model).input_size[0])
     metrics, data = load_csv(args.csv)
@@ -98,6 +181,9 @@ def per_layer(args: argparse.Namespace) -> Path:
     if worse:
         raise UserError(f"target {args.target} is better than the unpruned baseline {base:.4g} of {metric}: "
                         "nothing can be pruned to reach it")
+    note = resolution_note(data, metric, args.target, base)
+    if note:
+        print(note)
     chosen = choose_sparsities(data, metric, args.target, args.rule)
     doc = build_schedule(chosen, args.method, args.model, args.dataset, input_size)
     out = Path(args.output or Path("yaml_file") / f"{args.model}_{args.target:g}.yaml")
@@ -135,7 +221,7 @@ def budget(args: argparse.Namespace) -> Path:
 @cli_main
 def main(argv: Optional[List[str]] = None) -> Path:
     args = parse_args(argv)
-    out = budget(args) if args.flops is not None else per_layer(args)
+    out = {"target_true": target_true, "budget": budget, "seed": per_layer}[args.mode](args)
     print(f"schedule: {out}")
     return out
 

@@ -74,6 +74,11 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                    help="evaluate on N batches only: a fixed, seeded subset (default: all)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="evaluation batch size")
     g.add_argument("--seed", type=int, default=0, help="seed for data subsets, pairs, random criteria, search")
+    g.add_argument("--split", default=None,
+                   help="target-true splits sa,check,report of a classifier test set (e.g. 0.34,0.33,0.33 or "
+                        "512,1000,rest): sa measures on the SA part only, search on the check part, prune reports "
+                        "on the report part (see auto_make_yaml.py --mode target_true)")
+    g.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
     add_threads_arg(g)
 
 
@@ -104,10 +109,11 @@ def model_source(args: argparse.Namespace) -> ModelSource:
                        input_size=args.input_size, trust=args.trust_checkpoint)
 
 
-def eval_config(args: argparse.Namespace) -> EvalConfig:
+def eval_config(args: argparse.Namespace, split_part: str = "sa") -> EvalConfig:
     return EvalConfig(data=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches, seed=args.seed,
                       metric=args.metric, test_root=args.test_root_path, folds=args.folds, flip=args.flip,
-                      bgr=args.bgr, subjects=args.subjects, mean=args.mean, std=args.std)
+                      bgr=args.bgr, subjects=args.subjects, split=args.split, split_seed=args.split_seed,
+                      split_part=split_part, mean=args.mean, std=args.std)
 
 
 def criterion_name(args: argparse.Namespace, default: Optional[str] = "l1") -> Optional[str]:

@@ -63,6 +63,9 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     add_criterion_args(p)
     p.add_argument("--sparsities", type=_sparsity_levels, default=default_sparsities(),
                    help="levels as '0,0.2,0.4' or 'start:stop:step' (stop exclusive; default 0.0..0.9 step 0.1)")
+    p.add_argument("--ci", action="store_true",
+                   help="append top1_lo,top1_hi,top5_lo,top5_hi (95%% Wilson interval on the evaluation images) after "
+                        "Distiller's columns: the measurement noise of every row")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the unchanged prefix of the network instead of reusing its activations")
     add_output_args(p, "CSV path (default work_space/sensitivity_data/<model>_<method>.csv)")
@@ -78,6 +81,9 @@ def prune_parser() -> argparse.ArgumentParser:
     add_eval_args(p)
     add_criterion_args(p, default=None)
     p.add_argument("--yaml", required=True, help="the schedule (from auto_make_yaml.py or written by hand)")
+    p.add_argument("--bn_recalib", type=int, default=0,
+                   help="re-estimate BN statistics (AdaBN) on N batches of training-side images after thinning; "
+                        "a target-true schedule says whether it was checked that way (extensions.target_true.adabn)")
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
     add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
@@ -117,7 +123,7 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     apply_threads(args.threads)
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
-                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force)
+                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force, ci=args.ci)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 
@@ -128,9 +134,10 @@ def run_prune(argv: List[str]) -> None:
     args = prune_parser().parse_args(argv)
     apply_threads(args.threads)
     crit = criterion_config(args, default=None)
-    cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args), criterion=crit,
-                      override_criterion=bool(args.method or args.fpgm or args.hrank), ignore=args.ignore,
-                      save=args.save_model_pt, output=args.output, work_space=args.work_space, force=args.force)
+    cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args, "report"),
+                      criterion=crit, override_criterion=bool(args.method or args.fpgm or args.hrank),
+                      ignore=args.ignore, save=args.save_model_pt, output=args.output, work_space=args.work_space,
+                      force=args.force, bn_recalib=args.bn_recalib)
     result = prune(cfg)
     print("keep-arrays (layer: out channels before -> after):")
     for line in result.keep_lines:
@@ -152,7 +159,7 @@ def run_search(argv: List[str]) -> None:
         raise UserError("--mode search needs exactly one budget: --flops F or --params F (fraction to keep)")
     resource, fraction = ("macs", args.flops) if args.flops is not None else ("params", args.params)
     cfg = SearchConfig(source=model_source(args), resource=resource, fraction=fraction, algo=args.algo,
-                       eval=eval_config(args), criterion=criterion_config(args), population=args.population,
+                       eval=eval_config(args, "check"), criterion=criterion_config(args), population=args.population,
                        iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
                        ignore=args.ignore, output=args.output, force=args.force, seed=args.seed)
     out, lines = search(cfg)

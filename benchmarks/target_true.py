@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Issue 12 side by side: the seed tool's per-layer rule vs an NNI-style iterative greedy vs target-true schedules.
+
+For each model and split seed: one seeded split of the test set into SA / check / report parts; the L1
+sensitivity CSV on the SA part; then three schedules for "at most DROP points below the unpruned model":
+- seed rule: ``auto_make_yaml``'s closest rule at (SA baseline − DROP), thinned as ``pruning.py --mode prune`` does
+  (no BN re-estimation) and, for comparison, with AdaBN;
+- NNI-style iterative greedy: every step re-measures every layer one level further on the current composed model
+  (thinned + AdaBN) on the SA part and keeps the best, until the best falls below (SA baseline − DROP);
+- target-true (``compression_tool.engine.target_true``): decided on the check split (paired bootstrap bound), AdaBN.
+All are judged on the report split: achieved top-1, its drop from the unpruned model on the same images, MACs and
+params removed, wall time (sensitivity analysis not included; it is shared).
+
+    python benchmarks/target_true.py --models digits_net,resnet20 --seeds 0,1,2 --out work_space/bench_tt.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from compression_tool.apps.target_true import calibration_batches, split_data  # noqa: E402
+from compression_tool.cli.auto_make_yaml import baseline, choose_sparsities  # noqa: E402
+from compression_tool.data.splits import parse_split  # noqa: E402
+from compression_tool.engine.checkpoint import example_input, load_model  # noqa: E402
+from compression_tool.engine.cost import params_and_macs  # noqa: E402
+from compression_tool.engine.criteria import make_criterion  # noqa: E402
+from compression_tool.engine.groups import GroupIndex  # noqa: E402
+from compression_tool.engine.sensitivity import load_csv, sweep  # noqa: E402
+from compression_tool.engine.target_true import (  # noqa: E402
+    ComposedChecker,
+    TargetTrueConfig,
+    classifier_evaluator,
+    composed_metric,
+    target_true_schedule,
+)
+from compression_tool.io.errors import cli_main  # noqa: E402
+from compression_tool.io.files import atomic_write_json  # noqa: E402
+from test_module.classification import evaluate_classifier  # noqa: E402
+
+log = logging.getLogger("bench_tt")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS: Dict[str, Dict[str, object]] = {
+    "digits_net": dict(ckpt="work_space/checkpoints/digits_net.pth", data="digits", dp=False, split="0.2,0.4,0.4"),
+    "resnet20": dict(ckpt=str(SHARED / "resnet_cifar10" / "resnet20-12fca82f.th"),
+                     data=f"image_folder:{SHARED / 'cifar10_test'}", dp=True, split="512,1000,rest"),
+}
+
+
+def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_evals: int):
+    """NNI-style iterative pruning: re-measure every layer one level further on the current composed model
+    (on the SA part, no noise margin), keep the best, stop when the best is below (SA baseline − drop)."""
+    cfg = TargetTrueConfig(drop=drop, bn_recalib_batches=len(calib))
+    chk = ComposedChecker(model, x, crit, sa_eval, calib, cfg)
+    levels = {w: sorted(s for s, _ in c if s > 0) for w, c in table.items()}
+    cur = {w: 0.0 for w in table}
+    floor = chk.base.value - drop
+    while chk.evals < max_evals:
+        best, best_sp = None, None
+        for w in table:
+            nxt = [s for s in levels[w] if s > cur[w] + 1e-9]
+            if not nxt:
+                continue
+            sp = {**cur, w: nxt[0]}
+            m, _ = chk.measure(sp)
+            if best is None or m.value > best:
+                best, best_sp = m.value, sp
+        if best is None or best < floor:
+            break
+        cur = best_sp
+    return cur, chk.adabn_for(cur)
+
+
+def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
+            multiple_testing: str = "none") -> List[Dict[str, object]]:
+    spec = MODELS[name]
+    model, meta = load_model(spec["ckpt"], name, spec["dp"])
+    size = meta["input_size"]
+    x = example_input(size)
+    split = parse_split(split_text or str(spec["split"]), seed)
+    parts = split_data(spec["data"], size, split)
+    calib = calibration_batches(spec["data"], size, parts, 8, 64)
+    crit = make_criterion("l1")
+    csv = work / f"{name}_l1_{(split_text or spec['split']).replace(',', '-')}_seed{seed}.csv"
+    loader = DataLoader(TensorDataset(*parts["sa"]), batch_size=256)
+    t = time.perf_counter()
+    sweep(model, GroupIndex(model, x), crit, lambda m: evaluate_classifier(m, loader), csv,
+          [round(0.1 * i, 1) for i in range(10)], ["top1", "top5", "loss"])
+    sa_seconds = time.perf_counter() - t
+    _, table = load_csv(csv)
+    report = classifier_evaluator(*parts["report"])
+    rep_base = report(model).value
+    full = params_and_macs(model, x)
+    rows = []
+
+    def row(method: str, sp: Dict[str, float], seconds: float, adabn: bool) -> None:
+        m, cost = composed_metric(model, x, crit, sp, report, calib if adabn else [])
+        rows.append({"model": name, "seed": seed, "split": split_text or spec["split"], "drop_asked": drop,
+                     "method": method, "adabn": adabn, "target": round(rep_base - drop, 2),
+                     "report_unpruned": round(rep_base, 2), "report": round(m.value, 2),
+                     "report_drop": round(rep_base - m.value, 2), "held": rep_base - m.value <= drop + 0.5,
+                     "macs_removed": round(1 - cost["macs"] / full["macs"], 4),
+                     "params_removed": round(1 - cost["params"] / full["params"], 4), "seconds": round(seconds, 1),
+                     "sparsities": {k: v for k, v in sp.items() if v > 0}, "sa_seconds": round(sa_seconds, 1),
+                     "n": {k: len(v[1]) for k, v in parts.items()}})
+        log.info("%s seed %d %-22s report %.2f (unpruned %.2f) MACs -%.1f%% %.1fs", name, seed, method,
+                 m.value, rep_base, 100 * rows[-1]["macs_removed"], seconds)
+
+    t = time.perf_counter()
+    seed_sp = choose_sparsities(table, "top1", baseline(table, "top1") - drop, "closest")
+    dt = time.perf_counter() - t
+    row("seed rule", seed_sp, dt, False)
+    row("seed rule + AdaBN", seed_sp, dt, True)
+    t = time.perf_counter()
+    nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, classifier_evaluator(*parts["sa"]), calib, drop,
+                                      max_evals)
+    row("NNI-style greedy", nni_sp, time.perf_counter() - t, nni_bn)
+    t = time.perf_counter()
+    r = target_true_schedule(model, x, crit, table, classifier_evaluator(*parts["check"]), None, calib,
+                             TargetTrueConfig(drop=drop, bn_recalib_batches=8, seed=seed, max_evals=max_evals,
+                                              multiple_testing=multiple_testing))
+    row("target-true" + (" (Bonferroni)" if multiple_testing == "bonferroni" else ""), r.sparsities,
+        time.perf_counter() - t, r.adabn)
+    rows[-1]["check_bound"] = round(r.check_bound, 2)
+    rows[-1]["check"] = round(r.check, 2)
+    rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
+    return rows
+
+
+def table_md(rows: List[Dict[str, object]]) -> str:
+    head = ("| model | split (seed) | method | target (report) | achieved (report) | drop | held ±0.5 | MACs removed | "
+            "params removed | wall s |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"| {r['model']} | {r['split']} ({r['seed']}) | {r['method']} | {r['target']:.2f} | {r['report']:.2f} | "
+             f"{r['report_drop']:.2f} | {'yes' if r['held'] else 'no'} | {100 * r['macs_removed']:.1f}% | "
+             f"{100 * r['params_removed']:.1f}% | {r['seconds']:.1f} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="digits_net,resnet20")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--drop", type=float, default=1.0)
+    p.add_argument("--max_evals", type=int, default=60, help="composed models per search (NNI-style and ours)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bonferroni", action="store_true", help="target-true with multiple_testing='bonferroni'")
+    p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
+                   help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
+    p.add_argument("--work", default="work_space/bench_target_true")
+    p.add_argument("--out", default="work_space/bench_target_true/results.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows: List[Dict[str, object]] = []
+    overrides = dict(o.split("=", 1) for o in args.split)
+    for name in args.models.split(","):
+        if name == "digits_net" and not Path(MODELS[name]["ckpt"]).exists():
+            from compression_tool.apps.default_model import train_default
+            train_default(Path(MODELS[name]["ckpt"]))
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
+                            "bonferroni" if args.bonferroni else "none")
+            atomic_write_json(args.out, rows)
+    print(table_md(rows))
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Application around ``compression_tool.engine.target_true``: checkpoint + data spec + sensitivity CSV ->
+target-true schedule YAML plus a JSON schedule report next to it. Used by ``auto_make_yaml.py --mode target_true``
+and by ``pruning.py --split`` (sensitivity on the SA part) / ``--bn_recalib`` (AdaBN after thinning).
+
+Data: classifiers only (``digits``, ``image_folder:DIR``, ``mnist:DIR``, ``cifar10:DIR``, …). The test set is
+split by ``compression_tool.data.splits`` into SA / check / report parts. BN statistics are re-estimated on
+training-side images:
+the digits training split for ``digits``; for data specs that bring only a test set, the SA part's images (never
+the check or report images).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from compression_tool.data.spec import classifier_tensors, parse_data_spec
+from compression_tool.data.splits import SplitSpec, split_tensors
+from compression_tool.engine.checkpoint import example_input, load_model
+from compression_tool.engine.criteria import make_criterion
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.schedule import build_schedule, write_schedule
+from compression_tool.engine.search.fitness import bn_recalibrate
+from compression_tool.engine.sensitivity import load_csv
+from compression_tool.engine.target_true import (
+    TargetTrueConfig,
+    TargetTrueResult,
+    bootstrap_mean_bound,
+    classifier_evaluator,
+    target_true_schedule,
+)
+from compression_tool.io.errors import UserError
+from compression_tool.io.files import atomic_write_json, check_writable
+from model_define import model_spec
+from test_module.setup import CLASSIFIER_METRICS, EvalSetup
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLIT = SplitSpec((0.34, 0.33, 0.33), 0)
+
+
+@dataclass
+class TargetTrueJob:
+    checkpoint: str
+    csv: str
+    data: str = "digits"
+    model_name: Optional[str] = None
+    target: Optional[float] = None
+    drop: Optional[float] = None
+    method: str = "l1"
+    split: SplitSpec = DEFAULT_SPLIT
+    metric: Optional[str] = None
+    resource: str = "macs"
+    bn_recalib: int = 8
+    batch_size: int = 64
+    confidence: float = 0.95
+    max_evals: int = 60
+    from_data_parallel: bool = False
+    input_size: Optional[List[int]] = None
+    ignore: Sequence[str] = field(default_factory=list)
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    data_seed: int = 0          # the seed of the data spec itself (digits' train/test split)
+    output: Optional[str] = None
+    force: bool = False
+    work_space: str = "work_space"
+    multiple_testing: str = "none"
+    trust: bool = False
+
+
+def split_data(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0, mean=None, std=None,
+               model_mean=None, model_std=None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """{sa, check, report: (x, y)} from a classifier data spec's test set."""
+    if parse_data_spec(spec).is_face:
+        raise UserError(f"--data {spec}: target-true schedules support classifier data for now; for face "
+                        "embedders use auto_make_yaml.py --flops and the face chain")
+    x, y = classifier_tensors(spec, input_size, "test", data_seed, mean, std, model_mean, model_std)
+    return split_tensors(x, y, split)
+
+
+def calibration_batches(spec: str, input_size: Sequence[int], parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
+                        n_batches: int, batch_size: int = 64, data_seed: int = 0) -> List[torch.Tensor]:
+    """Input batches for BN re-estimation, from the training side (see the module doc); seeded shuffle."""
+    if n_batches <= 0:
+        return []
+    if spec == "digits":
+        from compression_tool.data.digits import digits_split
+        c, h, _ = input_size
+        x = digits_split(image_size=h, channels=c, seed=data_seed)[0][0]
+    else:
+        x = parts["sa"][0]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(data_seed))
+    x = x[perm]
+    return [x[i:i + batch_size] for i in range(0, min(len(x), n_batches * batch_size), batch_size)]
+
+
+def split_setup(spec: str, input_size: Sequence[int], split: SplitSpec, part: str = "sa", batch_size: int = 64,
+                data_seed: int = 0, mean=None, std=None, eval_batches: Optional[int] = None, model_mean=None,
+                model_std=None) -> EvalSetup:
+    """An ``EvalSetup`` (top1, top5, loss) on one part of the split: ``pruning.py --mode sa --split``;
+    ``eval_batches`` keeps a seeded random subset of that part (never images of the other parts)."""
+    from test_module.classification import evaluate_classifier
+
+    xs, ys = split_data(spec, input_size, split, data_seed, mean, std, model_mean, model_std)[part]
+    if eval_batches and eval_batches * batch_size < len(ys):
+        pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(data_seed))
+        pick = pick[: eval_batches * batch_size].sort().values
+        xs, ys = xs[pick], ys[pick]
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=batch_size, shuffle=False)
+    return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
+                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0])
+
+
+def one_image_note(n: int, drop: Optional[float], confidence: float) -> Optional[str]:
+    """One line when even a schedule that changes no check outcome cannot be promised within ``drop``: the
+    check bound carries one adverse pseudo-sample (``compression_tool.engine.target_true``), so its floor is about
+    300 / n points."""
+    if drop is None or n <= 0:
+        return None
+    floor = bootstrap_mean_bound(np.zeros(n), confidence, upper=True, adverse=100.0)
+    if floor > drop:
+        return (f"note: a {drop:g}-point drop is finer than the {n}-image check split resolves (the smallest "
+                f"{confidence:.0%} bound it can give is {floor:.2f} points): nothing can be promised; use a larger "
+                "check split or a larger drop")
+    return None
+
+
+def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
+    """Search, write the YAML (Distiller shape + a ``target_true`` extension) and the JSON report; print both."""
+    model, meta = load_model(job.checkpoint, job.model_name, job.from_data_parallel, job.input_size, trust=job.trust)
+    spec = model_spec(meta["model"])
+    input_size = list(job.input_size or meta["input_size"])
+    arch = meta["model"]
+    tag = f"drop{job.drop:g}" if job.drop is not None else f"{job.target:g}"
+    out = Path(job.output or Path("yaml_file") / f"{arch}_{tag}.yaml")
+    report_path = out.with_suffix(".report.json")
+    check_writable(out, job.force)
+    check_writable(report_path, job.force)
+    metrics, table = load_csv(job.csv)
+    metric = job.metric or metrics[0]
+    if metric != "top1":
+        raise UserError(f"--metric {metric}: target-true schedules measure top1 on the splits for now")
+    x = example_input(input_size)
+    parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, spec.mean, spec.std)
+    calib = calibration_batches(job.data, input_size, parts, job.bn_recalib, job.batch_size, job.data_seed)
+    crit = make_criterion(job.method, limit=5, cache_dir=str(Path(job.work_space) / "rank_conv"), tag=arch,
+                          seed=job.data_seed)
+    if crit.needs_data:
+        index = GroupIndex(model, x, ignore=job.ignore)
+        xs = parts["sa"][0]
+        crit.prepare(model, [xs[i:i + job.batch_size] for i in range(0, len(xs), job.batch_size)],
+                     {g.root_name: g.root for g in index.groups})
+    cfg = TargetTrueConfig(target=job.target, drop=job.drop, metric=metric, resource=job.resource,
+                           bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
+                           max_evals=job.max_evals, multiple_testing=job.multiple_testing)
+    note = one_image_note(len(parts["check"][1]), job.drop, cfg.decision_confidence())
+    if note:
+        log.warning(note)
+    result = target_true_schedule(model, x, crit, table, classifier_evaluator(*parts["check"]),
+                                  classifier_evaluator(*parts["report"]), calib, cfg, ignore=job.ignore)
+    doc = build_schedule(result.sparsities, job.method, arch, job.data.split(":")[0], input_size)
+    doc["extensions"]["target_true"] = {
+        "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
+        "multiple_testing": job.multiple_testing,
+        "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
+        "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
+        "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),
+                  "bound": round(result.check_bound, 4)},
+        "report": {"n": result.report_n, "unpruned": round(result.report_baseline, 4),
+                   "pruned": round(result.report, 4), "bound": round(result.report_bound, 4)},
+        "macs": [result.base_macs, result.macs], "params": [result.base_params, result.params]}
+    goal = f"drop <= {job.drop:g}" if job.drop is not None else f"{metric} >= {job.target:g}"
+    header = (f"generated by auto_make_yaml.py --mode target_true from {job.csv}\n"
+              f"target-true: {goal} on the composed, thinned model ("
+              + (f"with AdaBN on {job.bn_recalib} batches; thin it with pruning.py --mode prune --bn_recalib "
+                 f"{job.bn_recalib}" if result.adabn else "without BN re-estimation; thin it without --bn_recalib")
+              + f"); split sa/check/report "
+              f"{job.split.sizes} seed {job.split.seed}\n"
+              f"check {result.check:.2f} (unpruned {result.check_baseline:.2f}), report {result.report:.2f} "
+              f"(unpruned {result.report_baseline:.2f}); "
+              f"MACs {100 * (1 - result.macs / result.base_macs):.1f}% removed")
+    if not result.per_layer:
+        log.warning("target-true: no layer can be pruned within the target on the check split; the schedule is empty")
+    write_schedule(doc, out, header, force=job.force)
+    atomic_write_json(report_path, {"schedule": str(out), "csv": job.csv, "checkpoint": job.checkpoint,
+                                    "split": job.split.describe(), **result.to_dict()}, force=job.force)
+    return result, out, report_path
+
+
+def bn_reestimate(model: nn.Module, data: str, input_size: Sequence[int], n_batches: int, split: Optional[SplitSpec],
+                  batch_size: int = 64, data_seed: int = 0, mean=None, std=None) -> int:
+    """AdaBN after thinning (``pruning.py --mode prune --bn_recalib N``): re-estimate BN statistics on the
+    training side of ``data`` (the SA part of ``split``, or of the default split, when the data has no training
+    side); returns the batches used."""
+    parts = split_data(data, input_size, split or DEFAULT_SPLIT, data_seed, mean, std) if data != "digits" else {}
+    used = bn_recalibrate(model, calibration_batches(data, input_size, parts, n_batches, batch_size, data_seed))
+    log.info("BN statistics re-estimated on %d batches", used)
+    return used

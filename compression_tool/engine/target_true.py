@@ -1,0 +1,474 @@
+"""Target-true schedules: the largest MACs (or params) reduction whose *thinned, composed* model meets the target.
+
+A per-layer rule (``auto_make_yaml.py``: each layer alone stays above the target) does not bound the composed
+model, because the layers' losses add up. Here every candidate schedule is applied to a deep copy of the model
+(thinned with the criterion, BN statistics re-estimated on calibration batches from the training side — AdaBN)
+and measured on a CHECK split that is disjoint from the sensitivity subset; the final schedule is then measured
+once on a REPORT split, disjoint from both.
+
+Search (the sensitivity CSV gives the order, ``compression_tool.engine.budget``'s moves):
+1. bisection on the prefix of ``ordered_moves`` (least sensitive moves first): the longest prefix that passes;
+2. greedy rounds: each layer's next level, least sensitive first, is tried on top of the schedule and kept
+   when the composed model still passes; a move that fails is not retried (it was the damaging one).
+
+The check decision accounts for measurement noise. With a ``drop`` (points below the unpruned model), the
+per-sample difference unpruned − pruned on the check images is bootstrapped (paired: only the images whose
+outcome changes add variance) and its one-sided upper bound at ``confidence`` must be <= ``drop``. With an
+absolute ``target`` the one-sided lower bound of the pruned model's check metric must be >= ``target``.
+When the unpruned model itself cannot pass (a target finer than the check split can resolve), the result is the
+empty schedule and ``resolvable`` is False.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from compression_tool.engine.budget import Move, envelope, ordered_moves, prune_counts, schedule_after
+from compression_tool.engine.cost import params_and_macs
+from compression_tool.engine.criteria import Criterion
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.search.fitness import bn_recalibrate
+from compression_tool.engine.thinning import thin
+from compression_tool.io.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RESOURCES = ("macs", "params")
+
+
+# ---------------------------------------------------------------------------- measurements
+
+@dataclass
+class Measurement:
+    """A metric on one split (higher is better, e.g. top-1 in percent), with its per-sample values (their mean is
+    ``value``) for the bootstrap."""
+    value: float
+    per_sample: np.ndarray
+    n: int
+
+
+Evaluator = Callable[[nn.Module], Measurement]
+
+
+@torch.no_grad()
+def correct_per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """100 for every image classified correctly (top-1), 0 otherwise (mean = top-1 in percent)."""
+    was = model.training
+    model.eval()
+    hits = [model(x[i:i + batch_size]).argmax(1).eq(y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    model.train(was)
+    return 100.0 * torch.cat(hits).double().numpy()
+
+
+def classifier_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> Evaluator:
+    """Top-1 (percent) on ``(x, y)`` with per-image outcomes."""
+    if len(y) == 0:
+        raise UserError("target-true: an evaluation split is empty")
+
+    def evaluate(model: nn.Module) -> Measurement:
+        s = correct_per_sample(model, x, y, batch_size)
+        return Measurement(float(s.mean()), s, len(s))
+    return evaluate
+
+
+def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_boot: int = 2000,
+                         seed: int = 0, adverse: Optional[float] = None) -> float:
+    """One-sided percentile-bootstrap bound of the mean of ``values`` (upper or lower) at ``confidence``.
+
+    ``adverse``: one pseudo-sample with this value is added first (e.g. one lost image), so that a split on
+    which nothing changed does not claim a zero-width interval (the bootstrap's blind spot with few samples;
+    in the spirit of the rule of three)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise UserError("bootstrap: no samples")
+    if adverse is not None:
+        v = np.append(v, adverse)
+    if np.all(v == v[0]):
+        return float(v[0])
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // v.size)
+    for i in range(0, n_boot, chunk):
+        j = min(n_boot, i + chunk)
+        means[i:j] = v[rng.integers(0, v.size, size=(j - i, v.size))].mean(axis=1)
+    q = confidence if upper else 1.0 - confidence
+    return float(np.quantile(means, q))
+
+
+# ---------------------------------------------------------------------------- config and result
+
+@dataclass
+class TargetTrueConfig:
+    target: Optional[float] = None       # absolute metric the pruned model must keep (e.g. top-1 96.0)
+    drop: Optional[float] = None         # or: at most this many points below the unpruned model
+    metric: str = "top1"                 # CSV column that orders the moves
+    resource: str = "macs"               # what the reduction is measured in: macs | params
+    bn_recalib_batches: int = 8          # AdaBN batches per candidate (0 = keep the running statistics)
+    bn_mode: str = "auto"                # auto: per candidate the better of as-is / AdaBN on check; always; never
+    confidence: float = 0.95             # one-sided level of the check bound
+    n_boot: int = 2000
+    seed: int = 0
+    max_evals: int = 60                  # composed-model evaluations on the check split (bisection + greedy)
+    pseudo_sample: bool = True           # add one adverse pseudo-sample to the check bound (small-split guard)
+    adverse: float = 100.0               # its value in the drop mode: one lost image (metric in percent)
+    greedy: bool = True
+    layer_report: bool = True            # also measure the composed model layer by layer (check and report)
+    multiple_testing: str = "none"       # none | bonferroni (see decision_confidence)
+
+    def decision_confidence(self) -> float:
+        """The per-candidate level: ``confidence``, or Bonferroni over the ``max_evals`` candidates the search may
+        test (``multiple_testing='bonferroni'``: guards the winner's curse of picking a lucky pass, at a cost)."""
+        if self.multiple_testing == "bonferroni":
+            return 1.0 - (1.0 - self.confidence) / self.max_evals
+        return self.confidence
+
+    def validate(self) -> None:
+        if (self.target is None) == (self.drop is None):
+            raise UserError("target-true: give exactly one of a target metric or a drop budget")
+        val = self.target if self.target is not None else self.drop
+        if val is None or not math.isfinite(float(val)):
+            raise UserError(f"target-true: the {'target' if self.target is not None else 'drop'} must be a finite "
+                            f"number, got {val}")
+        if self.drop is not None and self.drop < 0:
+            raise UserError(f"target-true: the drop budget must be >= 0 points, got {self.drop}")
+        if self.resource not in RESOURCES:
+            raise UserError(f"target-true: unknown resource {self.resource!r}; expected one of {RESOURCES}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise UserError(f"target-true: confidence must be in [0.5, 1), got {self.confidence}")
+        if self.multiple_testing not in ("none", "bonferroni"):
+            raise UserError(f"target-true: multiple_testing must be none or bonferroni, got {self.multiple_testing!r}")
+        if self.bn_mode not in ("auto", "always", "never"):
+            raise UserError(f"target-true: bn_mode must be auto, always or never, got {self.bn_mode!r}")
+        if self.bn_recalib_batches < 0 or self.max_evals < 1:
+            raise UserError("target-true: bn_recalib_batches must be >= 0 and max_evals >= 1")
+
+
+@dataclass
+class Trial:
+    """One composed candidate measured on the check split."""
+    step: str                            # "baseline" | "bisect" | "greedy"
+    sparsities: Dict[str, float]
+    check: float
+    bound: float                         # the check bound the decision used (lower metric / upper drop)
+    passed: bool
+    macs: float
+    params: float
+
+
+@dataclass
+class TargetTrueResult:
+    sparsities: Dict[str, float]         # per-layer level (CSV weight names; 0 = not pruned)
+    metric: str
+    mode: str                            # "drop" | "target"
+    threshold: float                     # the drop or target value
+    resolvable: bool                     # False: the unpruned model cannot pass on the check split
+    check_baseline: float
+    check: float
+    check_bound: float
+    report_baseline: Optional[float]
+    report: Optional[float]
+    report_bound: Optional[float]        # lower bound of the report metric / upper bound of the report drop
+    macs: float
+    params: float
+    base_macs: float
+    base_params: float
+    resource: str
+    adabn: bool                          # whether the final schedule's numbers include BN re-estimation
+    check_n: int
+    report_n: Optional[int]
+    evals: int
+    seconds: float
+    per_layer: List[Dict[str, object]] = field(default_factory=list)
+    trace: List[Trial] = field(default_factory=list)
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - getattr(self, self.resource) / getattr(self, f"base_{self.resource}")
+
+    def promised(self) -> bool:
+        """Whether the report split holds the promise within 0.5 point."""
+        if self.report is None or self.report_baseline is None:
+            return False
+        if self.mode == "drop":
+            return self.report_baseline - self.report <= self.threshold + 0.5
+        return self.report >= self.threshold - 0.5
+
+    def to_dict(self) -> Dict[str, object]:
+        d = asdict(self)
+        d["reduction"] = self.reduction
+        d["promised_within_0.5"] = self.promised()
+        return d
+
+
+# ---------------------------------------------------------------------------- the engine
+
+class ComposedChecker:
+    """Builds and measures composed candidates (deep copy -> thin -> AdaBN -> check split), cached."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
+                 check_eval: Evaluator, calib_batches: Sequence, cfg: TargetTrueConfig,
+                 ignore: Sequence[str] = ()):
+        self.model, self.x, self.cfg, self.ignore = model.eval(), example_inputs, cfg, list(ignore)
+        self.index = GroupIndex(model, example_inputs, ignore=ignore)
+        self.orders = {g.name: criterion.order(g.root_name, g.root) for g in self.index.groups}
+        self.check_eval = check_eval
+        self.calib = list(calib_batches)[:cfg.bn_recalib_batches] if cfg.bn_recalib_batches else []
+        if cfg.bn_recalib_batches and not self.calib:
+            raise UserError("target-true: BN re-estimation asked for, but no calibration batches were given")
+        self.base = check_eval(model)
+        self.cache: Dict[Tuple[Tuple[str, int], ...], Tuple[Measurement, Dict[str, float]]] = {}
+        self.adabn: Dict[Tuple[Tuple[str, int], ...], bool] = {}
+        self.evals = 0
+
+    def counts(self, sparsities: Mapping[str, float]) -> Dict[str, int]:
+        return prune_counts(self.index, sparsities)
+
+    def build(self, sparsities: Mapping[str, float], adabn: Optional[bool] = None) -> nn.Module:
+        """The thinned copy for per-weight levels ``sparsities``; BN re-estimated when ``adabn`` (default: the
+        choice ``measure`` made for this schedule, else whenever calibration batches are configured)."""
+        counts = self.counts(sparsities)
+        if adabn is None:
+            adabn = self.adabn.get(self._key(counts), bool(self.calib))
+        clone = copy.deepcopy(self.model).eval()
+        thin(GroupIndex(clone, self.x, ignore=self.ignore),
+             {name: sorted(self.orders[name][:n]) for name, n in counts.items() if n > 0})
+        if adabn and self.calib and counts:
+            bn_recalibrate(clone, self.calib)
+        return clone
+
+    @staticmethod
+    def _key(counts: Mapping[str, int]) -> Tuple[Tuple[str, int], ...]:
+        return tuple(sorted((k, v) for k, v in counts.items() if v > 0))
+
+    def measure(self, sparsities: Mapping[str, float]) -> Tuple[Measurement, Dict[str, float]]:
+        """Check-split measurement and cost of the composed schedule (cached). With ``bn_mode='auto'`` both the
+        thinned model as is and its AdaBN version are measured and the better one on the check split is kept
+        (AdaBN from a few hundred images can cost a model more than light pruning does)."""
+        counts = self.counts(sparsities)
+        key = self._key(counts)
+        if key not in self.cache:
+            if not key:
+                self.cache[key] = (self.base, params_and_macs(self.model, self.x))
+                self.adabn[key] = False
+            else:
+                variants = {"never": [False], "always": [True], "auto": [False, True]}[self.cfg.bn_mode]
+                if not self.calib:
+                    variants = [False]
+                best = None
+                for v in variants:
+                    m = self.build(sparsities, adabn=v)
+                    got = self.check_eval(m)
+                    if best is None or got.value > best[0].value:
+                        best = (got, params_and_macs(m, self.x), v)
+                self.cache[key] = best[:2]
+                self.adabn[key] = best[2]
+                self.evals += 1
+        return self.cache[key]
+
+    def adabn_for(self, sparsities: Mapping[str, float]) -> bool:
+        return self.adabn.get(self._key(self.counts(sparsities)), False)
+
+    def bound(self, m: Measurement, base: Measurement) -> Tuple[float, bool]:
+        """(the bound the decision uses, passed?)"""
+        cfg = self.cfg
+        if cfg.drop is not None and m is base:
+            return 0.0, True                 # the unpruned model itself: no drop by definition
+        if cfg.drop is not None:
+            if len(base.per_sample) != len(m.per_sample):
+                raise UserError("target-true: the check evaluation returned a different number of samples")
+            hi = bootstrap_mean_bound(base.per_sample - m.per_sample, cfg.decision_confidence(), True, cfg.n_boot,
+                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None)
+            return hi, hi <= cfg.drop + 1e-9
+        lo = bootstrap_mean_bound(m.per_sample, cfg.decision_confidence(), False, cfg.n_boot, cfg.seed,
+                                  adverse=0.0 if cfg.pseudo_sample else None)
+        return lo, lo >= float(cfg.target) - 1e-9
+
+
+def sign_of(metric: str) -> float:
+    return -1.0 if metric in ("loss", "eer", "threshold", "lfw_std") else 1.0
+
+
+def _levels(data: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]]) -> Dict[str, List[float]]:
+    return {layer: sorted(s for s, _ in curve if s > 0) for layer, curve in data.items()}
+
+
+def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
+                         table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
+                         check_eval: Evaluator, report_eval: Optional[Evaluator], calib_batches: Sequence,
+                         cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True
+                         ) -> TargetTrueResult:
+    """Search the schedule (see the module doc). ``table`` is the sensitivity CSV as
+    ``compression_tool.engine.sensitivity.load_csv``
+    returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
+    ``calib_batches`` are input batches from the training side for BN re-estimation. ``model`` is not changed."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    if not table:
+        raise UserError("target-true: the sensitivity table is empty")
+    first = next(iter(table.values()))
+    if cfg.metric not in first[0][1]:
+        raise UserError(f"target-true: metric {cfg.metric!r} is not in the sensitivity table "
+                        f"(columns: {', '.join(first[0][1])})")
+    chk = ComposedChecker(model, example_inputs, criterion, check_eval, calib_batches, cfg, ignore)
+    base = chk.base
+    if cfg.target is not None and cfg.target > base.value:
+        raise UserError(f"target {cfg.target:g} is above the unpruned model's {cfg.metric} on the check split "
+                        f"({base.value:.4g}): nothing can be pruned to reach it")
+    layers = list(table)
+    moves: List[Move] = ordered_moves(table, cfg.metric)
+    trace: List[Trial] = []
+    bar = tqdm(total=cfg.max_evals, desc="target-true", unit="model", leave=False, disable=not progress)
+
+    def trial(step: str, sp: Dict[str, float]) -> Trial:
+        before = chk.evals
+        m, cost = chk.measure(sp)
+        b, ok = chk.bound(m, base)
+        t = Trial(step, dict(sp), m.value, b, ok, cost["macs"], cost["params"])
+        if chk.evals > before:
+            trace.append(t)
+            bar.update(1)
+            bar.set_postfix_str(f"{step} {cfg.metric}={m.value:.2f} bound={b:.2f} {'ok' if ok else 'fail'}")
+        return t
+
+    zero = schedule_after(moves, 0, layers)
+    t_zero = trial("baseline", zero)
+    trace.insert(0, t_zero)
+    resolvable = t_zero.passed
+    if cfg.drop is not None:
+        # the smallest bound any schedule that changes no check outcome can get
+        floor = bootstrap_mean_bound(np.zeros(base.n), cfg.decision_confidence(), True, cfg.n_boot, cfg.seed,
+                                     adverse=cfg.adverse if cfg.pseudo_sample else None)
+        resolvable = floor <= cfg.drop + 1e-9
+    best = t_zero
+    if not resolvable:
+        log.warning("target-true: the %s target is finer than the %d-sample check split can resolve at %.2f%% "
+                    "(its best possible bound: %.3g); nothing is pruned", cfg.metric, base.n,
+                    100 * cfg.decision_confidence(),
+                    floor if cfg.drop is not None else t_zero.bound)
+    else:
+        # 1. bisection on the prefix of moves: the longest passing prefix (pass assumed monotone in k)
+        lo, hi = 0, len(moves)
+        while lo < hi and chk.evals < cfg.max_evals:
+            mid = (lo + hi + 1) // 2
+            t = trial("bisect", schedule_after(moves, mid, layers))
+            if t.passed:
+                lo, best = mid, t
+            else:
+                hi = mid - 1
+        # 2. greedy: raise single layers by one level on top of the best schedule, least sensitive first
+        levels = _levels(table)
+        env = {layer: dict(envelope(curve, cfg.metric)) for layer, curve in table.items()}
+        sign = sign_of(cfg.metric)
+        failed: set = set()
+        improved = cfg.greedy
+        while improved and chk.evals < cfg.max_evals:
+            improved = False
+            options = []
+            for layer in layers:
+                nxt = [s for s in levels[layer] if s > best.sparsities[layer] + 1e-9]
+                if nxt and (layer, nxt[0]) not in failed:
+                    options.append((-sign * env[layer][nxt[0]], layer, nxt[0]))
+            for _, layer, s in sorted(options):
+                if chk.evals >= cfg.max_evals:
+                    break
+                sp = dict(best.sparsities)
+                sp[layer] = s
+                if chk.counts(sp) == chk.counts(best.sparsities):
+                    best = Trial("greedy", sp, best.check, best.bound, True, best.macs, best.params)
+                    improved = True
+                    continue
+                t = trial("greedy", sp)
+                if t.passed and getattr(t, cfg.resource) <= getattr(best, cfg.resource):
+                    best, improved = t, True
+                else:
+                    failed.add((layer, s))
+    bar.close()
+    search_evals = chk.evals
+    m_check, cost = chk.measure(best.sparsities)
+    b_check, _ = chk.bound(m_check, base)
+    rep_base = rep = rep_bound = None
+    rep_n = None
+    if report_eval is not None:
+        rb, rm = report_eval(model), report_eval(chk.build(best.sparsities))
+        rep_base, rep, rep_n = rb.value, rm.value, rm.n
+        if cfg.drop is not None:
+            rep_bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot,
+                                             cfg.seed)
+        else:
+            rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed)
+    full = params_and_macs(model, example_inputs)
+    per_layer = [{"layer": layer, "sparsity": best.sparsities[layer],
+                  "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(best.sparsities[layer],
+                                                                                  base.value)}
+                 for layer in layers if best.sparsities[layer] > 0]
+    if cfg.layer_report:
+        # composed metric as the layers are added (least sensitive first): predicted alone vs achieved composed
+        per_layer.sort(key=lambda row: -sign_of(cfg.metric) * float(row["predicted_alone"]))
+        cum = {layer: 0.0 for layer in layers}
+        for row in per_layer:
+            cum[str(row["layer"])] = float(row["sparsity"])
+            m_c, _ = chk.measure(cum)
+            row["composed_check"] = m_c.value
+            if report_eval is not None:
+                row["composed_report"] = report_eval(chk.build(cum)).value
+    return TargetTrueResult(
+        sparsities=dict(best.sparsities), metric=cfg.metric, mode="drop" if cfg.drop is not None else "target",
+        threshold=float(cfg.drop if cfg.drop is not None else cfg.target), resolvable=resolvable,
+        check_baseline=base.value, check=m_check.value, check_bound=b_check, report_baseline=rep_base,
+        report=rep, report_bound=rep_bound, macs=cost["macs"], params=cost["params"], base_macs=full["macs"],
+        base_params=full["params"], resource=cfg.resource, adabn=chk.adabn_for(best.sparsities), check_n=base.n,
+        report_n=rep_n, evals=search_evals,
+        seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace)
+
+
+def composed_metric(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
+                    sparsities: Mapping[str, float], evaluate: Evaluator, calib_batches: Sequence = (),
+                    ignore: Sequence[str] = ()) -> Tuple[Measurement, Dict[str, float]]:
+    """Measure any schedule (e.g. the per-layer rule's) composed: thin a copy, AdaBN when batches are given
+    (always: no choice is made on the data measured here)."""
+    calib_batches = list(calib_batches)
+    cfg = TargetTrueConfig(drop=0.0, bn_recalib_batches=len(calib_batches), bn_mode="always")
+    chk = ComposedChecker(model, example_inputs, criterion, evaluate, calib_batches, cfg, ignore)
+    return chk.measure(sparsities)
+
+
+def format_result(r: TargetTrueResult) -> str:
+    """The schedule report printed by the CLI (and stored as JSON next to the YAML)."""
+    goal = f"at most {r.threshold:g} points below the unpruned model" if r.mode == "drop" else f">= {r.threshold:g}"
+    lines = [f"target-true schedule: {r.metric} {goal}; decided on the check split ({r.check_n} samples), "
+             f"judged on the report split ({r.report_n} samples)"]
+    if not r.resolvable:
+        lines.append("  the target is finer than the check split can resolve: nothing pruned")
+    lines.append(f"  {'layer (added in this order)':<32} {'level':>6} {'alone (SA)':>11} {'composed: check':>16} "
+                 f"{'report':>7}")
+    for row in r.per_layer:
+        c, rep = row.get("composed_check"), row.get("composed_report")
+        lines.append(f"  {row['layer']:<32} {row['sparsity']:>6g} {row['predicted_alone']:>11.2f} "
+                     f"{'' if c is None else f'{c:.2f}':>16} {'' if rep is None else f'{rep:.2f}':>7}")
+    if r.per_layer:
+        adabn = "re-estimated (AdaBN)" if r.adabn else "kept (AdaBN was not better on check)"
+        lines.append(f"  BN statistics: {adabn}")
+    bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
+    lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f})")
+    if r.report is not None:
+        lines.append(f"  composed on report: {r.report:.2f} (unpruned {r.report_baseline:.2f}; {bound} "
+                     f"{r.report_bound:.2f}) -> promise kept within 0.5 pt: {'yes' if r.promised() else 'NO'}")
+    lines.append(f"  MACs {r.base_macs / 1e6:.3f}M -> {r.macs / 1e6:.3f}M ({100 * (1 - r.macs / r.base_macs):.1f}% "
+                 f"removed), params {r.base_params / 1e3:.1f}k -> {r.params / 1e3:.1f}k "
+                 f"({100 * (1 - r.params / r.base_params):.1f}% removed); {r.evals} composed models in "
+                 f"{r.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+__all__ = ["Measurement", "Evaluator", "TargetTrueConfig", "TargetTrueResult", "Trial", "classifier_evaluator",
+           "bootstrap_mean_bound", "target_true_schedule", "composed_metric", "format_result",
+           "correct_per_sample", "ComposedChecker"]

@@ -1,0 +1,245 @@
+"""Target-true schedules (issue 12): splits, the composed check, the per-layer rule's failure, bad inputs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from compression_tool.data.splits import SplitSpec, parse_split, split_groups, split_indices, split_tensors
+from compression_tool.engine.criteria import make_criterion
+from compression_tool.engine.schedule import choose_sparsities
+from compression_tool.engine.target_true import (
+    TargetTrueConfig,
+    bootstrap_mean_bound,
+    classifier_evaluator,
+    composed_metric,
+    target_true_schedule,
+)
+from compression_tool.io.errors import UserError
+
+
+class TwoConv(nn.Module):
+    """Two independent prunable convs; each feeds half of the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        fa = torch.relu(self.a(x)).mean((2, 3))
+        fb = torch.relu(self.b(x)).mean((2, 3))
+        return self.fc(torch.cat([fa, fb], 1))
+
+
+def toy_problem(n=600, seed=0):
+    """Model + data where each conv alone holds the accuracy at 50 % pruning but both together do not:
+    the class is decided by a score that both branches contribute to, with small margins."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    m = TwoConv()
+    with torch.no_grad():
+        for conv in (m.a, m.b):
+            conv.weight.zero_()
+            for k in range(8):                       # channel k: constant kernel of strength k + 1 (L1 order)
+                conv.weight[k].fill_((k + 1) / 9.0)
+        m.fc.weight.zero_()
+        m.fc.weight[1, :] = 1.0
+        m.fc.bias.zero_()
+    # a random brightness per image spreads the score, so small scalings flip a few per cent of the images
+    x = torch.rand(n, 1, 6, 6, generator=g) * (0.5 + torch.rand(n, 1, 1, 1, generator=g))
+    with torch.no_grad():
+        score = m(x)[:, 1]
+        thr = score.median()
+        m.fc.bias[0] = thr                          # logit0 = thr, logit1 = score: class = score > thr
+    y = (score > thr).long()
+    return m.eval(), x, y
+
+
+def sensitivity_table(model, x, y, levels=(0.0, 0.125, 0.25, 0.5, 0.75)):
+    """Per-layer curves measured on (x, y) by composed_metric with a single layer pruned."""
+    crit = make_criterion("l1")
+    ex = x[:1]
+    table = {}
+    for w in ("a.weight", "b.weight"):
+        rows = []
+        for s in levels:
+            m, _ = composed_metric(model, ex, crit, {w: s}, classifier_evaluator(x, y))
+            rows.append((s, {"top1": m.value}))
+        table[w] = rows
+    return table
+
+
+def test_splits_disjoint_seeded_and_cover():
+    spec = SplitSpec((0.2, 0.4, 0.4), seed=3)
+    a, b = split_indices(101, spec), split_indices(101, spec)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    allidx = np.concatenate(list(a.values()))
+    assert len(allidx) == len(set(allidx.tolist())) == 101
+    c = split_indices(101, SplitSpec((0.2, 0.4, 0.4), seed=4))
+    assert not np.array_equal(a["check"], c["check"])
+    counts = split_indices(1000, parse_split("512,100,rest"))
+    assert [len(counts[k]) for k in ("sa", "check", "report")] == [512, 100, 388]
+    x, y = torch.arange(50).float().view(50, 1), torch.arange(50)
+    parts = split_tensors(x, y, spec)
+    assert set(parts["sa"][1].tolist()).isdisjoint(parts["report"][1].tolist())
+
+
+def test_split_by_identity_keeps_identities_apart():
+    ids = [f"s{i // 10}" for i in range(100)]
+    parts = split_groups(ids, SplitSpec((0.4, 0.3, 0.3), seed=0))
+    owners = {k: {ids[i] for i in v} for k, v in parts.items()}
+    assert owners["sa"].isdisjoint(owners["check"]) and owners["check"].isdisjoint(owners["report"])
+    assert sum(len(v) for v in parts.values()) == 100
+
+
+def test_bad_split_and_bad_targets_are_one_line_user_errors():
+    for text in ("0.5,0.5", "a,b,c", "rest,rest,10", "900,900,rest"):
+        with pytest.raises(UserError):
+            split_indices(1000, parse_split(text))
+    model, x, y = toy_problem(200)
+    table = sensitivity_table(model, x[:50], y[:50])
+    ev = classifier_evaluator(x[50:], y[50:])
+    crit = make_criterion("l1")
+    for cfg in (TargetTrueConfig(target=float("nan")), TargetTrueConfig(target=101.0),
+                TargetTrueConfig(target=90.0, drop=1.0), TargetTrueConfig(), TargetTrueConfig(drop=-1.0)):
+        with pytest.raises(UserError) as e:
+            target_true_schedule(model, x[:1], crit, table, ev, None, [], dataclass_copy(cfg, bn_recalib_batches=0))
+        assert "\n" not in str(e.value)
+
+
+def dataclass_copy(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_composition_matters_and_target_true_meets_the_target():
+    model, x, y = toy_problem(900)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=0))
+    table = sensitivity_table(model, *parts["sa"])
+    crit = make_criterion("l1")
+    ex = x[:1]
+    check, report = classifier_evaluator(*parts["check"]), classifier_evaluator(*parts["report"])
+    base = check(model).value
+    target = base - 7.0
+    # the per-layer rule: each layer alone stays above the target ...
+    per_layer = choose_sparsities(table, "top1", target, "strict")
+    for w, s in per_layer.items():
+        alone, _ = composed_metric(model, ex, crit, {w: s}, check)
+        assert alone.value >= target - 2.0
+    composed, _ = composed_metric(model, ex, crit, per_layer, check)
+    assert composed.value < target                    # ... but the composed model misses it
+    cfg = TargetTrueConfig(target=target, bn_recalib_batches=0, confidence=0.9, max_evals=20)
+    r = target_true_schedule(model, ex, crit, table, check, report, [], cfg, progress=False)
+    again, _ = composed_metric(model, ex, crit, r.sparsities, check)
+    assert again.value >= target and r.check_bound >= target       # composed and noise-aware on the check split
+    assert r.macs < r.base_macs                                      # and it still prunes
+    assert r.report is not None and r.report >= target - 3.0
+    assert r.trace[0].step == "baseline" and len(r.trace) == r.evals + 1
+
+
+def test_drop_mode_with_adabn_and_bound():
+    model, x, y = toy_problem(600, seed=1)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=1))
+    table = sensitivity_table(model, *parts["sa"])
+    calib = [parts["sa"][0][:64]]
+    cfg = TargetTrueConfig(drop=5.0, bn_recalib_batches=1, max_evals=15)
+    r = target_true_schedule(model, x[:1], make_criterion("l1"), table, classifier_evaluator(*parts["check"]),
+                             classifier_evaluator(*parts["report"]), calib, cfg, progress=False)
+    assert r.check_bound <= 5.0 and r.check_baseline - r.check <= 5.0
+    assert math.isfinite(r.report)
+
+
+def test_drop_finer_than_the_check_split_is_said_and_prunes_nothing():
+    model, x, y = toy_problem(300, seed=2)
+    parts = split_tensors(x, y, SplitSpec((100, 60, "rest"), seed=2))
+    table = sensitivity_table(model, *parts["sa"])
+    r = target_true_schedule(model, x[:1], make_criterion("l1"), table, classifier_evaluator(*parts["check"]),
+                             classifier_evaluator(*parts["report"]), [],
+                             TargetTrueConfig(drop=1.0, bn_recalib_batches=0), progress=False)
+    assert not r.resolvable and not any(r.sparsities.values()) and r.evals == 0
+
+
+def test_bonferroni_is_stricter():
+    cfg = TargetTrueConfig(drop=1.0, max_evals=50, multiple_testing="bonferroni")
+    assert cfg.decision_confidence() == pytest.approx(0.999)
+    with pytest.raises(UserError):
+        TargetTrueConfig(drop=1.0, multiple_testing="holm").validate()
+
+
+def test_bootstrap_bound_brackets_the_mean():
+    v = np.array([100.0] * 90 + [0.0] * 10)
+    lo, hi = bootstrap_mean_bound(v, 0.95, False), bootstrap_mean_bound(v, 0.95, True)
+    assert lo < 90.0 < hi and 83 < lo and hi < 97
+    assert bootstrap_mean_bound(np.zeros(10), 0.95, True) == 0.0
+
+
+# ---------------------------------------------------------------------------- the CLI chain on digits
+
+from tests.test_workflow import ckpt  # noqa: E402,F401  (a briefly trained digits_net checkpoint)
+
+
+def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
+    import json
+
+    import yaml
+
+    import pruning
+    from compression_tool.cli import auto_make_yaml
+
+    csv = tmp_path / "sa.csv"
+    split = ["--split", "0.2,0.4,0.4", "--split_seed", "1"]
+    pruning.main(["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), "--output", str(csv),
+                  "--sparsities", "0,0.25,0.5,0.75", *split])
+    out = tmp_path / "tt.yaml"
+    auto_make_yaml.main([str(csv), "--drop", "5", "--model", "digits_net", "--best_model_path", str(ckpt),
+                         "--data", "digits", "--output", str(out), "--bn_recalib", "2", "--max_evals", "12", *split])
+    doc = yaml.safe_load(out.read_text())
+    ext = doc["extensions"]["target_true"]
+    assert ext["split"] == {"parts": ["sa", "check", "report"], "sizes": [0.2, 0.4, 0.4], "seed": 1}
+    rep = json.loads(out.with_suffix(".report.json").read_text())
+    assert rep["check_bound"] <= 5.0 and rep["report"] is not None and rep["evals"] <= 12
+    for bad in ([str(csv), "--drop", "5", "--output", str(out)],                 # never overwrite without --force
+                [str(csv), "101", "--output", str(tmp_path / "x.yaml")],              # above the unpruned model
+                [str(csv), "nan", "--output", str(tmp_path / "y.yaml")]):             # not a number
+        with pytest.raises(SystemExit) as e:
+            auto_make_yaml.main([*bad, "--model", "digits_net", "--best_model_path", str(ckpt), "--data", "digits",
+                                 *split])
+        assert e.value.code == 2
+    if doc["pruners"]:
+        pruning.main(["--mode", "prune", "--model", "digits_net", "--best_model_path", str(ckpt), "--yaml", str(out),
+                      "--bn_recalib", "2", "--output", str(tmp_path / "p.pth"), "--save_model_pt",
+                      "--work_space", str(tmp_path), *split])
+        assert (tmp_path / "p.pth").exists()
+    # only a CSV: the seed rule stays the default
+    seed_out = auto_make_yaml.main([str(csv), "80", "digits_net", "1,16,16", "--output", str(tmp_path / "s.yaml")])
+    assert "target_true" not in yaml.safe_load(seed_out.read_text())["extensions"]
+
+
+def test_ci_columns_resume_and_resolution_note(ckpt, tmp_path, capsys):  # noqa: F811
+    import csv as csvmod
+
+    import pruning
+    from compression_tool.cli import auto_make_yaml
+    from compression_tool.engine.sensitivity import load_csv
+    from compression_tool.engine.sensitivity_ci import wilson
+
+    out = tmp_path / "sa.csv"
+    args = ["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), "--output", str(out),
+            "--sparsities", "0,0.5", "--split", "0.2,0.4,0.4", "--ci"]
+    pruning.main(args)
+    rows = list(csvmod.reader(open(out)))
+    assert rows[0] == ["parameter", "sparsity", "top1", "top5", "loss", "top1_lo", "top1_hi", "top5_lo", "top5_hi"]
+    lo, hi = float(rows[1][5]), float(rows[1][6])
+    assert lo < float(rows[1][2]) <= hi and (lo, hi) == pytest.approx(wilson(float(rows[1][2]), 72), abs=1e-3)
+    # a resumed sweep (two rows lost) strips, appends and recomputes: the same file again
+    full = out.read_text()
+    out.write_text("\n".join(full.splitlines()[:-2]) + "\n")
+    pruning.main(args)
+    assert out.read_text() == full
+    _, data = load_csv(out)
+    base = data["fc1.weight"][0][1]["top1"]
+    auto_make_yaml.main([str(out), str(base - 0.5), "digits_net", "1,16,16", "--output", str(tmp_path / "s.yaml")])
+    assert "finer than the sensitivity measurement resolves" in capsys.readouterr().out
