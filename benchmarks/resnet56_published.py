@@ -139,7 +139,7 @@ def tied_groups(pruner: ChannelPruner) -> int:
     tied = 0
     for g in pruner.index.groups:
         pruner.order(g)                      # collects the criterion's statistics on first use
-        tied += len(set(pruner.criterion.channel_scores(g.root_name, g.root).tolist())) == 1
+        tied += len(set(pruner.criterion(pruner.index, g).tolist())) == 1
     return tied
 
 

@@ -109,7 +109,7 @@ def apply_schedule(model: nn.Module, schedule: Union[Dict[str, Any], str], input
     for c in crits.values():
         if c.needs_data:
             raise UserError(f"apply_schedule: criterion {c.name!r} needs data; use pruning.py --mode prune")
-    pruned = {g.name: crits[plan[g.name][1]].select(g.root_name, g.root, g.n_prune(plan[g.name][0]))
+    pruned = {g.name: crits[plan[g.name][1]].select(index, g, g.n_prune(plan[g.name][0]))
               for g in index.groups if g.name in plan}
     return net, thin(index, pruned)
 

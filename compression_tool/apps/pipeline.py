@@ -163,11 +163,11 @@ def plan_pruning(index: GroupIndex, crit: Criterion, percent: float, scope: str)
             if not groups:
                 raise UserError(f"--prune_method {crit.name} --scope global: the model has no BatchNorm layers; "
                                 "use --scope layer or another criterion")
-        counts = global_counts([g.channels for g in groups], [crit.channel_scores(g.root_name, g.root) for g in groups],
+        counts = global_counts([g.channels for g in groups], [crit(index, g) for g in groups],
                                percent, max_ratio=1.0, normalise=not crit.comparable_across_layers)
     else:
         counts = layer_counts(groups, percent)
-    return {g.name: crit.select(g.root_name, g.root, n) for g, n in zip(groups, counts) if n > 0}
+    return {g.name: crit.select(index, g, n) for g, n in zip(groups, counts) if n > 0}
 
 
 # ---------------------------------------------------------------------------- the pipeline

@@ -13,6 +13,7 @@ from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.checkpoint import example_input, load_model, save_pruned
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
+from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
@@ -42,6 +43,7 @@ class CriterionConfig:
     limit: int = 5                                  # batches that data-driven criteria (hrank, apoz…) look at
     seed: int = 0
     cache_dir: Optional[str] = "work_space/rank_conv"
+    reduction: str = DEFAULT_REDUCTION              # l1 / l2 / fpgm: first | mean | sum | max over the group
 
 
 @dataclass
@@ -114,7 +116,8 @@ def eval_setup(cfg: EvalConfig, meta: Dict[str, Any]) -> EvalSetup:
 def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex, setup: EvalSetup, tag: str,
                        name: Optional[str] = None) -> Criterion:
     """Criterion ``name`` (default ``cfg.name``) with its data statistics collected when it needs them."""
-    crit = make_criterion(name or cfg.name, limit=cfg.limit, cache_dir=cfg.cache_dir, tag=tag, seed=cfg.seed)
+    crit = make_criterion(name or cfg.name, limit=cfg.limit, cache_dir=cfg.cache_dir, tag=tag, seed=cfg.seed,
+                          reduction=cfg.reduction)
     if crit.needs_data:
         crit.prepare(model, setup.batches(), {g.root_name: g.root for g in index.groups})
     return crit
@@ -158,7 +161,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         s, cname = plan[g.name]
         if cname not in criteria:
             criteria[cname] = prepared_criterion(cfg.criterion, model, index, setup, name, cname)
-        pruned[g.name] = criteria[cname].select(g.root_name, g.root, g.n_prune(s))
+        pruned[g.name] = criteria[cname].select(index, g, g.n_prune(s))
     keep = thin(index, pruned)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio

@@ -137,7 +137,7 @@ class ChannelPruner:
 
     def order(self, g: PrunableGroup) -> List[int]:
         self._prepare()
-        return self.criterion.order(g.root_name, g.root)
+        return self.criterion.order(self.index, g)
 
     def counts(self, ratios: Ratios, global_ranking: bool = False, max_ratio: float = 0.9) -> Dict[str, int]:
         """Channels to remove per group name."""
@@ -157,7 +157,7 @@ class ChannelPruner:
     def _global_counts(self, ratio: float, max_ratio: float) -> Dict[str, int]:
         self._prepare()
         groups = self.index.groups
-        scores = [self.criterion.channel_scores(g.root_name, g.root) for g in groups]
+        scores = [self.criterion(self.index, g) for g in groups]
         counts = global_counts([g.channels for g in groups], scores, ratio, max_ratio,
                                normalise=not self.criterion.comparable_across_layers)
         return {g.name: n for g, n in zip(groups, counts)}
