@@ -472,3 +472,22 @@ def test_method_flag_and_yaml_pruner_class_reach_the_criteria(tmp_path):
     pruning.main(["--mode", "prune", "--yaml", str(yml), "--save_model_pt", "--output", str(pt), *common])
     model, _ = load_model(pt)
     assert model.block.conv1.out_channels == 8
+
+
+def test_reduction_flag_reaches_the_weight_criteria():
+    import argparse
+
+    from compression_tool.apps.workflow import configured_criterion
+    from compression_tool.cli.common import add_criterion_args, criterion_config
+    from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
+
+    p = argparse.ArgumentParser()
+    add_criterion_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work_space", default="ws")
+    assert criterion_config(p.parse_args([])).reduction == DEFAULT_REDUCTION
+    cfg = criterion_config(p.parse_args(["--method", "fpgm", "--reduction", "max"]))
+    assert configured_criterion(cfg, "m").reduction == "max"
+    assert f"default {DEFAULT_REDUCTION}" in " ".join(p.format_help().split())
+    with pytest.raises(SystemExit):
+        p.parse_args(["--reduction", "median"])
