@@ -66,9 +66,10 @@ class WeightCriterion(Criterion):
         return self.statistic(_filters(root))
 
     def __call__(self, index, group):
-        if self.reduction == "first":
+        feats = slice_features(index, group) if self.reduction != "first" else []
+        if not feats:
             return self.channel_scores(group.root_name, group.root)
-        per = torch.stack([s / s.mean().clamp_min(1e-30) for s in map(self.statistic, slice_features(index, group))])
+        per = torch.stack([s / s.mean().clamp_min(1e-30) for s in map(self.statistic, feats)])
         if self.reduction == "max":
             return per.max(0).values
         return per.mean(0) if self.reduction == "mean" else per.sum(0)
