@@ -22,7 +22,7 @@ from compression_tool.engine.groups import GroupIndex, PrunableGroup
 from compression_tool.io.errors import UserError
 
 REDUCTIONS = ("first", "mean", "sum", "max")
-DEFAULT_REDUCTION = "first"
+DEFAULT_REDUCTION = "first"    # measured best on the pretrained ResNet-20 (docs/criteria.md, "Group reduction")
 
 
 def slice_features(index: GroupIndex, group: PrunableGroup) -> List[torch.Tensor]:
