@@ -34,7 +34,7 @@ def bench_latency(batch: int) -> None:
     thinned.load_state_dict(orig.state_dict())
     gi = GroupIndex(thinned, x[:1])
     crit = make_criterion("l1")
-    thin(gi, {g.name: crit.select(g.root_name, g.root, g.n_prune(0.5)) for g in gi.groups})
+    thin(gi, {g.name: crit.select(gi, g, g.n_prune(0.5)) for g in gi.groups})
     a, b = params_and_macs(orig, x[:1]), params_and_macs(thinned, x[:1])
     lat_o, lat_t = interleaved_latency([orig, thinned], x)
     flops_ratio = a["macs"] / b["macs"]

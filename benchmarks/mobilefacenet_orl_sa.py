@@ -108,7 +108,7 @@ class ThinnedProbe:
         if key not in self.cache:
             clone = copy.deepcopy(self.model)
             index = GroupIndex(clone, self.x)
-            thin(index, {name: self.crit.select(g.root_name, g.root, n)
+            thin(index, {name: self.crit.select(index, g, n)
                          for name, n in counts.items() for g in [index.find(name)]})
             self.cache[key] = dict(self.setup.evaluate(clone))
         return self.cache[key]

@@ -4,6 +4,7 @@ The hand-built layers are chosen so that the right answer differs from what plai
 that silently fell back to magnitude would fail its test.
 """
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.nn as nn
 from compression_tool.engine.criteria import CRITERIA, criterion_for_pruner_class, make_criterion
 from compression_tool.engine.criteria.data import conv_contributions, greedy_removal_order
 from compression_tool.engine.criteria.stats import bn_sparsity, redundancy_rank
+from compression_tool.engine.criteria.weight import REDUCTIONS, slice_features
 from compression_tool.engine.groups import GroupIndex, activation_sites, output_modules
 from compression_tool.engine.masking import group_slices, masked
 from compression_tool.engine.thinning import thin
@@ -37,8 +39,19 @@ def linear(rows, bias=None):
     return fc
 
 
+def grp(layer_or_net, name="0"):
+    """(index, group) of layer ``name`` in ``layer_or_net`` (a Sequential; a bare layer is wrapped as ``name``)."""
+    net = layer_or_net
+    if not isinstance(net, nn.Sequential):
+        net = nn.Sequential(OrderedDict([(name, layer_or_net)]))
+    first = next(iter(net))
+    x = torch.randn(2, first.in_features) if isinstance(first, nn.Linear) else torch.randn(2, first.in_channels, 6, 6)
+    index = GroupIndex(net, x, prune_outputs=True)
+    return index, index.find(name)
+
+
 def order(name, layer, **kw):
-    return make_criterion(name, **kw).order("0", layer)
+    return make_criterion(name, **kw).order(*grp(layer))
 
 
 def prepared(name, model, batches, **kw):
@@ -70,6 +83,59 @@ def test_magnitude_statistics():
     assert order("l2", conv) == [1, 0] and order("conv_max", conv) == [1, 0]
 
 
+def conv_bn_conv(root, gammas, columns):
+    """conv(1 -> C, 1x1) -> BN -> ReLU -> conv(C -> 2, 1x1): root filter, gamma and consumer column per channel."""
+    c = len(root)
+    net = nn.Sequential(nn.Conv2d(1, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 2, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(root).view(c, 1, 1, 1))
+        net[1].weight.copy_(torch.tensor(gammas))
+        net[3].weight.copy_(torch.tensor(columns).t().reshape(2, c, 1, 1))
+    return net.eval()
+
+
+def test_group_reduction_reads_every_coupled_slice():
+    # ch0: small filter and gamma but the consumer weighs it 10x; ch1, ch2: unit filter and gamma, faint consumers
+    net = conv_bn_conv([0.1, 1.0, 1.0], [0.1, 1.0, 1.0], [[5.0, 5.0], [0.5, 0.5], [0.5, 0.5]])
+    index, g = grp(net)
+    first, mean, total, top = (make_criterion("l1", reduction=r) for r in ("first", "mean", "sum", "max"))
+    assert first.order(index, g) == [0, 1, 2]                  # Distiller: the leading filters only
+    # per-slice L1 / slice mean: filter (.14, 1.43, 1.43), gamma (.14, 1.43, 1.43), columns (2.5, .25, .25)
+    assert torch.allclose(mean(index, g), torch.tensor([2.786, 3.107, 3.107], dtype=torch.float64) / 3, atol=1e-3)
+    assert mean.order(index, g) == [0, 1, 2] == total.order(index, g)
+    assert top.order(index, g) == [1, 2, 0]                     # max: ch0's consumer column outweighs the rest
+    assert torch.allclose(total(index, g), 3 * mean(index, g))
+    assert make_criterion("fpgm", reduction="max").order(index, g)[-1] == 0   # far from the others in two slices
+    with pytest.raises(UserError, match="reduction"):
+        make_criterion("l2", reduction="median")
+
+
+def test_group_reduction_maps_flattened_columns_to_their_channel():
+    # conv(1 -> 2) on 2x2 -> flatten -> linear(8 -> 3): each channel owns 4 input columns of the linear
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.Flatten(), nn.Linear(8, 3, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        net[2].weight.fill_(1.0)
+        net[2].weight[:, 4:] = 0.0                              # channel 1's columns do nothing
+    index = GroupIndex(net, torch.randn(2, 1, 2, 2), prune_outputs=True)
+    g = index.find("0")
+    feats = slice_features(index, g)
+    assert [tuple(f.shape) for f in feats] == [(2, 1), (2, 12)]
+    assert make_criterion("l1", reduction="first").order(index, g) == [0, 1]
+    assert make_criterion("l1", reduction="mean").order(index, g) == [1, 0]
+
+
+def test_every_reduction_scores_every_group_of_the_zoo(zoo_model):
+    name, model, x, make_index = zoo_model
+    index = make_index(model)
+    for cname in ("l1", "l2", "fpgm"):
+        for r in REDUCTIONS:
+            crit = make_criterion(cname, reduction=r)
+            for g in index.groups:
+                s = crit(index, g)
+                assert s.shape == (g.channels,) and torch.isfinite(s).all(), (name, cname, r, g.name)
+
+
 @ranks("conv_threshold")
 def test_conv_threshold_counts_large_weights():
     fc = linear(ROWS)
@@ -84,10 +150,10 @@ def test_conv_threshold_counts_large_weights():
 def test_random_is_seeded_per_layer():
     fc = nn.Linear(3, 64)
     a, b, c = (make_criterion("random", seed=s) for s in (0, 0, 1))
-    assert a.order("x", fc) == b.order("x", fc)
-    assert sorted(a.order("x", fc)) == list(range(64))
-    assert a.order("x", fc) != c.order("x", fc)
-    assert a.order("x", fc) != a.order("y", fc)     # each layer its own draw
+    assert a.order(*grp(fc, "x")) == b.order(*grp(fc, "x"))
+    assert sorted(a.order(*grp(fc, "x"))) == list(range(64))
+    assert a.order(*grp(fc, "x")) != c.order(*grp(fc, "x"))
+    assert a.order(*grp(fc, "x")) != a.order(*grp(fc, "y"))     # each layer its own draw
 
 
 @ranks("fpgm")
@@ -132,7 +198,7 @@ def conv_bn_net(gammas, betas):
 def test_bn_gamma_ranks_by_absolute_gamma():
     net = conv_bn_net([1.0, -0.05, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0])
     crit = prepared("bn", net, [torch.randn(2, 1, 4, 4)])
-    assert crit.order("0", net[0]) == [1, 2, 0, 3]
+    assert crit.order(*grp(net)) == [1, 2, 0, 3]
     assert order("l1", net[0])[0] == 3
 
 
@@ -143,7 +209,7 @@ def test_bn_sums_gamma_over_a_residual_group():
     crit = make_criterion("bn")
     crit.prepare(model, [torch.randn(2, *size)], {stem.root_name: stem.root})
     expected = model.stem[1].weight.abs() + model.block.bn2.weight.abs()  # both BNs write the residual stream
-    assert torch.allclose(crit.channel_scores(stem.root_name, stem.root), expected.detach())
+    assert torch.allclose(crit(gi, stem), expected.detach())
     with pytest.raises(UserError, match="prepare"):
         make_criterion("bn").channel_scores(stem.root_name, stem.root)
 
@@ -153,8 +219,8 @@ def test_bn_similarity_drops_the_weaker_twin():
     # channels 0 and 2 have almost the same (gamma, beta); 2 has the smaller |gamma|. bn would drop 1 first.
     net = conv_bn_net([1.0, 0.2, 0.9, 2.0], [0.5, -3.0, 0.5, 2.0])
     crit = prepared("bn_similarity", net, [torch.randn(2, 1, 4, 4)])
-    assert crit.order("0", net[0])[0] == 2
-    assert prepared("bn", net, [torch.randn(2, 1, 4, 4)]).order("0", net[0])[0] == 1
+    assert crit.order(*grp(net))[0] == 2
+    assert prepared("bn", net, [torch.randn(2, 1, 4, 4)]).order(*grp(net))[0] == 1
 
 
 def test_bn_sparsity_adds_the_l1_subgradient_while_active():
@@ -186,7 +252,7 @@ def test_apoz_counts_zeros_after_the_nonlinearity(act):
     apoz = crit.apoz["0"]
     assert apoz[0].item() == 0.0 and apoz[1].item() == 1.0
     assert 0.3 < apoz[2].item() < 0.7
-    assert crit.order("0", net[0]) == [1, 2, 0]
+    assert crit.order(*grp(net))[0] == 1
     assert activation_sites(net, positive_inputs(), {"0": net[0]})["0"] is net[2]  # past the BN, after the act
 
 
@@ -202,7 +268,7 @@ def test_taylor_is_activation_times_gradient():
     # ch2 has the largest activation but the next layer ignores it (zero gradient): it goes first, L1 keeps it
     net = nn.Sequential(linear([[1.0, 1.0], [0.1, 0.1], [3.0, 3.0]]), nn.ReLU(), linear([[1.0, 1.0, 0.0]]))
     crit = prepared("taylor", net, [positive_inputs()])
-    assert crit.order("0", net[0]) == [2, 1, 0]
+    assert crit.order(*grp(net)) == [2, 1, 0]
     assert crit.scores["0"][2].item() == 0.0
     x = positive_inputs()
     # energy loss 0.5 * mean(y^2), y = a0 + a1: |a_c * dL/da_c| = a_c * y / N per sample, averaged over samples
@@ -231,8 +297,8 @@ def test_thinet_removes_channels_that_cancel_in_the_next_layer():
     root = linear([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.1, 0.0], [0.0, 0.0, 0.5]])
     net = nn.Sequential(root, linear([[1.0, -1.0, 1.0, 4.0]]))
     crit = prepared("thinet", net, [x])
-    assert crit.select("0", root, 3) == [0, 1, 2]
-    assert crit.order("0", root)[0] == 2
+    assert crit.select(*grp(root), 3) == [0, 1, 2]
+    assert crit.order(*grp(root))[0] == 2
     assert order("l1", root)[:2] == [2, 3]
 
 
@@ -246,7 +312,7 @@ def test_thinet_through_a_convolution():
         nxt.weight.copy_(torch.stack([k, -k, 0.01 * k2], 1))  # ch0 + ch1 cancel, ch2 faint
     net = nn.Sequential(root, nxt)
     crit = prepared("thinet", net, [torch.randn(8, 2, 6, 6)])
-    assert crit.order("0", root)[0] == 2 and crit.select("0", root, 2) != [0, 1]
+    assert crit.order(*grp(root))[0] == 2 and crit.select(*grp(root), 2) != [0, 1]
 
 
 def test_conv_contributions_sum_to_the_output():
@@ -275,8 +341,51 @@ def test_hrank_removes_low_rank_feature_maps():
         conv.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 5.0], [0.5, 0.0]]).view(3, 2, 1, 1))
     net = nn.Sequential(conv, nn.ReLU(), nn.Conv2d(3, 1, 1))
     crit = prepared("hrank", net, [x])
-    assert crit.order("0", conv)[0] == 1
+    assert crit.order(*grp(conv))[0] == 1
     assert order("l1", conv)[0] == 2
+
+
+def conv_bn_relu(betas, c_in=1):
+    """conv(c_in -> 3, 1x1, unit filters) -> BN(beta) -> ReLU -> conv(3 -> 1): pre-BN maps are x itself."""
+    net = nn.Sequential(nn.Conv2d(c_in, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 1, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[1].bias.copy_(torch.tensor(betas))
+    return net
+
+
+def test_hrank_ranks_the_maps_after_bn_and_relu(caplog):
+    # every raw conv output is the same full-rank map; after BN's shift and the ReLU, ch1 is all zero (rank 0),
+    # ch0 untouched: the pre-BN ranking (the old behaviour) tied all three and cut ch0 first
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    net = conv_bn_relu([10.0, -100.0, 0.0])
+    crit = prepared("hrank", net, [x])
+    assert crit.order(*grp(net))[0] == 1
+    assert crit.ranks["0"][1] == 0 and crit.ranks["0"][0] == 6
+    with caplog.at_level("WARNING"):
+        same = conv_bn_relu([10.0, 10.0, 10.0])
+        prepared("hrank", same, [x]).order(*grp(same))
+    assert "0.weight" in caplog.text and "same mean rank" in caplog.text
+
+
+def test_hrank_cache_is_keyed_on_the_data_and_the_weights(tmp_path):
+    net = conv_bn_relu([10.0, -100.0, 0.0])
+    full = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    flat = torch.ones(4, 1, 6, 6)                            # rank-1 maps
+
+    def ranks(model, x):
+        crit = make_criterion("hrank", cache_dir=str(tmp_path), limit=1)
+        crit.prepare(model, [x], {"0": model[0]})
+        return crit.ranks["0"].tolist()
+
+    assert ranks(net, full) == [6.0, 0.0, ranks(net, full)[2]]
+    assert len(list(tmp_path.iterdir())) == 1                # the second call read the cache
+    assert ranks(net, flat) == [1.0, 0.0, 1.0]               # other data: not the cached ranks
+    with torch.no_grad():
+        net[1].bias[0] = -100.0
+    assert ranks(net, full)[0] == 0.0                        # other weights: not the cached ranks
+    assert ranks(net, full[:, :, :4, :4])[2] <= 4            # other input size: its own entry
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_every_criterion_has_a_ranking_test_and_a_pruner_class():
@@ -320,7 +429,7 @@ def test_soft_equals_hard_for_every_criterion(zoo_model):
         crit = make_criterion(cname, cache_dir=None, limit=1, seed=3)
         if crit.needs_data:
             crit.prepare(model, [x], roots)
-        pruned = {g.name: crit.select(g.root_name, g.root, g.n_prune(0.4)) for g in index.groups}
+        pruned = {g.name: crit.select(index, g, g.n_prune(0.4)) for g in index.groups}
         assert all(len(pruned[g.name]) == g.n_prune(0.4) for g in index.groups), cname
         if pruned in checked:
             continue  # the same channels as a criterion already checked (l1 / conv_all / conv_avg / neuron)
@@ -363,3 +472,22 @@ def test_method_flag_and_yaml_pruner_class_reach_the_criteria(tmp_path):
     pruning.main(["--mode", "prune", "--yaml", str(yml), "--save_model_pt", "--output", str(pt), *common])
     model, _ = load_model(pt)
     assert model.block.conv1.out_channels == 8
+
+
+def test_reduction_flag_reaches_the_weight_criteria():
+    import argparse
+
+    from compression_tool.apps.workflow import configured_criterion
+    from compression_tool.cli.common import add_criterion_args, criterion_config
+    from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
+
+    p = argparse.ArgumentParser()
+    add_criterion_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work_space", default="ws")
+    assert criterion_config(p.parse_args([])).reduction == DEFAULT_REDUCTION
+    cfg = criterion_config(p.parse_args(["--method", "fpgm", "--reduction", "max"]))
+    assert configured_criterion(cfg, "m").reduction == "max"
+    assert f"default {DEFAULT_REDUCTION}" in " ".join(p.format_help().split())
+    with pytest.raises(SystemExit):
+        p.parse_args(["--reduction", "median"])

@@ -73,7 +73,7 @@ def soft_and_hard(model: nn.Module, x: torch.Tensor, criterion: str, sparsity: f
     crit = make_criterion(criterion, cache_dir=None, limit=1)
     if crit.needs_data:
         crit.prepare(model, [x], {g.root_name: g.root for g in index.groups})
-    chosen = {g.name: crit.select(g.root_name, g.root, g.n_prune(sparsity)) for g in index.groups}
+    chosen = {g.name: crit.select(index, g, g.n_prune(sparsity)) for g in index.groups}
     soft = copy.deepcopy(model)
     soft_index = GroupIndex(soft, x[:1])
     for name, idxs in chosen.items():

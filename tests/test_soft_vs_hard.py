@@ -27,7 +27,7 @@ def soft_and_hard(name, criterion="l1", sparsity=0.4, seed=0):
         crit.prepare(soft, [x], {g.root_name: g.root for g in gs.groups})
     pruned = {}
     for g in gs.groups:
-        pruned[g.name] = crit.select(g.root_name, g.root, g.n_prune(sparsity))
+        pruned[g.name] = crit.select(gs, g, g.n_prune(sparsity))
         apply_slices(group_slices(gs, g, pruned[g.name]))
     keep = thin(gh, pruned)
     return model, soft, hard, x, keep, size
@@ -118,7 +118,7 @@ def test_face_model_at_144x122():
     soft, hard = copy.deepcopy(model), copy.deepcopy(model)
     gs, gh = GroupIndex(soft, x[:1]), GroupIndex(hard, x[:1])
     crit = make_criterion("fpgm")
-    pruned = {g.name: crit.select(g.root_name, g.root, g.n_prune(0.5)) for g in gs.groups}
+    pruned = {g.name: crit.select(gs, g, g.n_prune(0.5)) for g in gs.groups}
     for g in gs.groups:
         apply_slices(group_slices(gs, g, pruned[g.name]))
     thin(gh, pruned)

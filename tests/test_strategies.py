@@ -106,7 +106,7 @@ def test_global_ranking_uses_normalised_scores():
                 m.weight.div_(m.weight.flatten(1).norm(dim=1).view(-1, *[1] * (m.weight.dim() - 1)))
         model.block.conv1.weight[:8] *= 0.01  # half of one group is tiny *relative to its group*
         model.down[0].weight *= 100.0          # uniformly large: irrelevant after normalisation
-    pruner = ChannelPruner(model, x[:1], "l2")
+    pruner = ChannelPruner(model, x[:1], "l2", reduction="first")  # the leading filters carry the signal
     total = sum(g.channels for g in pruner.index.groups)
     counts = pruner.counts(8 / total, global_ranking=True)
     assert counts["block.conv1.weight"] == 8 and sum(counts.values()) == 8
@@ -194,3 +194,52 @@ def test_bad_ratios_are_user_errors():
         pruner.counts({"stem.0": 0.5}, global_ranking=True)
     with pytest.raises(UserError, match="unknown pruning criterion"):
         ChannelPruner(model, x[:1], "l3")
+
+
+def test_per_group_criteria_select_what_each_criterion_selects_alone():
+    """One pruner path: ``assign`` gives groups their own criterion (a schedule with several pruner classes); each
+    group loses exactly the channels its criterion alone would pick, data criteria collect statistics once, lazily."""
+    from compression_tool.engine.criteria import make_criterion
+    from compression_tool.engine.groups import GroupIndex
+    from compression_tool.engine.thinning import thin
+
+    model, x = model_and_input("resnet20", n=4)
+    plan = {"conv1.weight": ("bn", 0.5), "layer1.0.conv1.weight": ("fpgm", 0.25), "layer2.0.conv1.weight": ("apoz", .5)}
+    direct = copy.deepcopy(model)
+    index = GroupIndex(direct, x[:1])
+    roots = {g.root_name: g.root for g in index.groups}
+    expected = {}
+    for weight, (cname, s) in plan.items():
+        crit = make_criterion(cname)
+        if crit.needs_data:
+            crit.prepare(direct, [x], roots)
+        g = index.find(weight)
+        expected[g.name] = crit.select(index, g, g.n_prune(s))
+    keep_direct = thin(index, expected)
+
+    calls = []
+    pruner = ChannelPruner(model, x[:1], "l1", batches=lambda: calls.append(1) or [x])
+    pruner.assign({w: c for w, (c, _) in plan.items()})
+    counts = {pruner.index.find(w).name: pruner.index.find(w).n_prune(s) for w, (_, s) in plan.items()}
+    assert pruner.select_counts(counts) == expected
+    assert len(calls) == 2                       # bn and apoz prepared once each; l1 and fpgm need no data
+    assert pruner.hard_select(pruner.select_counts(counts)) == keep_direct
+    assert layer_widths(model) == layer_widths(direct)
+    with pytest.raises(UserError, match="not a prunable layer"):
+        pruner.assign({"nope.weight": "l1"})
+
+
+def test_apply_schedule_goes_through_the_channel_pruner(monkeypatch):
+    from compression_tool.apps.api import apply_schedule
+    from compression_tool.engine.schedule import build_schedule
+
+    model, x = model_and_input("digits_net")
+    model = model.float()
+    sched = build_schedule({"block.conv1.weight": 0.5, "stem.0.weight": 0.25}, "fpgm", "digits_net", "digits",
+                           list(x.shape[1:]))
+    seen = []
+    real = ChannelPruner.hard_select
+    monkeypatch.setattr(ChannelPruner, "hard_select", lambda self, sel: seen.append(sel) or real(self, sel))
+    net, keep = apply_schedule(model, sched, x.shape[1:])
+    assert len(seen) == 1 and set(keep) == set(seen[0]) == {"stem.0.weight", "block.conv1.weight"}
+    assert net.block.conv1.out_channels == model.block.conv1.out_channels // 2

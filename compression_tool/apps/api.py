@@ -37,7 +37,7 @@ from compression_tool.engine.schedule import (
     resolve,
 )
 from compression_tool.engine.sensitivity import default_sparsities, load_csv, sweep
-from compression_tool.engine.thinning import thin
+from compression_tool.engine.strategies import ChannelPruner
 from compression_tool.io.errors import UserError
 from test_module.setup import EvalConfig, EvalSetup, build_setup
 
@@ -121,15 +121,15 @@ def apply_schedule(model: nn.Module, schedule: Union[Dict[str, Any], str], input
     Data-driven criteria need the command line (or ``sensitivity``'s evaluation data); weight criteria run here."""
     sched = read_schedule(schedule) if isinstance(schedule, (str, Path)) else parse_schedule(schedule)
     net = model if inplace else copy.deepcopy(model)
-    index = GroupIndex(net, example_input(input_size), ignore=ignore)
-    plan = resolve(sched, index, criterion)
+    pruner = ChannelPruner(net, example_input(input_size), criterion or "l1", ignore=ignore)
+    plan = resolve(sched, pruner.index, criterion)
     crits = {name: make_criterion(name) for name in {c for _, c in plan.values()}}
     for c in crits.values():
         if c.needs_data:
             raise UserError(f"apply_schedule: criterion {c.name!r} needs data; use pruning.py --mode prune")
-    pruned = {g.name: crits[plan[g.name][1]].select(g.root_name, g.root, g.n_prune(plan[g.name][0]))
-              for g in index.groups if g.name in plan}
-    return net, thin(index, pruned)
+    pruner.assign({g: crits[c] for g, (_, c) in plan.items()})
+    return net, pruner.hard_select(pruner.select_counts({g.name: g.n_prune(plan[g.name][0])
+                                                         for g in pruner.index.groups if g.name in plan}))
 
 
 def finetune(job: FinetuneJob):

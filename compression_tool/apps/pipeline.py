@@ -23,6 +23,7 @@ from compression_tool.engine.checkpoint import example_input, load_model, save_p
 from compression_tool.engine.cost import measure
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.criteria.stats import bn_sparsity
+from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
 from compression_tool.engine.groups import GroupIndex, PrunableGroup
 from compression_tool.engine.report import format_report
 from compression_tool.engine.strategies import global_counts
@@ -165,11 +166,11 @@ def plan_pruning(index: GroupIndex, crit: Criterion, percent: float, scope: str)
             if not groups:
                 raise UserError(f"--prune_method {crit.name} --scope global: the model has no BatchNorm layers; "
                                 "use --scope layer or another criterion")
-        counts = global_counts([g.channels for g in groups], [crit.channel_scores(g.root_name, g.root) for g in groups],
+        counts = global_counts([g.channels for g in groups], [crit(index, g) for g in groups],
                                percent, max_ratio=1.0, normalise=not crit.comparable_across_layers)
     else:
         counts = layer_counts(groups, percent)
-    return {g.name: crit.select(g.root_name, g.root, n) for g, n in zip(groups, counts) if n > 0}
+    return {g.name: crit.select(index, g, n) for g, n in zip(groups, counts) if n > 0}
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -191,6 +192,7 @@ class PipelineConfig:
     batch_size: int = 64
     topk: int = 5
     limit: int = 5                      # batches for data-driven criteria
+    reduction: str = DEFAULT_REDUCTION  # l1 / l2 / fpgm: first | mean | sum | max over the coupled group
     seed: int = 0
     work_space: str = "work_space"
     force: bool = False
@@ -303,6 +305,7 @@ class Pipeline:
     def criterion(self, model: nn.Module, index: GroupIndex) -> Tuple[Criterion, str]:
         cfg = self.cfg
         crit = make_criterion(cfg.prune_method, limit=cfg.limit, cache_dir=str(Path(cfg.work_space) / "rank_conv"),
+                              reduction=cfg.reduction,
                               tag=self.model_name, seed=cfg.seed)
         if crit.needs_data:
             crit.prepare(model, (x for x, _ in self.train_loader), {g.root_name: g.root for g in index.groups})

@@ -15,12 +15,14 @@ from compression_tool.data.spec import parse_data_spec, parse_input_size
 from compression_tool.engine.checkpoint import example_input, load_model, save_pruned
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
+from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.engine.sensitivity import check_resume, default_sparsities, sweep
 from compression_tool.engine.sensitivity_ci import with_ci
-from compression_tool.engine.thinning import keep_table, layer_widths, thin
+from compression_tool.engine.strategies import ChannelPruner
+from compression_tool.engine.thinning import keep_table, layer_widths
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_json, check_writable
 from model_define import model_spec
@@ -45,6 +47,7 @@ class CriterionConfig:
     limit: int = 5                                  # batches that data-driven criteria (hrank, apoz…) look at
     seed: int = 0
     cache_dir: Optional[str] = "work_space/rank_conv"
+    reduction: str = DEFAULT_REDUCTION              # l1 / l2 / fpgm: first | mean | sum | max over the group
 
 
 @dataclass
@@ -126,10 +129,16 @@ def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Mod
                        reference=reference)
 
 
+def configured_criterion(cfg: CriterionConfig, tag: str, name: Optional[str] = None) -> Criterion:
+    """Criterion ``name`` (default ``cfg.name``) with ``cfg``'s settings; statistics not yet collected."""
+    return make_criterion(name or cfg.name, limit=cfg.limit, cache_dir=cfg.cache_dir, tag=tag, seed=cfg.seed,
+                          reduction=cfg.reduction)
+
+
 def prepared_criterion(cfg: CriterionConfig, model: nn.Module, index: GroupIndex, setup: EvalSetup, tag: str,
                        name: Optional[str] = None) -> Criterion:
     """Criterion ``name`` (default ``cfg.name``) with its data statistics collected when it needs them."""
-    crit = make_criterion(name or cfg.name, limit=cfg.limit, cache_dir=cfg.cache_dir, tag=tag, seed=cfg.seed)
+    crit = configured_criterion(cfg, tag, name)
     if crit.needs_data:
         crit.prepare(model, setup.batches(), {g.root_name: g.root for g in index.groups})
     return crit
@@ -240,21 +249,18 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     x = example_input(meta["input_size"])
     setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
     check_classes(model, setup, meta, cfg.eval.data)
-    index = GroupIndex(model, x, ignore=cfg.ignore)
+    # one pruner path: ChannelPruner selects (each group with its schedule's criterion) and thins
+    pruner = ChannelPruner(model, x, configured_criterion(cfg.criterion, name), ignore=cfg.ignore,
+                           batches=setup.batches)
+    index = pruner.index
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))
+    criteria: Dict[str, Criterion] = {c: configured_criterion(cfg.criterion, name, c) for _, c in plan.values()}
+    pruner.assign({g: criteria[c] for g, (_, c) in plan.items()})
     widths_before = layer_widths(model)
     original = copy.deepcopy(model)
     before = {**params_and_macs(model, x), **setup.evaluate(model)}
-    pruned = {}
-    criteria: Dict[str, Criterion] = {}
-    for g in index.groups:
-        if g.name not in plan:
-            continue
-        s, cname = plan[g.name]
-        if cname not in criteria:
-            criteria[cname] = prepared_criterion(cfg.criterion, model, index, setup, name, cname)
-        pruned[g.name] = criteria[cname].select(g.root_name, g.root, g.n_prune(s))
-    keep = thin(index, pruned)
+    keep = pruner.hard_select(pruner.select_counts({g.name: g.n_prune(plan[g.name][0])
+                                                    for g in index.groups if g.name in plan}))
     if cfg.bn_recalib:  # AdaBN: re-estimate BN statistics on training-side images, as the schedule was checked
         from compression_tool.apps.target_true import bn_reestimate
         from compression_tool.data.splits import parse_split

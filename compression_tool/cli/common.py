@@ -84,6 +84,7 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
 
 def add_criterion_args(p: argparse.ArgumentParser, default: Optional[str] = "l1") -> None:
     from compression_tool.engine.criteria import describe_criteria
+    from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION, REDUCTIONS
 
     g = p.add_argument_group("criterion", "channel ranking criteria (lowest score removed first):\n" +
                              describe_criteria())
@@ -93,6 +94,11 @@ def add_criterion_args(p: argparse.ArgumentParser, default: Optional[str] = "l1"
     g.add_argument("--hrank", action="store_true", help="the seed tool's switch for --method hrank")
     g.add_argument("--limit", type=positive_int, default=5,
                    help="batches data-driven criteria (hrank, apoz, thinet, taylor) collect statistics on")
+    g.add_argument("--reduction", choices=REDUCTIONS, default=DEFAULT_REDUCTION,
+                   help=f"l1 / l2 / fpgm: 'first' scores the leading layer's filters only (Distiller); mean / sum "
+                        f"/ max combine every coupled slice of the group — filters, BN gamma, PReLU, the consumers' "
+                        f"input columns — each normalised by its mean (default {DEFAULT_REDUCTION}: best measured "
+                        f"in docs/criteria.md)")
 
 
 def add_output_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -131,5 +137,5 @@ def criterion_config(args: argparse.Namespace, default: Optional[str] = "l1") ->
     name = criterion_name(args, default)
     if name is not None and name not in CRITERIA:
         raise UserError(f"--method: unknown pruning criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
-    return CriterionConfig(name=name or "l1", limit=args.limit, seed=args.seed,
+    return CriterionConfig(name=name or "l1", limit=args.limit, seed=args.seed, reduction=args.reduction,
                            cache_dir=str(Path(args.work_space) / "rank_conv"))

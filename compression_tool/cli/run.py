@@ -13,6 +13,7 @@ import argparse
 
 from compression_tool.apps.pipeline import DATA_TYPES, PipelineConfig  # noqa: E402
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
+from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION, REDUCTIONS
 from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="training batch size")
     p.add_argument("--topk", type=int, default=5, help="the k of the logged top-k accuracy")
     p.add_argument("--limit", type=int, default=5, help="batches for data-driven criteria (hrank, …)")
+    p.add_argument("--reduction", choices=REDUCTIONS, default=DEFAULT_REDUCTION,
+                   help=f"l1 / l2 / fpgm: first = leading filters only; mean / sum / max over every coupled slice "
+                        f"(default {DEFAULT_REDUCTION}; docs/criteria.md)")
     p.add_argument("--ignore", nargs="*", default=[], help="layer names never to prune (output layers never are)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling")
     p.add_argument("--work_space", default="work_space", help="root folder for output/ and log/")
@@ -63,6 +67,7 @@ def main(argv=None) -> None:
                          prune_method=args.prune_method, percent=args.percent, scope=args.scope, steps=args.step,
                          epochs=args.epochs, refine_epochs=args.refine_epochs, lr=args.lr, refine_lr=args.refine_lr,
                          sr=args.sr, batch_size=args.batch_size, topk=args.topk, limit=args.limit, seed=args.seed,
+                         reduction=args.reduction,
                          work_space=args.work_space, force=args.force, progress=not args.no_progress,
                          ignore=args.ignore, trust=args.trust_checkpoint)
     for result in Pipeline(cfg).run().values():

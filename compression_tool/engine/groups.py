@@ -80,6 +80,15 @@ class PrunableGroup:
         return min(int(sparsity * self.channels + 1e-9), self.channels - 1)
 
 
+@dataclass
+class Coupled:
+    """One layer of a dependency group and, per root channel, its own channel indices."""
+    name: str
+    module: nn.Module
+    out: bool                  # the group removes this layer's output channels (else its inputs)
+    blocks: List[List[int]]    # blocks[root channel] -> this layer's channels (several after a flatten)
+
+
 # ------------------------------------------------------------------------------------- graph building
 @contextlib.contextmanager
 def tolerant_index_mapping() -> Iterator[None]:
@@ -280,6 +289,7 @@ class GroupIndex:
         groups = self._collect(ignored)
         self.groups: List[PrunableGroup] = self._resolvable(groups, set(out_layers)) if check_groups else groups
         self._by_name = {g.name: g for g in self.groups}
+        self._coupled: Dict[str, List[Coupled]] = {}
         self._by_weight = {w: g for g in self.groups for w in g.weights}
         self._by_weight.update({m: g for g in self.groups for m in g.members})
         for name, why in self.skipped:
@@ -372,6 +382,23 @@ class GroupIndex:
         with tolerant_index_mapping():  # get_pruning_group recomputes the index mappings
             return self.dg.get_pruning_group(root, pruner.prune_out_channels, sorted(int(i) for i in idxs))
 
+    def coupled(self, group: PrunableGroup) -> List[Coupled]:
+        """Every named layer ``group`` touches, with the root-channel -> layer-channel map (cached: the structure
+        does not change until the model is thinned, and then a new index is built)."""
+        if group.name not in self._coupled:
+            layers = []
+            for dep, idxs in self.pruning_group(group, range(group.channels)):
+                module = dep.target.module
+                name = self.module_names.get(module)
+                flat = [int(getattr(i, "idx", i)) for i in idxs]
+                if name is None or not flat or len(flat) % group.channels:
+                    continue  # torch-pruning's internal ops (add, reshape…) or a layer we cannot map
+                k = len(flat) // group.channels
+                layers.append(Coupled(name, module, self.dg.is_out_channel_pruning_fn(dep.handler),
+                                      [flat[c * k:(c + 1) * k] for c in range(group.channels)]))
+            self._coupled[group.name] = layers
+        return self._coupled[group.name]
+
     def describe(self) -> List[Tuple[str, int, List[str]]]:
         return [(g.name, g.channels, g.members) for g in self.groups]
 
@@ -389,15 +416,6 @@ def _param_dtype(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.to(p.dtype) if p is not None and x.is_floating_point() else x
 
 
-@dataclass
-class Coupled:
-    """One layer of a dependency group and, per root channel, its own channel indices."""
-    name: str
-    module: nn.Module
-    out: bool                  # the group removes this layer's output channels (else its inputs)
-    blocks: List[List[int]]    # blocks[root channel] -> this layer's channels (several after a flatten)
-
-
 def coupled_layers(model: nn.Module, example: torch.Tensor, root_names: Sequence[str]
                    ) -> Dict[str, List[Coupled]]:
     """For each root, every named layer its group touches, with the root-channel -> layer-channel map."""
@@ -407,17 +425,7 @@ def coupled_layers(model: nn.Module, example: torch.Tensor, root_names: Sequence
         g = index.find(root_name, source="criterion")
         if g.root_name != root_name:
             raise UserError(f"criterion: {root_name!r} is not the leading layer of its group ({g.root_name})")
-        layers = []
-        for dep, idxs in index.pruning_group(g, range(g.channels)):
-            module = dep.target.module
-            name = index.module_names.get(module)
-            flat = [int(getattr(i, "idx", i)) for i in idxs]
-            if name is None or not flat or len(flat) % g.channels:
-                continue  # torch-pruning's internal ops (add, reshape…) or a layer we cannot map
-            k = len(flat) // g.channels
-            layers.append(Coupled(name, module, index.dg.is_out_channel_pruning_fn(dep.handler),
-                                  [flat[c * k:(c + 1) * k] for c in range(g.channels)]))
-        out[root_name] = layers
+        out[root_name] = index.coupled(g)
     return out
 
 

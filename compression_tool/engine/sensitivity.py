@@ -218,7 +218,7 @@ def sweep(model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: E
             levels = [s for s in sparsities if (g.name, round(s, 6)) not in done]
             if not levels:
                 continue
-            order = criterion.order(g.root_name, g.root)
+            order = criterion.order(index, g)
             reuse = cache.reusable(set(g.members) | _touched(index, g)) if cache else []
             for s in levels:
                 n = g.n_prune(s)

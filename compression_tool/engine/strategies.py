@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -110,17 +110,22 @@ def global_counts(channels: Sequence[int], scores: Sequence[torch.Tensor], ratio
 class ChannelPruner:
     """Select channels with ``criterion`` (a name or a ``Criterion``) and prune them softly or by thinning.
 
-    ``batches`` feed data-driven criteria (apoz, taylor, thinet, hrank, bn…); by default ``example_inputs``."""
+    ``batches`` feed data-driven criteria (apoz, taylor, thinet, hrank, bn…); by default ``example_inputs``.
+    ``assign({group: criterion})`` gives some groups their own criterion (a schedule with several pruner classes);
+    each criterion collects its statistics the first time a group it ranks is ordered."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Union[str, Criterion],
-                 ignore: Sequence[str] = (), batches: Optional[Sequence] = None, **criterion_kw):
+                 ignore: Sequence[str] = (), batches: Union[Sequence, Callable[[], Iterable], None] = None,
+                 **criterion_kw):
         self.model, self.example_inputs, self.ignore = model, example_inputs, tuple(ignore)
         self.criterion = make_criterion(criterion, **criterion_kw) if isinstance(criterion, str) else criterion
-        self.batches = list(batches) if batches is not None else [example_inputs]
+        # a callable is called (lazily) each time a data-driven criterion collects its statistics
+        self.batches = batches if callable(batches) else list(batches) if batches is not None else [example_inputs]
         self.selected: Selection = {}
         self._hooks: List = []
         self._slices: List = []
-        self._prepared = False
+        self._prepared: set = set()            # ids of the criteria whose statistics are collected
+        self._criteria: Dict[str, Criterion] = {}
         # the output layers are found once, so every index we build (the model's, a copy's) names the same groups
         names = {m: n for n, m in model.named_modules()}
         self._frozen = self.ignore + tuple(names[m] for m in output_modules(model, example_inputs))
@@ -130,14 +135,24 @@ class ChannelPruner:
         return GroupIndex(model, self.example_inputs, ignore=self._frozen, prune_outputs=True)
 
     # ------------------------------------------------------------ ranking
-    def _prepare(self) -> None:
-        if self.criterion.needs_data and not self._prepared:
-            self.criterion.prepare(self.model, self.batches, {g.root_name: g.root for g in self.index.groups})
-        self._prepared = True
+    def assign(self, criteria: Mapping[str, Union[str, Criterion]]) -> None:
+        """Rank the named groups (any member weight or layer name) with their own criterion (name or object)."""
+        made: Dict[str, Criterion] = {}
+        for name, c in criteria.items():
+            if isinstance(c, str):
+                c = made.setdefault(c, make_criterion(c))
+            self._criteria[self.index.find(name, source="criteria").name] = c
+
+    def criterion_for(self, g: PrunableGroup) -> Criterion:
+        crit = self._criteria.get(g.name, self.criterion)
+        if crit.needs_data and id(crit) not in self._prepared:
+            data = self.batches() if callable(self.batches) else self.batches
+            crit.prepare(self.model, data, {h.root_name: h.root for h in self.index.groups})
+        self._prepared.add(id(crit))
+        return crit
 
     def order(self, g: PrunableGroup) -> List[int]:
-        self._prepare()
-        return self.criterion.order(g.root_name, g.root)
+        return self.criterion_for(g).order(self.index, g)
 
     def counts(self, ratios: Ratios, global_ranking: bool = False, max_ratio: float = 0.9) -> Dict[str, int]:
         """Channels to remove per group name."""
@@ -155,9 +170,8 @@ class ChannelPruner:
         return {g.name: g.n_prune(r) for g in self.index.groups}
 
     def _global_counts(self, ratio: float, max_ratio: float) -> Dict[str, int]:
-        self._prepare()
         groups = self.index.groups
-        scores = [self.criterion.channel_scores(g.root_name, g.root) for g in groups]
+        scores = [self.criterion_for(g)(self.index, g) for g in groups]
         counts = global_counts([g.channels for g in groups], scores, ratio, max_ratio,
                                normalise=not self.criterion.comparable_across_layers)
         return {g.name: n for g, n in zip(groups, counts)}
@@ -224,7 +238,7 @@ class ChannelPruner:
 
     def _reset(self) -> None:
         """After thinning: channel numbers changed, so selections, statistics and the index start afresh."""
-        self.selected, self._slices, self._prepared = {}, [], False
+        self.selected, self._slices, self._prepared = {}, [], set()
         self.index = self.index_of(self.model)
 
     # ------------------------------------------------------------ budgets
@@ -302,7 +316,7 @@ class ChannelPruner:
         plan = {k: n for k, n in self.counts(ratios, global_ranking, max_ratio).items() if n > 0}
         keeps: List[Dict[str, dict]] = []
         for name in tqdm([g.name for g in self.index.groups if g.name in plan], desc="progressive"):
-            self._prepared = False  # statistics of the model as trained so far
+            self._prepared = set()  # statistics of the model as trained so far
             g = self.index.find(name)
             idxs = extend_selection(self.selected.get(name, []), self.order(g), plan[name])
             if how == "hard":

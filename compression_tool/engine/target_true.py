@@ -219,7 +219,7 @@ class ComposedChecker:
                  ignore: Sequence[str] = ()):
         self.model, self.x, self.cfg, self.ignore = model.eval(), example_inputs, cfg, list(ignore)
         self.index = GroupIndex(model, example_inputs, ignore=ignore)
-        self.orders = {g.name: criterion.order(g.root_name, g.root) for g in self.index.groups}
+        self.orders = {g.name: criterion.order(self.index, g) for g in self.index.groups}
         self.check_eval = check_eval
         self.calib = list(calib_batches)[:cfg.bn_recalib_batches] if cfg.bn_recalib_batches else []
         if cfg.bn_recalib_batches and not self.calib:

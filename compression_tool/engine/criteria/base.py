@@ -1,8 +1,17 @@
-"""Pruning criteria: each ranks the root channels of a group; lowest score is removed first.
+"""Pruning criteria: each scores a whole coupled group, one score per root channel; lowest is removed first.
 
-Adding a criterion is one small class: subclass ``Criterion``, set ``name`` and ``pruner_class`` (the
-YAML pruner class that selects it), implement ``channel_scores``. Data-driven criteria also override
-``prepare`` to collect statistics from a few batches.
+The interface is torch-pruning's ``Importance.__call__(group)`` shape::
+
+    crit = make_criterion("l1", reduction="mean")
+    scores = crit(index, group)          # Tensor[group.channels]; index: GroupIndex, group: PrunableGroup
+    crit.order(index, group)             # root channels, least important first
+    crit.select(index, group, n)         # the n least important, ascending
+
+``index.coupled(group)`` gives every coupled slice (root filters, BN, PReLU, the consumers' input columns, mapped
+per root channel). Adding a criterion is one small class: subclass ``Criterion``, set ``name`` and
+``pruner_class`` (the YAML pruner class that selects it) and implement ``__call__`` — or, for a statistic measured
+at the group's root or activation, ``channel_scores(root_name, root)``, which the default ``__call__`` reads.
+Data-driven criteria also override ``prepare`` to collect statistics from a few batches.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from compression_tool.engine.groups import GroupIndex, PrunableGroup
 from compression_tool.io.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,17 +44,24 @@ class Criterion:
     def prepare(self, model: nn.Module, batches: Iterable[torch.Tensor], roots: Dict[str, nn.Module]) -> None:
         """Collect data statistics for ``roots`` (name -> module). Weight-only criteria need nothing."""
 
+    def __call__(self, index: GroupIndex, group: PrunableGroup) -> torch.Tensor:
+        """One score per root channel of ``group`` (``index`` is the GroupIndex it belongs to)."""
+        return self.channel_scores(group.root_name, group.root)
+
     def channel_scores(self, root_name: str, root: nn.Module) -> torch.Tensor:
+        """The statistic measured at a group's root (its filters, or its activation for data criteria)."""
         raise NotImplementedError
 
-    def order(self, root_name: str, root: nn.Module) -> List[int]:
+    def order(self, index: GroupIndex, group: PrunableGroup) -> List[int]:
         """Root channels from least to most important (ties broken by index, deterministically)."""
-        s = self.channel_scores(root_name, root).detach().double().cpu().numpy()
+        s = self(index, group).detach().double().cpu().numpy()
+        if len(s) != group.channels:
+            raise UserError(f"{self.name}: {len(s)} scores for the {group.channels} channels of {group.name}")
         return [int(i) for i in np.lexsort((np.arange(len(s)), s))]
 
-    def select(self, root_name: str, root: nn.Module, n: int) -> List[int]:
+    def select(self, index: GroupIndex, group: PrunableGroup, n: int) -> List[int]:
         """Indices of the ``n`` least important root channels, ascending."""
-        return sorted(self.order(root_name, root)[:max(n, 0)])
+        return sorted(self.order(index, group)[:max(n, 0)])
 
 
 def _filters(root: nn.Module) -> torch.Tensor:

@@ -98,7 +98,7 @@ class PruningFitness:
         self.groups = self.index.groups
         if not self.groups:
             raise UserError("the model has no prunable channel groups")
-        self.orders = [criterion.order(g.root_name, g.root) for g in self.groups]
+        self.orders = [criterion.order(self.index, g) for g in self.groups]
         self.channels = np.array([g.channels for g in self.groups])
         self.max_pruned = np.array([g.n_prune(high) for g in self.groups])
         self.resource, self.tolerance = resource, tolerance
