@@ -64,6 +64,7 @@ class PruneConfig:
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
     override_criterion: bool = False                # True: criterion.name replaces the schedule's pruner classes
     ignore: Sequence[str] = ()
+    round_to: int = 1                               # kept widths rounded up to multiples of this
     save: bool = False
     output: Optional[str] = None                    # default work_space/pruned_model/<model>.pth
     work_space: str = "work_space"
@@ -147,7 +148,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         check_writable(keep_path, cfg.force)
     x = example_input(meta["input_size"])
     setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
-    index = GroupIndex(model, x, ignore=cfg.ignore)
+    index = GroupIndex(model, x, ignore=cfg.ignore, round_to=cfg.round_to)
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))
     widths_before = layer_widths(model)
     original = copy.deepcopy(model)

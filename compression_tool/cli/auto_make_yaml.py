@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (can run code: only your own files)")
     p.add_argument("--ignore", nargs="*", default=[], help="budget mode: layer names never to prune")
+    p.add_argument("--round_to", type=int, default=1,
+                   help="budget mode: every group keeps a multiple of N channels (rounded up); the schedule then "
+                        "holds each group's exact ratio")
     p.add_argument("--method", default="l1", help="criterion written as the pruner class (l1, l2, fpgm, hrank, …)")
     p.add_argument("--dataset", default="digits", help="dataset name recorded in the schedule")
     p.add_argument("--output", default=None,
@@ -115,7 +118,8 @@ def budget(args: argparse.Namespace) -> Path:
     input_size_of(source)
     model, meta = load_source(source)
     size = meta["input_size"]
-    result = schedule_for_budget(args.csv, model, example_input(size), args.flops, args.metric, args.ignore)
+    result = schedule_for_budget(args.csv, model, example_input(size), args.flops, args.metric, args.ignore,
+                                 args.round_to)
     write_budget_schedule(result, out, args.csv, args.method, meta["model"], args.dataset, size, force=args.force)
     for layer, s in result.sparsities.items():
         print(f"  {layer}: {s:g}")

@@ -66,6 +66,12 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     return p
 
 
+def add_round_to(p) -> None:
+    p.add_argument("--round_to", type=int, default=1,
+                   help="keep a multiple of N channels in every group (rounded up: never prunes more than asked; "
+                        "a group narrower than N stays whole); 8 or 16 suit SIMD kernels")
+
+
 def prune_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pruning.py --mode prune", formatter_class=HELP_FORMAT, description=(
         "Apply a Distiller-style YAML schedule: rank each named group's channels with the schedule's pruner "
@@ -77,6 +83,7 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaml", required=True, help="the schedule (from auto_make_yaml.py or written by hand)")
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
+    add_round_to(p)
     add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
     return p
 
@@ -103,6 +110,7 @@ def search_parser() -> argparse.ArgumentParser:
     g.add_argument("--search_batches", type=int, default=4,
                    help="batches used to re-estimate each candidate's BatchNorm statistics")
     g.add_argument("--max_ratio", type=float, default=0.9, help="upper bound of every group's pruning ratio")
+    add_round_to(g)
     add_output_args(p, "schedule path (default yaml_file/<model>_search_<algo>_<budget>.yaml)")
     return p
 
@@ -125,7 +133,8 @@ def run_prune(argv: List[str]) -> None:
     crit = criterion_config(args, default=None)
     cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args), criterion=crit,
                       override_criterion=bool(args.method or args.fpgm or args.hrank), ignore=args.ignore,
-                      save=args.save_model_pt, output=args.output, work_space=args.work_space, force=args.force)
+                      round_to=args.round_to, save=args.save_model_pt, output=args.output,
+                      work_space=args.work_space, force=args.force)
     result = prune(cfg)
     print("keep-arrays (layer: out channels before -> after):")
     for line in result.keep_lines:
@@ -148,7 +157,8 @@ def run_search(argv: List[str]) -> None:
     cfg = SearchConfig(source=model_source(args), resource=resource, fraction=fraction, algo=args.algo,
                        eval=eval_config(args), criterion=criterion_config(args), population=args.population,
                        iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
-                       ignore=args.ignore, output=args.output, force=args.force, seed=args.seed)
+                       ignore=args.ignore, round_to=args.round_to, output=args.output, force=args.force,
+                       seed=args.seed)
     out, lines = search(cfg)
     print("\n".join(lines))
     print(f"schedule: {out}")

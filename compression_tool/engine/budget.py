@@ -113,8 +113,11 @@ def first_feasible(n: int, feasible: Callable[[int], bool]) -> int:
 
 
 def schedule_for_budget(csv_path: str, model: nn.Module, example_inputs: torch.Tensor, keep: float,
-                        metric: Optional[str] = None, ignore: Sequence[str] = ()) -> BudgetResult:
-    """The shortest prefix of ``ordered_moves`` whose thinned model keeps at most ``keep`` of the MACs."""
+                        metric: Optional[str] = None, ignore: Sequence[str] = (), round_to: int = 1
+                        ) -> BudgetResult:
+    """The shortest prefix of ``ordered_moves`` whose thinned model keeps at most ``keep`` of the MACs.
+    ``round_to`` > 1: every group keeps a multiple of that many channels (rounded up), and the schedule names
+    each pruned group with the exact ratio of its rounded count, so ``--mode prune`` needs no ``--round_to``."""
     if not 0.0 < keep < 1.0:
         raise UserError(f"--flops: expected the fraction of the MACs to keep, in (0, 1), e.g. 0.7, got {keep}")
     reduction = 1.0 - keep
@@ -123,7 +126,7 @@ def schedule_for_budget(csv_path: str, model: nn.Module, example_inputs: torch.T
     if metric not in metrics:
         raise UserError(f"--metric {metric!r} is not a column of {csv_path} (columns: {', '.join(metrics)})")
     base = params_and_macs(model, example_inputs)
-    index = GroupIndex(model, example_inputs, ignore=ignore)
+    index = GroupIndex(model, example_inputs, ignore=ignore, round_to=round_to)
     moves = ordered_moves(data, metric)
     cache: Dict[Tuple[Tuple[str, int], ...], Dict[str, float]] = {}
     bar = tqdm(desc="budget", unit="thinning", leave=False)
@@ -148,7 +151,12 @@ def schedule_for_budget(csv_path: str, model: nn.Module, example_inputs: torch.T
     finally:
         bar.close()
     c = cost(k)
-    return BudgetResult(sparsities=schedule_after(moves, k, list(data)), metric=metric,
+    sparsities = schedule_after(moves, k, list(data))
+    if round_to > 1:
+        counts = prune_counts(index, sparsities)
+        sparsities = {**{layer: 0.0 for layer in data if index.find(layer, source="CSV").name not in counts},
+                      **{g.name: g.ratio_for(counts[g.name]) for g in index.groups if g.name in counts}}
+    return BudgetResult(sparsities=sparsities, metric=metric,
                         threshold=moves[k - 1][2] if k else None, moves=k, total_moves=len(moves),
                         macs=c["macs"], params=c["params"], base_macs=base["macs"], base_params=base["params"])
 

@@ -171,7 +171,7 @@ class PruningFitness:
 
     def _give_back(self, pruned: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
         moved = pruned.copy()
-        moved[j] -= 1
+        moved[j] = self.groups[j].snap(moved[j] - self.groups[j].round_to)   # one step: round_to channels
         return moved, self.cost(moved)
 
     def _trim(self, pruned: np.ndarray, frozen: int) -> Optional[np.ndarray]:
@@ -182,16 +182,25 @@ class PruningFitness:
             options = []
             for i in np.flatnonzero(pruned < self.max_pruned):
                 if i != frozen:
-                    pruned[i] += 1
-                    options.append((cost - self.cost(pruned), int(i)))
-                    pruned[i] -= 1
+                    step = self._take(pruned, int(i))
+                    if step is None:
+                        continue
+                    old, pruned[i] = pruned[i], step
+                    options.append((cost - self.cost(pruned), int(i), step))
+                    pruned[i] = old
             options = [o for o in options if o[0] > 0]
             if not options:
                 return None
-            drop, i = min(options)
-            pruned[i] += 1
+            drop, i, step = min(options)
+            pruned[i] = step
             cost -= drop
         return pruned
+
+    def _take(self, pruned: np.ndarray, i: int) -> Optional[int]:
+        """Group ``i``'s count after removing one more step (``round_to`` channels), None past the bound."""
+        g = self.groups[i]
+        n = g.snap(int(pruned[i]) + g.round_to)
+        return n if int(pruned[i]) < n <= self.max_pruned[i] else None
 
     def project(self, ratios: np.ndarray) -> np.ndarray:
         """The repaired candidate as exact ratios (what the searchers keep)."""
