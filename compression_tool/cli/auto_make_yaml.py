@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (can run code: only your own files)")
     p.add_argument("--ignore", nargs="*", default=[], help="budget mode: layer names never to prune")
+    p.add_argument("--latency", type=float, default=None,
+                   help="budget mode: fraction of the measured latency to keep, e.g. 0.5, on --runtime with "
+                        "--threads and --batch (per-layer tables cached in --latency_dir; needs --best_model_path)")
+    p.add_argument("--runtime", choices=("torch", "ort"), default="torch",
+                   help="latency budget: the runtime the model ships on (PyTorch CPU or ONNX Runtime CPU)")
+    p.add_argument("--threads", type=int, default=1, help="latency budget: intra-op threads")
+    p.add_argument("--batch", type=int, default=1, help="latency budget: batch size")
+    p.add_argument("--latency_dir", default="work_space/latency",
+                   help="latency budget: per-machine per-layer latency tables")
     p.add_argument("--round_to", type=int, default=1,
                    help="budget mode: every group keeps a multiple of N channels (rounded up); the schedule then "
                         "holds each group's exact ratio")
@@ -68,11 +77,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     for name, val in zip(POSITIONAL, args.pos):
         if getattr(args, name) is None:
             setattr(args, name, val)
-    need = ["csv", "model"] + (["target", "input_size"] if args.flops is None else ["best_model_path"])
+    if args.flops is not None and args.latency is not None:
+        raise UserError("give one budget: --flops or --latency, not both")
+    need = ["csv", "model"] + (["target", "input_size"] if args.flops is None and args.latency is None
+                               else ["best_model_path"])
     missing = [n for n in need if getattr(args, n) is None]
     if missing:
         raise UserError(f"missing {', '.join('--' + m for m in missing)} (or give CSV TARGET_ACC MODEL INPUT_SIZE)")
-    if args.flops is None:
+    if args.flops is None and args.latency is None:
         try:
             args.target = float(args.target)
         except ValueError:
@@ -112,19 +124,33 @@ def budget(args: argparse.Namespace) -> Path:
 
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, args.input_size,
                          args.trust_checkpoint)
-    out = Path(args.output or Path("yaml_file") / f"{args.model}_flops-{round(100 * args.flops)}.yaml")
+    kind, keep = ("flops", args.flops) if args.flops is not None else ("latency", args.latency)
+    out = Path(args.output or Path("yaml_file") / f"{args.model}_{kind}-{round(100 * keep)}.yaml")
     if out.exists() and not args.force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
     input_size_of(source)
     model, meta = load_source(source)
     size = meta["input_size"]
-    result = schedule_for_budget(args.csv, model, example_input(size), args.flops, args.metric, args.ignore,
-                                 args.round_to)
+    latency = None
+    if args.latency is not None:
+        from compression_tool.engine.latency import LatencyModel, LatencyTable
+
+        latency = LatencyModel(model, example_input(size), LatencyTable(args.runtime, args.threads, args.batch,
+                                                                         args.latency_dir))
+        print(f"latency of the unpruned model on {args.runtime}, {args.threads} thread(s), batch {args.batch}: "
+              f"{latency.base:.3f} ms measured (per-layer table {latency.table.path}, "
+              f"{latency.table.measured} layer shapes newly timed)")
+    result = schedule_for_budget(args.csv, model, example_input(size), keep, args.metric, args.ignore,
+                                 args.round_to, latency)
     write_budget_schedule(result, out, args.csv, args.method, meta["model"], args.dataset, size, force=args.force)
     for layer, s in result.sparsities.items():
         print(f"  {layer}: {s:g}")
-    print(f"budget {100 * args.flops:g}% of the MACs kept: {result.macs / 1e6:.3f}M of {result.base_macs / 1e6:.3f}M "
-          f"({100 * result.reduction:.1f}% removed), params {result.params / 1e6:.3f}M of "
+    if latency is not None:
+        print(f"budget {100 * keep:g}% of the latency kept: predicted {result.latency_ms:.3f} ms of "
+              f"{result.base_latency_ms:.3f} ms")
+    print(f"{'budget ' + format(100 * keep, 'g') + '% of the MACs kept' if latency is None else 'MACs'}: "
+          f"{result.macs / 1e6:.3f}M of {result.base_macs / 1e6:.3f}M ({100 * result.reduction:.1f}% removed), "
+          f"params {result.params / 1e6:.3f}M of "
           f"{result.base_params / 1e6:.3f}M; {result.moves} of {result.total_moves} moves")
     return out
 
@@ -132,7 +158,7 @@ def budget(args: argparse.Namespace) -> Path:
 @cli_main
 def main(argv: Optional[List[str]] = None) -> Path:
     args = parse_args(argv)
-    out = budget(args) if args.flops is not None else per_layer(args)
+    out = budget(args) if args.flops is not None or args.latency is not None else per_layer(args)
     print(f"schedule: {out}")
     return out
 

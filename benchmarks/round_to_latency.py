@@ -1,0 +1,78 @@
+"""What hardware-friendly widths (--round_to N) do to CPU latency at (about) equal MACs: MobileFaceNet 112x96,
+every prunable group thinned by one uniform ratio, bisected per N so the model keeps about ``--keep`` of the MACs;
+PyTorch and ONNX Runtime (BN folded, fp32) timed side by side, interleaved, with ``--threads`` threads.
+
+    python benchmarks/round_to_latency.py [--keep 0.3] [--threads 1] [--batch 1] [--rounds 15]
+
+Latency does not depend on the weight values, so the weights are random (seeded).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from compression_tool.engine.cost import interleaved_latency, params_and_macs, thinned_copy
+from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.quant.bn_fold import fold_bn
+from compression_tool.engine.quant.ptq_onnx import OrtModule, export_onnx, ort_session
+from model_define import get_model
+
+
+def uniform(model, x, r: int, keep: float):
+    """Thinned copy at the smallest uniform ratio whose MACs are <= keep of the model's (rounded to r)."""
+    index = GroupIndex(model, x, round_to=r)
+    base = params_and_macs(model, x)["macs"]
+
+    def build(s):
+        return thinned_copy(model, x, {g.name: list(range(g.n_prune(s))) for g in index.groups})
+
+    lo, hi = 0.0, 0.95
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if params_and_macs(build(mid), x)["macs"] <= keep * base:
+            hi = mid
+        else:
+            lo = mid
+    return build(hi), hi
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keep", type=float, default=0.3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--round_to", default="1,4,8,16")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    model = get_model("mobilefacenet", input_size=(112, 96)).eval()
+    x1 = torch.randn(1, 3, 112, 96)
+    x = torch.randn(args.batch, 3, 112, 96)
+    rows = [("unpruned", model, None)]
+    for r in (int(v) for v in args.round_to.split(",")):
+        m, s = uniform(model, x1, r, args.keep)
+        rows.append((f"round_to {r}", m, s))
+    base = params_and_macs(model, x1)["macs"]
+    pt = interleaved_latency([m for _, m, _ in rows], x, rounds=args.rounds)
+    with tempfile.TemporaryDirectory() as d:
+        ort = [OrtModule(ort_session(export_onnx(fold_bn(m)[0], x1, Path(d) / f"{i}.onnx"), args.threads))
+               for i, (_, m, _) in enumerate(rows)]
+        ortt = interleaved_latency(ort, x, rounds=args.rounds)
+    print(f"MobileFaceNet 112x96, batch {args.batch}, {args.threads} thread(s), uniform ratio per N for <= "
+          f"{args.keep:.0%} of the MACs; medians of {args.rounds} interleaved rounds (PyTorch rows together, then "
+          "ONNX Runtime rows together)")
+    print("| model | ratio | MACs (M) | MACs kept | widths not multiple of 8 | PyTorch ms | x | ORT fp32 ms | x |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (label, m, s), a, b in zip(rows, pt, ortt):
+        macs = params_and_macs(m, x1)["macs"]
+        odd = sum(1 for mod in m.modules() if isinstance(mod, torch.nn.Conv2d) and mod.out_channels % 8)
+        print(f"| {label} | {'' if s is None else f'{s:.3f}'} | {macs / 1e6:.1f} | {macs / base:.3f} | {odd} | "
+              f"{a:.2f} | {pt[0] / a:.2f} | {b:.2f} | {ortt[0] / b:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

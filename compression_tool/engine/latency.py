@@ -1,0 +1,246 @@
+"""A latency cost model: per-layer latency tables measured on the runtime the model ships on.
+
+Each leaf layer with parameters (conv, linear, BN, PReLU…) is timed *alone*, on an input of the shape it sees
+in the model, on the chosen runtime — PyTorch CPU (the module itself) or ONNX Runtime CPU (the module exported
+to a one-layer ONNX graph; PReLU exported as Relu/Mul/Add, see ``ptq_onnx.SplitPReLU``) — with the user's
+thread count and batch size. Results are cached per machine in ``work_space/latency/<key>.json``, the key made
+of the CPU model, the runtime and its version, torch's version, threads and batch, so each layer shape is timed
+once per machine and setting: a thinned model only adds the shapes it has not seen.
+
+A model's predicted latency is the sum of its layers' times, times a scale fitted on the unpruned model
+(measured whole-model latency / sum of its layers): the scale absorbs what per-layer timing misses
+(parameter-free ops, fusions, per-call overhead) and is assumed to carry over to the thinned model. For ONNX
+Runtime the model is BN-folded first (as ``quantization.py --mode export`` ships it). docs/deployment.md
+compares predicted and measured latency of whole thinned models.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from compression_tool.engine.quant.bn_fold import fold_bn
+from compression_tool.engine.quant.ptq_onnx import SplitPReLU, export_onnx, ort_session, split_prelu
+from compression_tool.io.errors import UserError
+from compression_tool.io.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "ort")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_version(runtime: str) -> str:
+    if runtime == "ort":
+        import onnxruntime
+
+        return f"onnxruntime-{onnxruntime.__version__}"
+    return f"torch-{torch.__version__}"
+
+
+@dataclass(frozen=True)
+class MachineKey:
+    cpu: str
+    runtime: str
+    versions: str
+    threads: int
+    batch: int
+
+    @classmethod
+    def here(cls, runtime: str, threads: int, batch: int) -> "MachineKey":
+        if runtime not in RUNTIMES:
+            raise UserError(f"latency runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        if threads < 1 or batch < 1:
+            raise UserError(f"latency tables need threads >= 1 and batch >= 1, got {threads}, {batch}")
+        versions = runtime_version(runtime) + ("" if runtime == "torch" else f"_torch-{torch.__version__}")
+        return cls(cpu_model(), runtime, versions, threads, batch)
+
+    def slug(self) -> str:
+        text = f"{self.cpu}_{self.versions}_t{self.threads}_b{self.batch}"
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def signature(module: nn.Module, shape: Tuple[int, ...]) -> str:
+    """What the latency of a leaf depends on: its type, configuration, parameter shapes and input shape."""
+    params = ",".join("x".join(map(str, p.shape)) for p in module.parameters(recurse=False))
+    return f"{type(module).__name__}({module.extra_repr()})[{params}]<-{'x'.join(map(str, shape))}"
+
+
+def timed_leaves(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Leaves worth timing: those holding parameters (conv, linear, BN, PReLU…), in model order."""
+    return [(n, m) for n, m in model.named_modules()
+            if not list(m.children()) and (list(m.parameters(recurse=False)) or isinstance(m, SplitPReLU))]
+
+
+@torch.no_grad()
+def leaf_inputs(model: nn.Module, x: torch.Tensor) -> Dict[str, Tuple[int, ...]]:
+    """{leaf name: input shape} from one forward pass (first call of each leaf)."""
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    hooks = []
+    for name, m in timed_leaves(model):
+        def hook(mod, args, name=name):
+            if name not in shapes and args and isinstance(args[0], torch.Tensor):
+                shapes[name] = tuple(args[0].shape)
+        hooks.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _median_ms(fn: Callable[[], object], min_reps: int = 15, min_seconds: float = 0.05) -> float:
+    for _ in range(3):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+class LatencyTable:
+    """Per-layer latencies (ms) for one machine key, cached in ``<folder>/<key>.json``."""
+
+    def __init__(self, runtime: str = "torch", threads: int = 1, batch: int = 1,
+                 folder: str | Path = "work_space/latency"):
+        self.key = MachineKey.here(runtime, threads, batch)
+        self.path = Path(folder) / f"{self.key.slug()}.json"
+        self.layers: Dict[str, float] = {}
+        self.measured = 0                  # layer shapes timed by this instance (the rest came from the cache)
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_text())
+                if doc.get("key") == self.key.__dict__:
+                    self.layers = {k: float(v) for k, v in doc["layers"].items()}
+            except (ValueError, KeyError, TypeError):
+                log.warning("latency table %s is unreadable; re-measuring", self.path)
+
+    def save(self) -> Path:
+        return atomic_write_json(self.path, {"key": self.key.__dict__, "layers": self.layers}, force=True)
+
+    @torch.no_grad()
+    def _measure(self, module: nn.Module, shape: Tuple[int, ...]) -> float:
+        x = torch.randn(*shape)
+        module = module.eval()
+        if self.key.runtime == "torch":
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.key.threads)
+            try:
+                return _median_ms(lambda: module(x))
+            finally:
+                torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(module, x[:1], Path(d) / "layer.onnx", prelu_split=False)
+            sess = ort_session(path, self.key.threads)
+            name = sess.get_inputs()[0].name
+            feed = {name: x.numpy()}
+            return _median_ms(lambda: sess.run(None, feed))
+
+    def layer_ms(self, model: nn.Module, example: torch.Tensor) -> Dict[str, float]:
+        """{leaf name: ms} for the model at the table's batch size (measuring and caching new shapes)."""
+        model = self.deployed(model)
+        x = example[:1].expand(self.key.batch, *example.shape[1:]).contiguous()
+        shapes = leaf_inputs(model, x)
+        out: Dict[str, float] = {}
+        new = 0
+        for name, m in timed_leaves(model):
+            if name not in shapes:
+                continue
+            sig = signature(m, shapes[name])
+            if sig not in self.layers:
+                self.layers[sig] = self._measure(m, shapes[name])
+                new += 1
+            out[name] = self.layers[sig]
+        if new:
+            self.measured += new
+            self.save()
+        return out
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The model as the runtime runs it: ONNX Runtime gets the BN-folded, PReLU-split export."""
+        if self.key.runtime == "ort":
+            return split_prelu(fold_bn(model)[0]).eval()
+        return model
+
+    @torch.no_grad()
+    def measure_model(self, model: nn.Module, example: torch.Tensor, rounds: int = 15) -> float:
+        """The whole model's measured latency (ms) on this runtime, threads and batch."""
+        x = example[:1].expand(self.key.batch, *example.shape[1:]).contiguous()
+        if self.key.runtime == "torch":
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.key.threads)
+            try:
+                model.eval()
+                return _median_ms(lambda: model(x), min_reps=rounds)
+            finally:
+                torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(fold_bn(model)[0], x[:1], Path(d) / "model.onnx")
+            sess = ort_session(path, self.key.threads)
+            feed = {sess.get_inputs()[0].name: x.numpy()}
+            return _median_ms(lambda: sess.run(None, feed), min_reps=rounds)
+
+
+class LatencyModel:
+    """Predicted latency of thinned variants of one model: per-layer table sum x a scale fitted on the model."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, table: LatencyTable):
+        self.table, self.example = table, example
+        self.base_layers = table.layer_ms(model, example)
+        self.measured_base = table.measure_model(model, example)
+        self.scale = self.measured_base / max(sum(self.base_layers.values()), 1e-9)
+
+    @property
+    def base(self) -> float:
+        return self.measured_base
+
+    def per_layer(self, model: nn.Module) -> Dict[str, float]:
+        return self.table.layer_ms(model, self.example)
+
+    def predict(self, model: nn.Module) -> float:
+        return self.scale * sum(self.per_layer(model).values())
+
+
+def layer_lines(before: Dict[str, float], after: Dict[str, float], scale: float = 1.0, top: int = 0) -> List[str]:
+    """Aligned per-layer table (ms before, after, ratio), largest 'before' first; ``top`` > 0 keeps that many."""
+    names = sorted(before, key=lambda n: -before[n])
+    if top:
+        names = names[:top]
+    width = max([len(n) for n in names] + [5])
+    out = [f"{'layer':{width}s} {'ms before':>10s} {'ms after':>10s} {'after/before':>12s}"]
+    for n in names:
+        a = after.get(n)
+        out.append(f"{n:{width}s} {before[n]:10.4f} " + (f"{a:10.4f} {a / before[n]:12.3f}" if a is not None
+                                                         else f"{'-':>10s} {'-':>12s}"))
+    tb, ta = sum(before.values()), sum(after.values())
+    out.append(f"{'sum of layers':{width}s} {tb:10.3f} {ta:10.3f} {ta / max(tb, 1e-9):12.3f}")
+    if scale != 1.0:
+        out.append(f"{'predicted model':{width}s} {scale * tb:10.3f} {scale * ta:10.3f} {ta / max(tb, 1e-9):12.3f}"
+                   f"   (x{scale:.3f}: measured model / sum of layers, fitted before pruning)")
+    return out
