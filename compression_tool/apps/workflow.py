@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 from compression_tool.data.spec import parse_input_size
@@ -14,6 +15,7 @@ from compression_tool.engine.checkpoint import example_input, load_model, save_p
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.latency import LatencyModel, LatencyTable, layer_lines
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.engine.sensitivity import default_sparsities, sweep
@@ -65,6 +67,10 @@ class PruneConfig:
     override_criterion: bool = False                # True: criterion.name replaces the schedule's pruner classes
     ignore: Sequence[str] = ()
     round_to: int = 1                               # kept widths rounded up to multiples of this
+    latency_runtime: Optional[str] = None           # "torch" | "ort": per-layer latency table in the report
+    latency_threads: int = 1
+    latency_batch: int = 1
+    latency_dir: str = "work_space/latency"
     save: bool = False
     output: Optional[str] = None                    # default work_space/pruned_model/<model>.pth
     work_space: str = "work_space"
@@ -81,6 +87,7 @@ class PruneResult:
     keep_lines: List[str]
     checkpoint: Optional[Path] = None
     keep_path: Optional[Path] = None
+    latency_lines: List[str] = field(default_factory=list)
 
     def report(self) -> str:
         return format_report(self.before, self.after)
@@ -136,6 +143,19 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     return out
 
 
+def layer_latency_lines(cfg: PruneConfig, original: nn.Module, model: nn.Module, x: torch.Tensor) -> List[str]:
+    """Per-layer latency before/after on the runtime the model ships on (``engine.latency``), or nothing."""
+    if not cfg.latency_runtime:
+        return []
+    table = LatencyTable(cfg.latency_runtime, cfg.latency_threads, cfg.latency_batch, cfg.latency_dir)
+    lm = LatencyModel(original, x, table)
+    after = lm.per_layer(model)
+    return ([f"per-layer latency on {cfg.latency_runtime}, {cfg.latency_threads} thread(s), batch "
+             f"{cfg.latency_batch} (each layer timed alone; table {table.path}, {table.measured} shapes newly "
+             f"timed); unpruned model measured {lm.base:.3f} ms:"]
+            + layer_lines(lm.base_layers, after, lm.scale))
+
+
 def run_prune(cfg: PruneConfig) -> PruneResult:
     """Apply a schedule: select channels per group with its criteria, thin, measure before/after, maybe save."""
     schedule = read_schedule(cfg.schedule)
@@ -163,10 +183,12 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
             criteria[cname] = prepared_criterion(cfg.criterion, model, index, setup, name, cname)
         pruned[g.name] = criteria[cname].select(g.root_name, g.root, g.n_prune(s))
     keep = thin(index, pruned)
+    latency_lines = layer_latency_lines(cfg, original, model, x)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio
     before["latency_ms"], after["latency_ms"] = interleaved_latency([original, model], x)
-    result = PruneResult(model, meta, keep, before, after, keep_table(widths_before, layer_widths(model)))
+    result = PruneResult(model, meta, keep, before, after, keep_table(widths_before, layer_widths(model)),
+                         latency_lines=latency_lines)
     result.meta = {"model": name, "model_kwargs": meta.get("model_kwargs", {}), "input_size": meta["input_size"],
                    "keep": [*meta.get("keep", []), keep], "schedule": str(cfg.schedule),
                    "metrics": {"before": before, "after": after}}

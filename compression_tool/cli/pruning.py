@@ -84,6 +84,13 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
     add_round_to(p)
+    lat = p.add_argument_group("latency report")
+    lat.add_argument("--latency_runtime", choices=("torch", "ort"), default=None,
+                     help="print per-layer latency before/after on this runtime (PyTorch CPU or ONNX Runtime CPU), "
+                          "from per-layer tables cached per machine in --latency_dir")
+    lat.add_argument("--latency_threads", type=int, default=1, help="latency report: intra-op threads")
+    lat.add_argument("--latency_batch", type=int, default=1, help="latency report: batch size")
+    lat.add_argument("--latency_dir", default="work_space/latency", help="latency report: where the tables live")
     add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
     return p
 
@@ -134,12 +141,16 @@ def run_prune(argv: List[str]) -> None:
     cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args), criterion=crit,
                       override_criterion=bool(args.method or args.fpgm or args.hrank), ignore=args.ignore,
                       round_to=args.round_to, save=args.save_model_pt, output=args.output,
-                      work_space=args.work_space, force=args.force)
+                      work_space=args.work_space, force=args.force, latency_runtime=args.latency_runtime,
+                      latency_threads=args.latency_threads, latency_batch=args.latency_batch,
+                      latency_dir=args.latency_dir)
     result = prune(cfg)
     print("keep-arrays (layer: out channels before -> after):")
     for line in result.keep_lines:
         print("  " + line)
     print(result.report())
+    for line in result.latency_lines:
+        print(line)
     if result.checkpoint:
         print(f"thinned checkpoint: {result.checkpoint}\nkeep-arrays: {result.keep_path}")
     else:
