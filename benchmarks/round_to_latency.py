@@ -1,5 +1,6 @@
 """What hardware-friendly widths (--round_to N) do to CPU latency at (about) equal MACs: MobileFaceNet 112x96,
-every prunable group thinned by one uniform ratio, bisected per N so the model keeps about ``--keep`` of the MACs;
+every prunable group thinned by one uniform ratio (or seeded random per-group ratios, --random),
+bisected per N so the model keeps about ``--keep`` of the MACs;
 PyTorch and ONNX Runtime (BN folded, fp32) timed side by side, interleaved, with ``--threads`` threads.
 
     python benchmarks/round_to_latency.py [--keep 0.3] [--threads 1] [--batch 1] [--rounds 15]
@@ -12,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from compression_tool.engine.cost import interleaved_latency, params_and_macs, thinned_copy
@@ -21,16 +23,19 @@ from compression_tool.engine.quant.ptq_onnx import OrtModule, export_onnx, ort_s
 from model_define import get_model
 
 
-def uniform(model, x, r: int, keep: float):
-    """Thinned copy at the smallest uniform ratio whose MACs are <= keep of the model's (rounded to r)."""
+def uniform(model, x, r: int, keep: float, shape=None):
+    """Thinned copy at the smallest ratio t whose MACs are <= keep of the model's (widths rounded to r); group
+    j gets ratio t * shape[j] (capped at 0.9): shape = None is one uniform ratio."""
     index = GroupIndex(model, x, round_to=r)
     base = params_and_macs(model, x)["macs"]
+    shape = np.ones(len(index.groups)) if shape is None else shape
 
-    def build(s):
-        return thinned_copy(model, x, {g.name: list(range(g.n_prune(s))) for g in index.groups})
+    def build(t):
+        return thinned_copy(model, x, {g.name: list(range(g.n_prune(min(0.9, t * f))))
+                                       for g, f in zip(index.groups, shape)})
 
-    lo, hi = 0.0, 0.95
-    for _ in range(14):
+    lo, hi = 0.0, 0.95 / shape.min()
+    for _ in range(16):
         mid = (lo + hi) / 2
         if params_and_macs(build(mid), x)["macs"] <= keep * base:
             hi = mid
@@ -46,15 +51,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--round_to", default="1,4,8,16")
+    ap.add_argument("--random", type=int, default=None,
+                    help="seed of per-group ratio shapes U(0.2, 1) (a non-uniform schedule); default: uniform")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     model = get_model("mobilefacenet", input_size=(112, 96)).eval()
     x1 = torch.randn(1, 3, 112, 96)
     x = torch.randn(args.batch, 3, 112, 96)
+    n_groups = len(GroupIndex(model, x1).groups)
+    shape = None if args.random is None else np.random.default_rng(args.random).uniform(0.2, 1.0, n_groups)
     rows = [("unpruned", model, None)]
     for r in (int(v) for v in args.round_to.split(",")):
-        m, s = uniform(model, x1, r, args.keep)
+        m, s = uniform(model, x1, r, args.keep, shape)
         rows.append((f"round_to {r}", m, s))
     base = params_and_macs(model, x1)["macs"]
     pt = interleaved_latency([m for _, m, _ in rows], x, rounds=args.rounds)
@@ -62,7 +71,8 @@ def main() -> None:
         ort = [OrtModule(ort_session(export_onnx(fold_bn(m)[0], x1, Path(d) / f"{i}.onnx"), args.threads))
                for i, (_, m, _) in enumerate(rows)]
         ortt = interleaved_latency(ort, x, rounds=args.rounds)
-    print(f"MobileFaceNet 112x96, batch {args.batch}, {args.threads} thread(s), uniform ratio per N for <= "
+    kind = "uniform ratio" if shape is None else f"per-group ratios t * U(0.2, 1) (seed {args.random}), t"
+    print(f"MobileFaceNet 112x96, batch {args.batch}, {args.threads} thread(s), {kind} bisected per N for <= "
           f"{args.keep:.0%} of the MACs; medians of {args.rounds} interleaved rounds (PyTorch rows together, then "
           "ONNX Runtime rows together)")
     print("| model | ratio | MACs (M) | MACs kept | convs with width % 8 / % 16 != 0 | PyTorch ms | x | % of MAC ratio "
