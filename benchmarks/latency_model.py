@@ -61,7 +61,8 @@ def main() -> None:
                         for i, (_, m) in enumerate(variants)]
                 meas = interleaved_latency(mods, x, rounds=args.rounds)
             print(f"\n{runtime}: {args.threads} thread(s), batch {args.batch}, widths rounded to {args.round_to}; "
-                  f"scale (measured / sum of layers, fitted on the unpruned model) {lm.scale:.2f}; "
+                  f"prediction = {lm.scale:.2f} x sum of layers {lm.offset:+.2f} ms (fitted on the unpruned model "
+                  "and a 50 % probe); "
                   f"{lm.table.measured} layer shapes timed")
             print("| variant | MACs kept | predicted ms | measured ms | predicted kept | measured kept "
                   "| error of kept |")

@@ -102,6 +102,9 @@ class QuantConfig:
     check_batches: int = 2                          # export: held-out batches for the equivalence check
     latency_batch: int = 16                         # export: the batch N of the latency table (besides 1)
     latency_rounds: int = 7
+    calibrations: str = "minmax,percentile,entropy"  # int8: calibration methods tried
+    fallbacks: str = "none,prelu,depthwise,prelu+depthwise"   # int8: layer classes tried in fp32
+    max_drop: float = 1.0                           # int8: allowed headline-metric drop (points) vs fp32
 
 
 # ---------------------------------------------------------------- loading
@@ -296,8 +299,15 @@ def run_export(ctx: Context, cfg: QuantConfig) -> List[str]:
     return export(ctx, cfg)
 
 
+def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
+    from compression_tool.apps.int8 import run_int8 as tune  # it builds on this module
+
+    return tune(ctx, cfg)
+
+
 MODES: Dict[str, Callable[[Context, QuantConfig], List[str]]] = {
-    "fold": run_fold, "ptq": run_ptq, "lsq": run_lsq, "dfp": run_dfp, "hist": run_hist, "export": run_export}
+    "fold": run_fold, "ptq": run_ptq, "lsq": run_lsq, "dfp": run_dfp, "hist": run_hist, "export": run_export,
+    "int8": run_int8}
 ALL = ("fold", "ptq", "lsq", "dfp", "hist")   # what --mode all runs (export is the deployment step)
 
 

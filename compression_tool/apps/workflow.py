@@ -153,7 +153,7 @@ def layer_latency_lines(cfg: PruneConfig, original: nn.Module, model: nn.Module,
     return ([f"per-layer latency on {cfg.latency_runtime}, {cfg.latency_threads} thread(s), batch "
              f"{cfg.latency_batch} (each layer timed alone; table {table.path}, {table.measured} shapes newly "
              f"timed); unpruned model measured {lm.base:.3f} ms:"]
-            + layer_lines(lm.base_layers, after, lm.scale))
+            + layer_lines(lm.base_layers, after, lm.scale, offset=lm.offset))
 
 
 def run_prune(cfg: PruneConfig) -> PruneResult:

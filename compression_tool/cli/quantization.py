@@ -9,6 +9,7 @@
   python quantization.py --mode ptq --pruned_model work_space/pruned_model/digits_net.pth   # prune, then quantize
   python quantization.py --mode export --pruned_model work_space/pruned_model/digits_net.pth --threads 1
       # deploy: BN folded -> ONNX fp32 + int8, checked against PyTorch, latency table (batch 1 and N)
+  python quantization.py --mode int8 ...   # calibration / format / fp32 fallbacks chosen by measurement
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import List, Optional
 from compression_tool.cli.common import add_model_args
 from compression_tool.io.errors import UserError, cli_main
 
-MODES = ("fold", "ptq", "lsq", "dfp", "hist", "export", "all")
+MODES = ("fold", "ptq", "lsq", "dfp", "hist", "export", "int8", "all")
 
 
 def bit_list(text: str) -> List[int]:
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, required=True,
                    help="fold: merge BN and check outputs; ptq: int8 ONNX Runtime; lsq: learned-step QAT with "
                         "per-layer bits; dfp: dynamic fixed point; hist: histograms; export: BN-folded ONNX "
-                        "fp32 + int8 checked against PyTorch, with a latency table; all: every mode but export")
+                        "fp32 + int8 checked against PyTorch, with a latency table; int8: choose calibration, "
+                        "format and fp32 fallbacks by measurement; all: every mode but export and int8")
     add_model_args(p, required=False)   # no checkpoint: --model (default digits_net) with random weights
     p.add_argument("--pruned_model", default=None,
                    help="a thinned checkpoint from pruning.py (rebuilt at its pruned width); replaces "
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batches after the calibration batches used for the equivalence check")
     e.add_argument("--latency_batch", type=int, default=16, help="the batch size N of the latency table")
     e.add_argument("--latency_rounds", type=int, default=7, help="interleaved timing rounds (median kept)")
+    i8 = p.add_argument_group("int8")
+    i8.add_argument("--calibrations", default="minmax,percentile,entropy",
+                    help="calibration methods to compare (comma list of minmax, percentile, entropy)")
+    i8.add_argument("--fallbacks", default="none,prelu,depthwise,prelu+depthwise",
+                    help="layer classes to try in fp32 (comma list of none, prelu, depthwise, prelu+depthwise)")
+    i8.add_argument("--max_drop", type=float, default=1.0,
+                    help="the chosen int8 model may lose at most this many points of the headline metric")
     q = p.add_argument_group("lsq")
     q.add_argument("--w_bit", type=bit_list, default=None,
                    help="weight bits per conv/linear layer in model order ('8,4,4,8'), or one value for all")

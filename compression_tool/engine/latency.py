@@ -7,9 +7,10 @@ thread count and batch size. Results are cached per machine in ``work_space/late
 of the CPU model, the runtime and its version, torch's version, threads and batch, so each layer shape is timed
 once per machine and setting: a thinned model only adds the shapes it has not seen.
 
-A model's predicted latency is the sum of its layers' times, times a scale fitted on the unpruned model
-(measured whole-model latency / sum of its layers): the scale absorbs what per-layer timing misses
-(parameter-free ops, fusions, per-call overhead) and is assumed to carry over to the thinned model. For ONNX
+A model's predicted latency is ``scale * (sum of its layers' times) + offset``, both fitted on two whole models
+measured side by side: the unpruned model and a probe with half of every group removed. They absorb what
+per-layer timing misses (parameter-free ops, fusions, per-call overhead, cache effects) and are assumed to carry
+over to other thinned variants. For ONNX
 Runtime the model is BN-folded first (as ``quantization.py --mode export`` ships it). docs/deployment.md
 compares predicted and measured latency of whole thinned models.
 """
@@ -188,33 +189,61 @@ class LatencyTable:
             return split_prelu(fold_bn(model)[0]).eval()
         return model
 
-    @torch.no_grad()
-    def measure_model(self, model: nn.Module, example: torch.Tensor, rounds: int = 15) -> float:
+    def measure_model(self, model: nn.Module, example: torch.Tensor, rounds: int = 9) -> float:
         """The whole model's measured latency (ms) on this runtime, threads and batch."""
+        return self.measure_models([model], example, rounds)[0]
+
+    @torch.no_grad()
+    def measure_models(self, models: List[nn.Module], example: torch.Tensor, rounds: int = 9) -> List[float]:
+        """Whole models measured side by side (interleaved rounds, medians) on this runtime."""
+        from compression_tool.engine.cost import interleaved_latency
+        from compression_tool.engine.quant.ptq_onnx import OrtModule
+
         x = example[:1].expand(self.key.batch, *example.shape[1:]).contiguous()
-        if self.key.runtime == "torch":
-            threads = torch.get_num_threads()
-            torch.set_num_threads(self.key.threads)
-            try:
-                model.eval()
-                return _median_ms(lambda: model(x), min_reps=rounds)
-            finally:
-                torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory() as d:
-            path = export_onnx(fold_bn(model)[0], x[:1], Path(d) / "model.onnx")
-            sess = ort_session(path, self.key.threads)
-            feed = {sess.get_inputs()[0].name: x.numpy()}
-            return _median_ms(lambda: sess.run(None, feed), min_reps=rounds)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.key.threads)
+        try:
+            if self.key.runtime == "torch":
+                return interleaved_latency(models, x, rounds=rounds)
+            with tempfile.TemporaryDirectory() as d:
+                mods = [OrtModule(ort_session(export_onnx(fold_bn(m)[0], x[:1], Path(d) / f"m{i}.onnx"),
+                                              self.key.threads)) for i, m in enumerate(models)]
+                return interleaved_latency(mods, x, rounds=rounds)
+        finally:
+            torch.set_num_threads(threads)
 
 
 class LatencyModel:
-    """Predicted latency of thinned variants of one model: per-layer table sum x a scale fitted on the model."""
+    """Predicted latency of thinned variants of one model: ``scale * (sum of the per-layer table) + offset``.
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, table: LatencyTable):
+    ``scale`` and ``offset`` are fitted on two whole models measured side by side (interleaved): the model
+    itself and a probe with half of every group's channels removed. The offset is the part that does not
+    shrink with the widths (or, negative, the per-call overhead that timing each layer alone adds); without a
+    probe (``probe=False``, or when the fit is degenerate) the offset is 0 and the scale proportional."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, table: LatencyTable, probe: bool = True,
+                 rounds: int = 9):
         self.table, self.example = table, example
         self.base_layers = table.layer_ms(model, example)
-        self.measured_base = table.measure_model(model, example)
-        self.scale = self.measured_base / max(sum(self.base_layers.values()), 1e-9)
+        base_sum = sum(self.base_layers.values())
+        self.offset = 0.0
+        if probe:
+            from compression_tool.engine.cost import thinned_copy
+            from compression_tool.engine.groups import GroupIndex
+
+            index = GroupIndex(model, example[:1])
+            half = thinned_copy(model, example[:1], {g.name: list(range(g.n_prune(0.5))) for g in index.groups})
+            probe_sum = sum(table.layer_ms(half, example).values())
+            self.measured_base, measured_half = table.measure_models([model, half], example, rounds)
+            if base_sum - probe_sum > 1e-6 * base_sum:
+                scale = (self.measured_base - measured_half) / (base_sum - probe_sum)
+                if scale > 0:
+                    self.scale, self.offset = scale, self.measured_base - scale * base_sum
+            if not self.offset:
+                self.scale = self.measured_base / max(base_sum, 1e-9)
+        else:
+            self.measured_base = table.measure_model(model, example, rounds)
+            self.scale = self.measured_base / max(base_sum, 1e-9)
 
     @property
     def base(self) -> float:
@@ -224,10 +253,11 @@ class LatencyModel:
         return self.table.layer_ms(model, self.example)
 
     def predict(self, model: nn.Module) -> float:
-        return self.scale * sum(self.per_layer(model).values())
+        return max(self.scale * sum(self.per_layer(model).values()) + self.offset, 1e-3)
 
 
-def layer_lines(before: Dict[str, float], after: Dict[str, float], scale: float = 1.0, top: int = 0) -> List[str]:
+def layer_lines(before: Dict[str, float], after: Dict[str, float], scale: float = 1.0, top: int = 0,
+                offset: float = 0.0) -> List[str]:
     """Aligned per-layer table (ms before, after, ratio), largest 'before' first; ``top`` > 0 keeps that many."""
     names = sorted(before, key=lambda n: -before[n])
     if top:
@@ -240,7 +270,8 @@ def layer_lines(before: Dict[str, float], after: Dict[str, float], scale: float 
                                                          else f"{'-':>10s} {'-':>12s}"))
     tb, ta = sum(before.values()), sum(after.values())
     out.append(f"{'sum of layers':{width}s} {tb:10.3f} {ta:10.3f} {ta / max(tb, 1e-9):12.3f}")
-    if scale != 1.0:
-        out.append(f"{'predicted model':{width}s} {scale * tb:10.3f} {scale * ta:10.3f} {ta / max(tb, 1e-9):12.3f}"
-                   f"   (x{scale:.3f}: measured model / sum of layers, fitted before pruning)")
+    if scale != 1.0 or offset:
+        pb, pa = scale * tb + offset, max(scale * ta + offset, 1e-3)
+        out.append(f"{'predicted model':{width}s} {pb:10.3f} {pa:10.3f} {pa / max(pb, 1e-9):12.3f}"
+                   f"   ({scale:.3f} x sum {offset:+.3f} ms, fitted on the unpruned model and a 50 % probe)")
     return out

@@ -1,0 +1,104 @@
+"""int8 that is worth it: which layers stay fp32, and where the time goes.
+
+- ``node_classes``: the ONNX nodes of layer classes that may be slower in int8 than in fp32 — ``depthwise``
+  (Conv with group > 1: memory-bound, int8 kernels gain little) and ``prelu`` (the Relu/Mul/Add of an exported
+  ``SplitPReLU``: each becomes QLinearMul/QLinearAdd with requantisation in int8).
+- ``fp32_fallback(classes, prelu_modules)``: the ``exclude`` callback of ``ptq_onnx.quantize_onnx``.
+- ``op_profile``: ONNX Runtime's own profiler, summed per operator type (ms per run): which kernels take the time
+  in fp32 and in int8.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Sequence, Set
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compression_tool.engine.quant.ptq_onnx import SplitPReLU
+
+CLASSES = ("depthwise", "prelu")
+
+
+def prelu_modules(model: nn.Module) -> Set[str]:
+    """Names of the PReLU modules (plain or split) of a PyTorch model."""
+    return {n for n, m in model.named_modules() if isinstance(m, (nn.PReLU, SplitPReLU))}
+
+
+def _module_of(node_name: str) -> str:
+    """The PyTorch module a node came from: the exporter names nodes ``/a/a.b/a.b.c/Op``."""
+    parts = node_name.strip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def node_classes(model, prelus: Set[str]) -> Dict[str, List[str]]:
+    """{class: node names} for ``CLASSES`` in an ONNX model (``onnx.ModelProto``)."""
+    out: Dict[str, List[str]] = {c: [] for c in CLASSES}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute):
+            out["depthwise"].append(node.name)
+        elif node.op_type in ("Relu", "Mul", "Add", "Sub", "PRelu") and _module_of(node.name) in prelus:
+            out["prelu"].append(node.name)
+    return out
+
+
+def fp32_fallback(classes: Iterable[str], prelus: Set[str]) -> Callable[[object], List[str]]:
+    """``exclude`` for ``quantize_onnx``: the nodes of ``classes`` stay fp32."""
+    classes = list(classes)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise ValueError(f"unknown fp32 fallback class(es) {unknown}; expected {CLASSES}")
+
+    def exclude(model) -> List[str]:
+        found = node_classes(model, prelus)
+        return [n for c in classes for n in found[c]]
+
+    return exclude
+
+
+def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs: int = 20) -> Dict[str, float]:
+    """{operator type: ms per run} from ONNX Runtime's profiler (kernel time only), sorted, largest first."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(path).with_suffix("")) + "_profile"
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy().astype(np.float32)}
+    for _ in range(3 + runs):
+        sess.run(None, feed)
+    trace = Path(sess.end_profiling())
+    try:
+        events = json.loads(trace.read_text())
+    finally:
+        trace.unlink(missing_ok=True)
+    per_node: Dict[tuple, List[tuple]] = defaultdict(list)
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            per_node[(ev["name"], ev["args"].get("op_name", "?"))].append((ev["ts"], ev["dur"] / 1e3))
+    out: Dict[str, float] = defaultdict(float)
+    for (_, op), calls in per_node.items():           # the 3 warm-up calls of each node are left out
+        out[op] += sum(d for _, d in sorted(calls)[3:]) / runs
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def profile_lines(profiles: Sequence[tuple], top: int = 12) -> List[str]:
+    """A table of ``(label, {op: ms})`` profiles side by side, rows = operator types."""
+    ops: List[str] = []
+    for _, prof in profiles:
+        ops += [op for op in prof if op not in ops]
+    width = max([len(op) for op in ops] + [8])
+    head = f"{'operator':{width}s} " + " ".join(f"{label:>18s}" for label, _ in profiles)
+    lines = [head]
+    for op in ops[:top] if top else ops:
+        lines.append(f"{op:{width}s} " + " ".join(f"{prof.get(op, 0.0):18.3f}" for _, prof in profiles))
+    lines.append(f"{'total':{width}s} " + " ".join(f"{sum(prof.values()):18.3f}" for _, prof in profiles))
+    return lines
