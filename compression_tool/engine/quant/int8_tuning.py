@@ -30,9 +30,17 @@ def prelu_modules(model: nn.Module) -> Set[str]:
 
 
 def _module_of(node_name: str) -> str:
-    """The PyTorch module a node came from: the exporter names nodes ``/a/a.b/a.b.c/Op``."""
-    parts = node_name.strip("/").split("/")
-    return parts[-2] if len(parts) >= 2 else ""
+    """The PyTorch module a node came from. The exporter names nodes by scope, one component per module, a
+    container's child as ``<container>.<index>``: ``/blocks/blocks.0/conv/conv.2/Relu`` is module
+    ``blocks.0.conv.2``, ``/conv1/prelu/Mul`` is ``conv1.prelu``."""
+    parts = node_name.strip("/").split("/")[:-1]
+    full: List[str] = []
+    prev = None
+    for comp in parts:
+        head, _, tail = comp.rpartition(".")
+        full.append(tail if head and head == prev else comp)
+        prev = comp
+    return ".".join(full)
 
 
 def node_classes(model, prelus: Set[str]) -> Dict[str, List[str]]:
