@@ -57,7 +57,8 @@ def test_fallback_keeps_exactly_those_layers_fp32(mfn):
     assert muls and all(producers.get(i) != "DequantizeLinear" or True for n in muls for i in n.input)
     assert all(n.name.endswith(("/Mul", "/Mul_1")) for n in muls)
     # QOperator format writes QLinearConv into the file; entropy / percentile calibrations run
-    qop = quantize_onnx(path, d / "q_op.onnx", calib, quant_format="qoperator", calibration="percentile")
+    uneven = [torch.randn(4, 3, 56, 48), torch.randn(3, 3, 56, 48)]     # histogram calibrators need equal sizes
+    qop = quantize_onnx(path, d / "q_op.onnx", uneven, quant_format="qoperator", calibration="percentile")
     assert any(n.op_type == "QLinearConv" for n in onnx.load(str(qop)).graph.node)
     prof = op_profile(plain, torch.randn(1, 3, 56, 48), threads=1, runs=3)
     assert prof and all(v >= 0 for v in prof.values()) and "QLinearConv" in prof

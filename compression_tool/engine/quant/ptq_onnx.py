@@ -151,6 +151,11 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
         with tempfile.TemporaryDirectory(dir=Path(tmp).parent) as work:
             pre = str(Path(work) / "preprocessed.onnx")
             quant_pre_process(str(fp32_path), pre)
+            data = batches
+            if calibration != "minmax" and len({len(b) for b in batches}) > 1:
+                # ORT's histogram calibrators stack the batches: equal sizes (the remainder is dropped)
+                x, size = torch.cat(list(batches)), len(batches[0])
+                data = list(x[: len(x) // size * size].split(size))
             skip: List[str] = []
             if exclude is not None:
                 import onnx
@@ -159,7 +164,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ba
             method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                       "entropy": CalibrationMethod.Entropy}[calibration]
             fmt = QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator
-            quantize_static(pre, tmp, _Reader(batches), quant_format=fmt, per_channel=per_channel,
+            quantize_static(pre, tmp, _Reader(data), quant_format=fmt, per_channel=per_channel,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=skip)
 
