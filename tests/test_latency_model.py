@@ -122,3 +122,34 @@ def test_prune_report_prints_per_layer_latency(tmp_path, capsys):
     assert "per-layer latency on torch" in out and "sum of layers" in out and "predicted model" in out
     row = next(ln for ln in out.splitlines() if ln.startswith("down.0 "))
     assert float(row.split()[-1]) < 1.0                                  # the thinned layer got cheaper
+
+
+def test_group_latency_model_tracks_the_table_and_search_meets_latency_budget(tmp_path, capsys):
+    from compression_tool.engine.latency import GroupLatencyModel
+
+    torch.manual_seed(0)
+    model = md.get_model("digits_net").eval()
+    x = example_input((1, 16, 16))
+    index = GroupIndex(model, x)
+    lm = LatencyModel(model, x, LatencyTable("torch", 1, 1, tmp_path / "lat"))
+    fast = GroupLatencyModel(lm, model, index, x)
+    ch = np.array([g.channels for g in index.groups])
+    assert fast.predict(ch)["latency_ms"] == pytest.approx(lm.base, rel=1e-6)
+    assert set(fast.out_group) and set(fast.in_group)                      # widths traced to their groups
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        n = np.array([g.n_prune(float(s)) for g, s in zip(index.groups, rng.uniform(0.2, 0.8, len(ch)))])
+        thin = thinned_copy(model, x, {g.name: list(range(k)) for g, k in zip(index.groups, n) if k})
+        assert fast.predict(ch - n)["latency_ms"] < lm.base
+        assert fast.predict(ch - n)["latency_ms"] == pytest.approx(lm.predict(thin), rel=0.5)
+    ck = tmp_path / "d.pth"
+    torch.save({"state_dict": model.state_dict()}, ck)
+    out = tmp_path / "s.yaml"
+    pruning.main(["--mode", "search", "--model", "digits_net", "--best_model_path", str(ck), "--output", str(out),
+                  "--population", "3", "--iterations", "1", "--eval_batches", "1", "--search_batches", "1",
+                  "--algo", "ga", "--latency", "0.8", "--latency_dir", str(tmp_path / "lat")])
+    printed = capsys.readouterr().out
+    kept = [float(ln.split("ms predicted (")[1].split("%")[0]) for ln in printed.splitlines()
+            if "ms predicted (" in ln]
+    assert kept and all(k <= 80.0 + 1e-6 for k in kept), printed
+    assert "--latency 0.8" in out.read_text()

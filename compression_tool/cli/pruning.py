@@ -112,6 +112,14 @@ def search_parser() -> argparse.ArgumentParser:
                    help="budget: fraction of the unpruned MACs to KEEP, e.g. 0.5 (every budget flag of the "
                         "project is a fraction kept)")
     g.add_argument("--params", type=float, default=None, help="budget: fraction of the unpruned parameters to keep")
+    g.add_argument("--latency", type=float, default=None,
+                   help="budget: fraction of the latency measured on --latency_runtime to keep (per-layer tables, "
+                        "cached per machine in --latency_dir)")
+    g.add_argument("--latency_runtime", choices=("torch", "ort"), default="torch",
+                   help="--latency: PyTorch CPU or ONNX Runtime CPU")
+    g.add_argument("--latency_threads", type=int, default=1, help="--latency: intra-op threads")
+    g.add_argument("--latency_batch", type=int, default=1, help="--latency: batch size")
+    g.add_argument("--latency_dir", default="work_space/latency", help="--latency: where the tables live")
     g.add_argument("--population", type=int, default=10, help="candidates per iteration (ABC: food sources)")
     g.add_argument("--iterations", type=int, default=10, help="generations / swarm moves / bee cycles / ant tours")
     g.add_argument("--search_batches", type=int, default=4,
@@ -162,14 +170,18 @@ def run_search(argv: List[str]) -> None:
     from compression_tool.apps.search import run_search as search
 
     args = search_parser().parse_args(argv)
-    if (args.flops is None) == (args.params is None):
-        raise UserError("--mode search needs exactly one budget: --flops F or --params F (fraction to keep)")
-    resource, fraction = ("macs", args.flops) if args.flops is not None else ("params", args.params)
+    budgets = [(r, v) for r, v in (("macs", args.flops), ("params", args.params), ("latency_ms", args.latency))
+               if v is not None]
+    if len(budgets) != 1:
+        raise UserError("--mode search needs exactly one budget: --flops F, --params F or --latency F (fraction "
+                        "to keep)")
+    resource, fraction = budgets[0]
     cfg = SearchConfig(source=model_source(args), resource=resource, fraction=fraction, algo=args.algo,
                        eval=eval_config(args), criterion=criterion_config(args), population=args.population,
                        iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
                        ignore=args.ignore, round_to=args.round_to, output=args.output, force=args.force,
-                       seed=args.seed)
+                       seed=args.seed, latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
+                       latency_batch=args.latency_batch, latency_dir=args.latency_dir)
     out, lines = search(cfg)
     print("\n".join(lines))
     print(f"schedule: {out}")

@@ -25,8 +25,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -275,3 +276,135 @@ def layer_lines(before: Dict[str, float], after: Dict[str, float], scale: float 
         out.append(f"{'predicted model':{width}s} {pb:10.3f} {pa:10.3f} {pa / max(pb, 1e-9):12.3f}"
                    f"   ({scale:.3f} x sum {offset:+.3f} ms, fitted on the unpruned model and a 50 % probe)")
     return out
+
+
+# ----------------------------------------------------------------------------------- fast prediction for search
+GRID = (0.25, 0.5, 0.75, 1.0)
+
+
+def _resized(m: nn.Module, cin: int, cout: int) -> Optional[nn.Module]:
+    """A fresh module like ``m`` with ``cin`` input and ``cout`` output channels (None: type not handled)."""
+    if isinstance(m, nn.Conv2d):
+        groups = m.groups
+        if m.groups > 1 and m.groups == m.in_channels:          # depthwise: width set by its input
+            groups, cout = cin, cin * (m.out_channels // m.in_channels)
+        elif m.groups > 1 and (cin % m.groups or cout % m.groups):
+            return None
+        return nn.Conv2d(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
+                         m.padding_mode)
+    if isinstance(m, nn.Linear):
+        return nn.Linear(cin, cout, m.bias is not None)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return type(m)(cout)
+    if isinstance(m, nn.PReLU):
+        return nn.PReLU(cout if m.weight.numel() > 1 else 1)
+    if isinstance(m, SplitPReLU):
+        return SplitPReLU(nn.PReLU(cout if m.weight.numel() > 1 else 1))
+    return None
+
+
+def _channels(m: nn.Module, shape: Tuple[int, ...]) -> Tuple[int, int]:
+    """(input channels, output channels) of a leaf as the latency grid scales them."""
+    cin = shape[1] if len(shape) > 1 else 1
+    params = list(m.parameters(recurse=False))
+    cout = params[0].shape[0] if params else cin
+    return cin, cout
+
+
+class GroupLatencyModel:
+    """``predict(kept)`` -> {'latency_ms'} from the kept channel count of every group, without thinning: fast
+    enough for the search's budget projection.
+
+    Which group sets each layer's input and output width is found by thinning each group once (half of it);
+    each layer's time is then measured (cached in the table) on a grid of width fractions ``GRID`` of its input
+    and output groups and interpolated (bilinear; linear below 0.25). The scale and offset of ``LatencyModel``
+    turn the sum into a model latency."""
+
+    def __init__(self, lm: LatencyModel, model: nn.Module, index, example: torch.Tensor):
+        from compression_tool.engine.cost import thinned_copy
+
+        self.lm, self.table = lm, lm.table
+        x = example[:1].expand(self.table.key.batch, *example.shape[1:]).contiguous()
+        deployed = self.table.deployed(model)
+        shapes = leaf_inputs(deployed, x)
+        leaves = [(n, m) for n, m in timed_leaves(deployed) if n in shapes]
+        base_io = {n: _channels(m, shapes[n]) for n, m in leaves}
+        self.channels = np.array([g.channels for g in index.groups], dtype=float)
+        self.in_group: Dict[str, int] = {}
+        self.out_group: Dict[str, int] = {}
+        for j, g in enumerate(index.groups):
+            n = g.channels // 2
+            if n == 0:
+                continue
+            thin = self.table.deployed(thinned_copy(model, example[:1], {g.name: list(range(n))}))
+            tshapes = leaf_inputs(thin, x)
+            for name, m in timed_leaves(thin):
+                if name not in base_io or name not in tshapes:
+                    continue
+                cin, cout = _channels(m, tshapes[name])
+                if cin != base_io[name][0]:
+                    self.in_group[name] = j
+                if cout != base_io[name][1]:
+                    self.out_group[name] = j
+        self.grids: Dict[str, np.ndarray] = {}
+        self.fixed: Dict[str, float] = {}
+        new_before = self.table.measured
+        for name, m in leaves:
+            cin, cout = base_io[name]
+            gi, go = self.in_group.get(name), self.out_group.get(name)
+            fis = GRID if gi is not None else (1.0,)
+            fos = GRID if go is not None and go != gi else (None,)
+            grid = np.zeros((len(fis), len(fos)))
+            for a, fi in enumerate(fis):
+                for b, fo in enumerate(fos):
+                    ci = max(1, round(cin * fi))
+                    if go is not None and go == gi:
+                        co = max(1, round(cout * fi))
+                    else:
+                        co = max(1, round(cout * fo)) if fo is not None else cout
+                    mod = _resized(m, ci, co)
+                    if mod is None:
+                        grid[a, b] = self._time(m, shapes[name])       # a type it cannot resize: fixed
+                        continue
+                    shape = (shapes[name][0], ci, *shapes[name][2:])
+                    grid[a, b] = self._time(mod, shape)
+            self.grids[name] = grid
+        self.names = [n for n, _ in leaves]
+        self.measured = self.table.measured - new_before
+        if self.measured:
+            self.table.save()
+
+    def _time(self, module: nn.Module, shape: Tuple[int, ...]) -> float:
+        sig = signature(module, shape)
+        if sig not in self.table.layers:
+            self.table.layers[sig] = self.table._measure(module, shape)
+            self.table.measured += 1
+        return self.table.layers[sig]
+
+    @staticmethod
+    def _interp(grid_1d: np.ndarray, f: float) -> float:
+        xs = np.array(GRID)
+        if f >= xs[0]:
+            return float(np.interp(f, xs, grid_1d))
+        slope = (grid_1d[1] - grid_1d[0]) / (xs[1] - xs[0])
+        return max(0.0, float(grid_1d[0] - slope * (xs[0] - f)))
+
+    def predict(self, kept: np.ndarray) -> Dict[str, float]:
+        frac = np.asarray(kept, dtype=float) / self.channels
+        total = 0.0
+        for name in self.names:
+            grid = self.grids[name]
+            gi, go = self.in_group.get(name), self.out_group.get(name)
+            if grid.shape == (1, 1):
+                total += grid[0, 0]
+                continue
+            if grid.shape[1] == 1:                       # one group sets the width (or only the input)
+                total += self._interp(grid[:, 0], frac[gi] if gi is not None else 1.0)
+                continue
+            if grid.shape[0] == 1:                       # only the output width varies
+                total += self._interp(grid[0, :], frac[go])
+                continue
+            fo = frac[go]
+            col = np.array([self._interp(grid[a, :], fo) for a in range(grid.shape[0])])
+            total += self._interp(col, frac[gi])
+        return {"latency_ms": max(self.lm.scale * total + self.lm.offset, 1e-3)}
