@@ -22,7 +22,13 @@ from compression_tool.apps.quantize import Context, QuantConfig
 from compression_tool.engine.cost import interleaved_latency
 from compression_tool.engine.quant.bn_fold import fold_bn
 from compression_tool.engine.quant.export import agreement, export_fp32_checked
-from compression_tool.engine.quant.int8_tuning import fp32_fallback, op_profile, prelu_modules, profile_lines
+from compression_tool.engine.quant.int8_tuning import (
+    fp32_fallback,
+    layer_kinds,
+    op_profile,
+    prelu_modules,
+    profile_lines,
+)
 from compression_tool.engine.quant.ptq_onnx import (
     CALIBRATIONS,
     FORMATS,
@@ -126,8 +132,11 @@ def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
         # 4. where the time goes
         x1 = _batch(inputs, 1)
         plain = next(p for label, p in variants if label == "int8 qdq")
-        profs = [("fp32", op_profile(fp32_path, x1, cfg.threads)), ("int8 qdq", op_profile(plain, x1, cfg.threads))]
+        kinds = layer_kinds(model)
+        profs = [("fp32", op_profile(fp32_path, x1, cfg.threads, kinds=kinds)),
+                 ("int8 qdq", op_profile(plain, x1, cfg.threads, kinds=kinds))]
         if best[1] != plain:
-            profs.append(("chosen", op_profile(best[1], x1, cfg.threads)))
-        lines += ["-- ONNX Runtime profile, batch 1: kernel ms per run by operator type"] + profile_lines(profs)
+            profs.append(("chosen", op_profile(best[1], x1, cfg.threads, kinds=kinds)))
+        lines += ["-- ONNX Runtime profile, batch 1: kernel ms per run by operator type [layer kind]"]
+        lines += profile_lines(profs, top=0)
     return lines

@@ -68,8 +68,25 @@ def fp32_fallback(classes: Iterable[str], prelus: Set[str]) -> Callable[[object]
     return exclude
 
 
-def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs: int = 20) -> Dict[str, float]:
-    """{operator type: ms per run} from ONNX Runtime's profiler (kernel time only), sorted, largest first."""
+def layer_kinds(model: nn.Module) -> Dict[str, str]:
+    """{module name: kind} for profiles: conv ``depthwise`` / ``1x1`` / ``kxk``, ``linear``, ``prelu``."""
+    out: Dict[str, str] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[n] = ("depthwise" if m.groups > 1 and m.groups == m.in_channels else
+                      "1x1" if m.kernel_size == (1, 1) else "kxk")
+        elif isinstance(m, nn.Linear):
+            out[n] = "linear"
+        elif isinstance(m, (nn.PReLU, SplitPReLU)):
+            out[n] = "prelu"
+    return out
+
+
+def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs: int = 20,
+               kinds: Dict[str, str] | None = None) -> Dict[str, float]:
+    """{operator type: ms per run} from ONNX Runtime's profiler (kernel time only), sorted, largest first.
+    ``kinds`` ({module: kind}, see ``layer_kinds``) splits each operator type by the kind of layer its node came
+    from, e.g. ``QLinearConv [depthwise]``, ``QLinearMul [prelu]``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -93,7 +110,10 @@ def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
             per_node[(ev["name"], ev["args"].get("op_name", "?"))].append((ev["ts"], ev["dur"] / 1e3))
     out: Dict[str, float] = defaultdict(float)
-    for (_, op), calls in per_node.items():           # the 3 warm-up calls of each node are left out
+    for (node, op), calls in per_node.items():           # the 3 warm-up calls of each node are left out
+        if kinds is not None:
+            kind = kinds.get(_module_of(node[: -len("_kernel_time")]))
+            op = f"{op} [{kind}]" if kind else op
         out[op] += sum(d for _, d in sorted(calls)[3:]) / runs
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
