@@ -129,6 +129,9 @@ def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
         atomic_save_with(out, lambda tmp: Path(tmp).write_bytes(best[1].read_bytes()), cfg.force)
         lines.append(f"chosen: {best[0]} (fastest at batch 1 within {cfg.max_drop:g} points of {head}): "
                      f"x{t1[0] / best[2]:.2f} (b1), x{tn[0] / best[3]:.2f} (b{n}) vs fp32 ONNX Runtime -> {out}")
+        if best[2] >= t1[0]:
+            lines.append("warning: no eligible int8 variant is faster than fp32 ONNX Runtime at batch 1 on this "
+                         "machine: ship the fp32 export (the profile below shows which kernels cost the time)")
         # 4. where the time goes
         x1 = _batch(inputs, 1)
         plain = next(p for label, p in variants if label == "int8 qdq")
