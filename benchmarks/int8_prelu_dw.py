@@ -1,5 +1,8 @@
-"""Side experiment: PReLU as two 1x1 depthwise convs (``(1 - a) * relu(x) + a * x`` with the slopes as conv
-weights) instead of Relu/Mul/Add, to give int8 ONNX Runtime a QLinearConv instead of two QLinearMul.
+"""Side experiments on PReLU for int8 ONNX Runtime (exported by default as Relu/Mul/Mul/Add):
+
+- dw-PReLU: two 1x1 depthwise convs (``(1 - a) * relu(x) + a * x`` with the slopes as conv weights), exact;
+- one-Mul: ``x + c * relu(x)`` with ``c = (1 - a) / a`` — the structure of ``a * (x + c * relu(x))`` once the
+  slope ``a`` is folded into the next conv's input channels (not done here: timing only, outputs differ).
 
     python benchmarks/int8_prelu_dw.py [CKPT]     # default: the CASIA MobileFaceNet, 3x112x96, 1 thread
 
@@ -38,12 +41,22 @@ class DwPReLU(nn.Module):
         return self.pos(torch.relu(x)) + self.neg(x)
 
 
-def swap(model: nn.Module) -> nn.Module:
+class OneMul(nn.Module):
+    def __init__(self, p: nn.PReLU):
+        super().__init__()
+        a = p.weight.detach().clamp(min=0.05)
+        self.c = nn.Parameter(((1 - a) / a).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return x + self.c * torch.relu(x)
+
+
+def swap(model: nn.Module, cls=DwPReLU) -> nn.Module:
     model = copy.deepcopy(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.PReLU) and m.weight.numel() > 1:
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, DwPReLU(m))
+            setattr(model.get_submodule(parent) if parent else model, attr, cls(m))
     return model
 
 
@@ -60,12 +73,14 @@ def main() -> None:
         print("rewrite max |diff|", float((m(x) - m2(x)).abs().max()))
     d = Path(tempfile.mkdtemp())
     f32, f32b = export_onnx(m, x, d / "a32.onnx"), export_onnx(m2, x, d / "b32.onnx")
+    f32c = export_onnx(swap(m, OneMul), x, d / "c32.onnx", prelu_split=False)
     q8, q8b = quantize_onnx(f32, d / "a8.onnx", calib), quantize_onnx(f32b, d / "b8.onnx", calib)
-    sess = [OrtModule(ort_session(p, 1)) for p in (f32, f32b, q8, q8b)]
+    q8c = quantize_onnx(f32c, d / "c8.onnx", calib)
+    sess = [OrtModule(ort_session(p, 1)) for p in (f32, f32b, q8, q8b, q8c)]
     for b in (1, 16):
         t = interleaved_latency(sess, torch.randn(b, 3, 112, 96), rounds=11)
-        print(f"b{b}: fp32 {t[0]:.2f}  fp32 dw-PReLU {t[1]:.2f}  int8 {t[2]:.2f}  int8 dw-PReLU {t[3]:.2f} ms; "
-              f"int8 dw-PReLU vs fp32 x{t[0] / t[3]:.2f}")
+        print(f"b{b}: fp32 {t[0]:.2f}  fp32 dw-PReLU {t[1]:.2f}  int8 {t[2]:.2f} (x{t[0] / t[2]:.2f})  "
+              f"int8 dw-PReLU {t[3]:.2f} (x{t[0] / t[3]:.2f})  int8 one-Mul {t[4]:.2f} (x{t[0] / t[4]:.2f}) ms")
     kinds = layer_kinds(m)
     print("\n".join(profile_lines([(n, op_profile(p, x, 1, 10, kinds))
                                    for n, p in (("fp32", f32), ("int8", q8), ("int8 dw-PReLU", q8b))], top=0)))
