@@ -8,7 +8,14 @@ import torch
 
 from compression_tool.cli import quantization
 from compression_tool.engine.quant.bn_fold import fold_bn
-from compression_tool.engine.quant.int8_tuning import fp32_fallback, node_classes, op_profile, prelu_modules
+from compression_tool.engine.quant.int8_tuning import (
+    fp32_fallback,
+    fp32_modules,
+    node_classes,
+    op_profile,
+    prelu_modules,
+    slower_in_int8,
+)
 from compression_tool.engine.quant.ptq_onnx import export_onnx, quantize_onnx
 from model_define import get_model
 
@@ -68,6 +75,13 @@ def test_fallback_keeps_exactly_those_layers_fp32(mfn):
     assert any(n.op_type == "QLinearConv" for n in onnx.load(str(qop)).graph.node)
     prof = op_profile(plain, torch.randn(1, 3, 56, 48), threads=1, runs=3)
     assert prof and all(v >= 0 for v in prof.values()) and "QLinearConv" in prof
+    # per layer: one named module stays fp32; profiles attribute kernel time to modules
+    one = quantize_onnx(path, d / "q_one.onnx", calib, exclude=fp32_modules(["blocks.0.conv.0"]))
+    q_one = _quantized_convs(one)
+    assert [n for n, q in q_one.items() if not q] == ["/blocks/blocks.0/conv/conv.0/Conv"]
+    by_mod = op_profile(plain, torch.randn(1, 3, 56, 48), threads=1, runs=3, by_module=True)
+    assert "blocks.0.conv.0" in by_mod and "conv1.prelu" in by_mod
+    assert slower_in_int8({"a": 1.0, "b": 2.0}, {"a": 1.5, "b": 1.0, "c": 0.1}) == ["a", "c"]
 
 
 def test_int8_mode_cli(tmp_path, capsys):

@@ -6,7 +6,8 @@
    TPR@FPR=1e-2 when the data are verification pairs) and the cosine of its outputs to PyTorch fp32.
 3. Layout: with the best calibration, QDQ and QOperator formats and fp32 fallbacks of layer classes that may be
    slower in int8 (``--fallbacks``: depthwise convs, PReLUs) are quantized and timed side by side with fp32
-   (interleaved, batch 1 and ``--latency_batch``).
+   (interleaved, batch 1 and ``--latency_batch``), and one variant that keeps in fp32 exactly the layers whose
+   int8 kernels (with their Q/DQ nodes) ONNX Runtime's profiler measured slower than their fp32 ones.
 4. The fastest variant whose metric is within ``--max_drop`` points of fp32 is written as
    ``<model>_int8_tuned.onnx``; ONNX Runtime's profiler then shows per operator type where fp32 and int8 spend
    their time.
@@ -24,10 +25,12 @@ from compression_tool.engine.quant.bn_fold import fold_bn
 from compression_tool.engine.quant.export import agreement, export_fp32_checked
 from compression_tool.engine.quant.int8_tuning import (
     fp32_fallback,
+    fp32_modules,
     layer_kinds,
     op_profile,
     prelu_modules,
     profile_lines,
+    slower_in_int8,
 )
 from compression_tool.engine.quant.ptq_onnx import (
     CALIBRATIONS,
@@ -105,6 +108,16 @@ def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
                                   calibration=best_cal, quant_format=fmt,
                                   exclude=fp32_fallback(fb, prelus) if fb else None)
                 variants.append((label, p))
+        # per layer: the modules whose int8 kernels were measured slower than their fp32 ones stay fp32
+        x1 = _batch(inputs, 1)
+        plain = next(p for label, p in variants if label == "int8 qdq")
+        slow = slower_in_int8(op_profile(fp32_path, x1, cfg.threads, by_module=True),
+                              op_profile(plain, x1, cfg.threads, by_module=True))
+        if slow:
+            p = quantize_onnx(fp32_path, work / "v_slow.onnx", calib, reduce_range=reduce_range,
+                              calibration=best_cal, exclude=fp32_modules(slow))
+            variants.append((f"int8 qdq, fp32 {len(slow)} measured-slower layers", p))
+            lines.append(f"layers measured slower in int8 than fp32 (ORT profile, batch 1): {', '.join(slow)}")
         sessions = [OrtModule(ort_session(fp32_path, cfg.threads))] + [OrtModule(ort_session(p, cfg.threads))
                                                                        for _, p in variants]
         n = cfg.latency_batch
@@ -112,14 +125,14 @@ def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
         tn = interleaved_latency(sessions, _batch(inputs, n), rounds=cfg.latency_rounds)
         lines += [f"-- format and fp32 fallbacks ({best_cal} calibration); latency medians of {cfg.latency_rounds} "
                   f"interleaved rounds, {cfg.threads} thread(s)",
-                  f"{'variant':34s} {'b1 ms':>8s} {f'b{n} ms':>8s} {'b1 x':>6s} {f'b{n} x':>6s} {'MB':>6s} "
+                  f"{'variant':44s} {'b1 ms':>8s} {f'b{n} ms':>8s} {'b1 x':>6s} {f'b{n} x':>6s} {'MB':>6s} "
                   f"{'cos':>7s}  metrics"]
         rows = []
         for i, (label, path) in enumerate([("fp32 ONNX Runtime", fp32_path)] + variants):
             m = _metrics(ctx, sessions[i]) if i else {k: v for k, v in _metrics(ctx, sessions[0]).items()}
             cos = agreement(model, sessions[i], held).cosine_mean
             rows.append((label, path, t1[i], tn[i], m))
-            lines.append(f"{label:34s} {t1[i]:8.3f} {tn[i]:8.3f} {t1[0] / t1[i]:6.2f} {tn[0] / tn[i]:6.2f} "
+            lines.append(f"{label:44s} {t1[i]:8.3f} {tn[i]:8.3f} {t1[0] / t1[i]:6.2f} {tn[0] / tn[i]:6.2f} "
                          f"{file_mb(path):6.2f} {cos:7.4f}  {_fmt(m)}")
         ok = [r for r in rows[1:] if base[head] - r[4][head] <= cfg.max_drop]
         if not ok:
@@ -133,8 +146,6 @@ def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
             lines.append("warning: no eligible int8 variant is faster than fp32 ONNX Runtime at batch 1 on this "
                          "machine: ship the fp32 export (the profile below shows which kernels cost the time)")
         # 4. where the time goes
-        x1 = _batch(inputs, 1)
-        plain = next(p for label, p in variants if label == "int8 qdq")
         kinds = layer_kinds(model)
         profs = [("fp32", op_profile(fp32_path, x1, cfg.threads, kinds=kinds)),
                  ("int8 qdq", op_profile(plain, x1, cfg.threads, kinds=kinds))]

@@ -82,11 +82,27 @@ def layer_kinds(model: nn.Module) -> Dict[str, str]:
     return out
 
 
+def fp32_modules(modules: Iterable[str]) -> Callable[[object], List[str]]:
+    """``exclude`` for ``quantize_onnx``: every node exported from these PyTorch modules stays fp32."""
+    modules = set(modules)
+
+    def exclude(model) -> List[str]:
+        return [n.name for n in model.graph.node if _module_of(n.name) in modules]
+
+    return exclude
+
+
+def slower_in_int8(fp32: Dict[str, float], int8: Dict[str, float], margin: float = 1.0) -> List[str]:
+    """Modules whose int8 kernels (including their Q/DQ nodes) took longer than ``margin`` x their fp32 ones."""
+    return sorted(m for m, t in int8.items() if m and t > margin * fp32.get(m, 0.0))
+
+
 def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs: int = 20,
-               kinds: Dict[str, str] | None = None) -> Dict[str, float]:
+               kinds: Dict[str, str] | None = None, by_module: bool = False) -> Dict[str, float]:
     """{operator type: ms per run} from ONNX Runtime's profiler (kernel time only), sorted, largest first.
     ``kinds`` ({module: kind}, see ``layer_kinds``) splits each operator type by the kind of layer its node came
-    from, e.g. ``QLinearConv [depthwise]``, ``QLinearMul [prelu]``."""
+    from, e.g. ``QLinearConv [depthwise]``, ``QLinearMul [prelu]``; ``by_module``: {PyTorch module: ms} instead
+    (every node attributed to the module it was exported from)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -111,7 +127,9 @@ def op_profile(path: str | os.PathLike, x: torch.Tensor, threads: int = 1, runs:
             per_node[(ev["name"], ev["args"].get("op_name", "?"))].append((ev["ts"], ev["dur"] / 1e3))
     out: Dict[str, float] = defaultdict(float)
     for (node, op), calls in per_node.items():           # the 3 warm-up calls of each node are left out
-        if kinds is not None:
+        if by_module:
+            op = _module_of(node[: -len("_kernel_time")])
+        elif kinds is not None:
             kind = kinds.get(_module_of(node[: -len("_kernel_time")]))
             op = f"{op} [{kind}]" if kind else op
         out[op] += sum(d for _, d in sorted(calls)[3:]) / runs
