@@ -96,6 +96,15 @@ class QuantConfig:
     save: Optional[str] = None
     dfp_w_bits: int = 8
     dfp_a_bits: int = 8
+    tolerance: float = 1e-4                         # export: fp32 max |Δ| <= tolerance * max(1, max |y|)
+    int8_min_cosine: float = 0.9                    # export: int8 must keep this mean cosine to fp32
+    no_int8: bool = False                           # export: fp32 ONNX only
+    check_batches: int = 2                          # export: held-out batches for the equivalence check
+    latency_batch: int = 16                         # export: the batch N of the latency table (besides 1)
+    latency_rounds: int = 7
+    calibrations: str = "minmax,percentile,entropy"  # int8: calibration methods tried
+    fallbacks: str = "none,prelu,depthwise,prelu+depthwise"   # int8: layer classes tried in fp32
+    max_drop: float = 1.0                           # int8: allowed headline-metric drop (points) vs fp32
 
 
 # ---------------------------------------------------------------- loading
@@ -284,8 +293,22 @@ def run_hist(ctx: Context, cfg: QuantConfig) -> List[str]:
     return [f"{len(paths)} histograms (weights | input activations per layer) -> {out}/"]
 
 
+def run_export(ctx: Context, cfg: QuantConfig) -> List[str]:
+    from compression_tool.apps.export import run_export as export  # it builds on this module
+
+    return export(ctx, cfg)
+
+
+def run_int8(ctx: Context, cfg: QuantConfig) -> List[str]:
+    from compression_tool.apps.int8 import run_int8 as tune  # it builds on this module
+
+    return tune(ctx, cfg)
+
+
 MODES: Dict[str, Callable[[Context, QuantConfig], List[str]]] = {
-    "fold": run_fold, "ptq": run_ptq, "lsq": run_lsq, "dfp": run_dfp, "hist": run_hist}
+    "fold": run_fold, "ptq": run_ptq, "lsq": run_lsq, "dfp": run_dfp, "hist": run_hist, "export": run_export,
+    "int8": run_int8}
+ALL = ("fold", "ptq", "lsq", "dfp", "hist")   # what --mode all runs (export is the deployment step)
 
 
 def run(cfg: QuantConfig) -> List[str]:
@@ -297,7 +320,7 @@ def run(cfg: QuantConfig) -> List[str]:
     torch.set_num_threads(cfg.threads)
     try:
         ctx = build_context(cfg)
-        modes = list(MODES) if cfg.mode == "all" else [cfg.mode]
+        modes = list(ALL) if cfg.mode == "all" else [cfg.mode]
         lines: List[str] = []
         for mode in modes:
             lines += [f"== {mode} ({ctx.name}) =="] + MODES[mode](ctx, cfg)

@@ -17,6 +17,7 @@ from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
 from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.latency import LatencyModel, LatencyTable, layer_lines
 from compression_tool.engine.report import format_report
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.engine.sensitivity import check_resume, default_sparsities, sweep
@@ -72,6 +73,11 @@ class PruneConfig:
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
     override_criterion: bool = False                # True: criterion.name replaces the schedule's pruner classes
     ignore: Sequence[str] = ()
+    round_to: int = 1                               # kept widths rounded up to multiples of this
+    latency_runtime: Optional[str] = None           # "torch" | "ort": per-layer latency table in the report
+    latency_threads: int = 1
+    latency_batch: int = 1
+    latency_dir: str = "work_space/latency"
     save: bool = False
     output: Optional[str] = None                    # default work_space/pruned_model/<model>.pth
     work_space: str = "work_space"
@@ -89,6 +95,7 @@ class PruneResult:
     keep_lines: List[str]
     checkpoint: Optional[Path] = None
     keep_path: Optional[Path] = None
+    latency_lines: List[str] = field(default_factory=list)
 
     def report(self) -> str:
         return format_report(self.before, self.after)
@@ -233,6 +240,19 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     return out
 
 
+def layer_latency_lines(cfg: PruneConfig, original: nn.Module, model: nn.Module, x: torch.Tensor) -> List[str]:
+    """Per-layer latency before/after on the runtime the model ships on (``engine.latency``), or nothing."""
+    if not cfg.latency_runtime:
+        return []
+    table = LatencyTable(cfg.latency_runtime, cfg.latency_threads, cfg.latency_batch, cfg.latency_dir)
+    lm = LatencyModel(original, x, table)
+    after = lm.per_layer(model)
+    return ([f"per-layer latency on {cfg.latency_runtime}, {cfg.latency_threads} thread(s), batch "
+             f"{cfg.latency_batch} (each layer timed alone; table {table.path}, {table.measured} shapes newly "
+             f"timed); unpruned model measured {lm.base:.3f} ms:"]
+            + layer_lines(lm.base_layers, after, lm.scale, offset=lm.offset))
+
+
 def run_prune(cfg: PruneConfig) -> PruneResult:
     """Apply a schedule: select channels per group with its criteria, thin, measure before/after, maybe save."""
     schedule = read_schedule(cfg.schedule)
@@ -251,7 +271,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     check_classes(model, setup, meta, cfg.eval.data)
     # one pruner path: ChannelPruner selects (each group with its schedule's criterion) and thins
     pruner = ChannelPruner(model, x, configured_criterion(cfg.criterion, name), ignore=cfg.ignore,
-                           batches=setup.batches)
+                           batches=setup.batches, round_to=cfg.round_to)
     index = pruner.index
     plan = resolve(schedule, index, cfg.criterion.name if cfg.override_criterion else None, source=str(cfg.schedule))
     criteria: Dict[str, Criterion] = {c: configured_criterion(cfg.criterion, name, c) for _, c in plan.values()}
@@ -268,10 +288,12 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
         e = cfg.eval
         bn_reestimate(model, e.data, meta["input_size"], cfg.bn_recalib,
                       parse_split(e.split, e.split_seed) if e.split else None, e.batch_size, e.seed, e.mean, e.std)
+    latency_lines = layer_latency_lines(cfg, original, model, x)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio
     before["latency_ms"], after["latency_ms"] = interleaved_latency([original, model], x)
-    result = PruneResult(model, meta, keep, before, after, keep_table(widths_before, layer_widths(model)))
+    result = PruneResult(model, meta, keep, before, after, keep_table(widths_before, layer_widths(model)),
+                         latency_lines=latency_lines)
     result.meta = {"model": name, "model_kwargs": meta.get("model_kwargs", {}), "input_size": meta["input_size"],
                    "keep": [*meta.get("keep", []), keep], "schedule": str(cfg.schedule),
                    "metrics": {"before": before, "after": after}}

@@ -57,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (can run code: only your own files)")
     p.add_argument("--ignore", nargs="*", default=[], help="budget mode: layer names never to prune")
+    p.add_argument("--latency", type=float, default=None,
+                   help="budget mode: fraction of the measured latency to keep, e.g. 0.5, on --runtime with "
+                        "--threads and --batch (per-layer tables cached in --latency_dir; needs --best_model_path)")
+    p.add_argument("--runtime", choices=("torch", "ort"), default="torch",
+                   help="latency budget: the runtime the model ships on (PyTorch CPU or ONNX Runtime CPU)")
+    p.add_argument("--threads", type=int, default=1, help="latency budget: intra-op threads")
+    p.add_argument("--batch", type=int, default=1, help="latency budget: batch size")
+    p.add_argument("--latency_dir", default="work_space/latency",
+                   help="latency budget: per-machine per-layer latency tables")
+    p.add_argument("--round_to", type=int, default=1,
+                   help="budget mode: every group keeps a multiple of N channels (rounded up); the schedule then "
+                        "holds each group's exact ratio")
     p.add_argument("--method", default="l1", help="criterion written as the pruner class (l1, l2, fpgm, hrank, …)")
     p.add_argument("--dataset", default="digits", help="dataset name recorded in the schedule")
     p.add_argument("--output", default=None,
@@ -93,23 +105,26 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.mode == "auto":
-        args.mode = "budget" if args.flops is not None else \
+        args.mode = "budget" if args.flops is not None or args.latency is not None else \
             "target_true" if args.best_model_path and args.data else "seed"
     if args.mode == "target_true":
         return target_true_args(args)
-    if args.mode == "budget" and args.flops is None:
-        raise UserError("--mode budget needs --flops F (the fraction of the MACs to keep)")
+    if args.mode == "budget" and args.flops is None and args.latency is None:
+        raise UserError("--mode budget needs --flops F or --latency F (the fraction of the MACs / latency to keep)")
     if len(args.pos) > len(POSITIONAL):
         raise UserError(f"expected at most 4 positional arguments (CSV TARGET_ACC MODEL INPUT_SIZE), "
                         f"got {len(args.pos)}")
     for name, val in zip(POSITIONAL, args.pos):
         if getattr(args, name) is None:
             setattr(args, name, val)
-    need = ["csv", "model"] + (["target", "input_size"] if args.flops is None else ["best_model_path"])
+    if args.flops is not None and args.latency is not None:
+        raise UserError("give one budget: --flops or --latency, not both")
+    need = ["csv", "model"] + (["target", "input_size"] if args.flops is None and args.latency is None
+                               else ["best_model_path"])
     missing = [n for n in need if getattr(args, n) is None]
     if missing:
         raise UserError(f"missing {', '.join('--' + m for m in missing)} (or give CSV TARGET_ACC MODEL INPUT_SIZE)")
-    if args.flops is None:
+    if args.flops is None and args.latency is None:
         try:
             args.target = float(args.target)
         except ValueError:
@@ -119,8 +134,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if args.target < 0:
             raise UserError(f"TARGET_ACC: every metric of the CSV (accuracy, AUC, TPR, loss, EER) is >= 0; a target "
                             f"of {args.target:g} means nothing")
-    elif not 0.0 < args.flops < 1.0:   # also NaN
-        raise UserError(f"--flops: expected the fraction of the MACs to keep, in (0, 1), e.g. 0.7, got {args.flops}")
+    else:
+        flag, keep = ("--flops", args.flops) if args.flops is not None else ("--latency", args.latency)
+        if not 0.0 < keep < 1.0:   # also NaN
+            raise UserError(f"{flag}: expected the fraction to keep, in (0, 1), e.g. 0.7, got {keep}")
     model_spec(args.model)             # an unknown --model: one line listing the known ones, before any work
     return args
 
@@ -203,17 +220,32 @@ def budget(args: argparse.Namespace) -> Path:
 
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, args.input_size,
                          args.trust_checkpoint)
-    out = Path(args.output or Path("yaml_file") / f"{args.model}_flops-{round(100 * args.flops)}.yaml")
+    kind, keep = ("flops", args.flops) if args.flops is not None else ("latency", args.latency)
+    out = Path(args.output or Path("yaml_file") / f"{args.model}_{kind}-{round(100 * keep)}.yaml")
     check_writable(out, args.force)   # before the model is loaded and the budget searched
     input_size_of(source)
     model, meta = load_source(source)
     size = meta["input_size"]
-    result = schedule_for_budget(args.csv, model, example_input(size), args.flops, args.metric, args.ignore)
+    latency = None
+    if args.latency is not None:
+        from compression_tool.engine.latency import LatencyModel, LatencyTable
+
+        latency = LatencyModel(model, example_input(size), LatencyTable(args.runtime, args.threads, args.batch,
+                                                                         args.latency_dir))
+        print(f"latency of the unpruned model on {args.runtime}, {args.threads} thread(s), batch {args.batch}: "
+              f"{latency.base:.3f} ms measured (per-layer table {latency.table.path}, "
+              f"{latency.table.measured} layer shapes newly timed)")
+    result = schedule_for_budget(args.csv, model, example_input(size), keep, args.metric, args.ignore,
+                                 args.round_to, latency)
     write_budget_schedule(result, out, args.csv, args.method, meta["model"], args.dataset, size, force=args.force)
     for layer, s in result.sparsities.items():
         print(f"  {layer}: {s:g}")
-    print(f"budget {100 * args.flops:g}% of the MACs kept: {result.macs / 1e6:.3f}M of {result.base_macs / 1e6:.3f}M "
-          f"({100 * result.reduction:.1f}% removed), params {result.params / 1e6:.3f}M of "
+    if latency is not None:
+        print(f"budget {100 * keep:g}% of the latency kept: predicted {result.latency_ms:.3f} ms of "
+              f"{result.base_latency_ms:.3f} ms")
+    print(f"{'budget ' + format(100 * keep, 'g') + '% of the MACs kept' if latency is None else 'MACs'}: "
+          f"{result.macs / 1e6:.3f}M of {result.base_macs / 1e6:.3f}M ({100 * result.reduction:.1f}% removed), "
+          f"params {result.params / 1e6:.3f}M of "
           f"{result.base_params / 1e6:.3f}M; {result.moves} of {result.total_moves} moves")
     return out
 

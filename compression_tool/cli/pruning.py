@@ -72,6 +72,12 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     return p
 
 
+def add_round_to(p) -> None:
+    p.add_argument("--round_to", type=int, default=1,
+                   help="keep a multiple of N channels in every group (rounded up: never prunes more than asked; "
+                        "a group narrower than N stays whole); 8 or 16 suit SIMD kernels")
+
+
 def prune_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="pruning.py --mode prune", formatter_class=HELP_FORMAT, description=(
         "Apply a Distiller-style YAML schedule: rank each named group's channels with the schedule's pruner "
@@ -86,6 +92,14 @@ def prune_parser() -> argparse.ArgumentParser:
                         "a target-true schedule says whether it was checked that way (extensions.target_true.adabn)")
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
+    add_round_to(p)
+    lat = p.add_argument_group("latency report")
+    lat.add_argument("--latency_runtime", choices=("torch", "ort"), default=None,
+                     help="print per-layer latency before/after on this runtime (PyTorch CPU or ONNX Runtime CPU), "
+                          "from per-layer tables cached per machine in --latency_dir")
+    lat.add_argument("--latency_threads", type=int, default=1, help="latency report: intra-op threads")
+    lat.add_argument("--latency_batch", type=int, default=1, help="latency report: batch size")
+    lat.add_argument("--latency_dir", default="work_space/latency", help="latency report: where the tables live")
     add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
     return p
 
@@ -107,11 +121,20 @@ def search_parser() -> argparse.ArgumentParser:
                    help="budget: fraction of the unpruned MACs to KEEP, e.g. 0.5 (every budget flag of the "
                         "project is a fraction kept)")
     g.add_argument("--params", type=float, default=None, help="budget: fraction of the unpruned parameters to keep")
+    g.add_argument("--latency", type=float, default=None,
+                   help="budget: fraction of the latency measured on --latency_runtime to keep (per-layer tables, "
+                        "cached per machine in --latency_dir)")
+    g.add_argument("--latency_runtime", choices=("torch", "ort"), default="torch",
+                   help="--latency: PyTorch CPU or ONNX Runtime CPU")
+    g.add_argument("--latency_threads", type=int, default=1, help="--latency: intra-op threads")
+    g.add_argument("--latency_batch", type=int, default=1, help="--latency: batch size")
+    g.add_argument("--latency_dir", default="work_space/latency", help="--latency: where the tables live")
     g.add_argument("--population", type=int, default=10, help="candidates per iteration (ABC: food sources)")
     g.add_argument("--iterations", type=int, default=10, help="generations / swarm moves / bee cycles / ant tours")
     g.add_argument("--search_batches", type=int, default=4,
                    help="batches used to re-estimate each candidate's BatchNorm statistics")
     g.add_argument("--max_ratio", type=float, default=0.9, help="upper bound of every group's pruning ratio")
+    add_round_to(g)
     add_output_args(p, "schedule path (default yaml_file/<model>_search_<algo>_<budget>.yaml)")
     return p
 
@@ -136,13 +159,17 @@ def run_prune(argv: List[str]) -> None:
     crit = criterion_config(args, default=None)
     cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args, "report"),
                       criterion=crit, override_criterion=bool(args.method or args.fpgm or args.hrank),
-                      ignore=args.ignore, save=args.save_model_pt, output=args.output, work_space=args.work_space,
-                      force=args.force, bn_recalib=args.bn_recalib)
+                      ignore=args.ignore, round_to=args.round_to, save=args.save_model_pt, output=args.output,
+                      work_space=args.work_space, force=args.force, bn_recalib=args.bn_recalib,
+                      latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
+                      latency_batch=args.latency_batch, latency_dir=args.latency_dir)
     result = prune(cfg)
     print("keep-arrays (layer: out channels before -> after):")
     for line in result.keep_lines:
         print("  " + line)
     print(result.report())
+    for line in result.latency_lines:
+        print(line)
     if result.checkpoint:
         print(f"thinned checkpoint: {result.checkpoint}\nkeep-arrays: {result.keep_path}")
     else:
@@ -155,13 +182,18 @@ def run_search(argv: List[str]) -> None:
 
     args = search_parser().parse_args(argv)
     apply_threads(args.threads)
-    if (args.flops is None) == (args.params is None):
-        raise UserError("--mode search needs exactly one budget: --flops F or --params F (fraction to keep)")
-    resource, fraction = ("macs", args.flops) if args.flops is not None else ("params", args.params)
+    budgets = [(r, v) for r, v in (("macs", args.flops), ("params", args.params), ("latency_ms", args.latency))
+               if v is not None]
+    if len(budgets) != 1:
+        raise UserError("--mode search needs exactly one budget: --flops F, --params F or --latency F (fraction "
+                        "to keep)")
+    resource, fraction = budgets[0]
     cfg = SearchConfig(source=model_source(args), resource=resource, fraction=fraction, algo=args.algo,
                        eval=eval_config(args, "check"), criterion=criterion_config(args), population=args.population,
                        iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
-                       ignore=args.ignore, output=args.output, force=args.force, seed=args.seed)
+                       ignore=args.ignore, round_to=args.round_to, output=args.output, force=args.force,
+                       seed=args.seed, latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
+                       latency_batch=args.latency_batch, latency_dir=args.latency_dir)
     out, lines = search(cfg)
     print("\n".join(lines))
     print(f"schedule: {out}")

@@ -7,6 +7,9 @@
   python quantization.py --mode dfp  ...   # Ristretto dynamic fixed point, fl per layer, with/without BN folding
   python quantization.py --mode hist ...   # per-layer weight / activation histograms (PNG)
   python quantization.py --mode ptq --pruned_model work_space/pruned_model/digits_net.pth   # prune, then quantize
+  python quantization.py --mode export --pruned_model work_space/pruned_model/digits_net.pth --threads 1
+      # deploy: BN folded -> ONNX fp32 + int8, checked against PyTorch, latency table (batch 1 and N)
+  python quantization.py --mode int8 ...   # calibration / format / fp32 fallbacks chosen by measurement
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from compression_tool.cli.common import add_model_args
 from compression_tool.cli.parser import DEFAULT_THREADS, ArgumentParser, apply_threads
 from compression_tool.io.errors import UserError, cli_main
 
-MODES = ("fold", "ptq", "lsq", "dfp", "hist", "all")
+MODES = ("fold", "ptq", "lsq", "dfp", "hist", "export", "int8", "all")
 
 
 def bit_list(text: str) -> List[int]:
@@ -34,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=MODES, required=True,
                    help="fold: merge BN and check outputs; ptq: int8 ONNX Runtime; lsq: learned-step QAT with "
-                        "per-layer bits; dfp: dynamic fixed point; hist: histograms; all: every mode in turn")
+                        "per-layer bits; dfp: dynamic fixed point; hist: histograms; export: BN-folded ONNX "
+                        "fp32 + int8 checked against PyTorch, with a latency table; int8: choose calibration, "
+                        "format and fp32 fallbacks by measurement; all: every mode but export and int8")
     add_model_args(p, required=False)   # no checkpoint: --model (default digits_net) with random weights
     p.add_argument("--pruned_model", default=None,
                    help="a thinned checkpoint from pruning.py (rebuilt at its pruned width); replaces "
@@ -58,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="7-bit weights (avoids u8s8 saturation on CPUs without VNNI); auto = on without VNNI")
     ptq.add_argument("--keep_prelu", action="store_true",
                      help="export PReLU as ONNX PRelu (default: the exact (1-a)*relu(x) + a*x, faster in ORT)")
+    e = p.add_argument_group("export")
+    e.add_argument("--tolerance", type=float, default=1e-4,
+                   help="fail unless fp32 ONNX Runtime (and the BN-folded model) is within max |Δ| <= "
+                        "TOLERANCE x max(1, max |y|) of PyTorch")
+    e.add_argument("--int8_min_cosine", type=float, default=0.9,
+                   help="fail unless int8 outputs keep this mean cosine similarity to PyTorch fp32")
+    e.add_argument("--no_int8", action="store_true", help="export fp32 ONNX only")
+    e.add_argument("--check_batches", type=int, default=2,
+                   help="batches after the calibration batches used for the equivalence check")
+    e.add_argument("--latency_batch", type=int, default=16, help="the batch size N of the latency table")
+    e.add_argument("--latency_rounds", type=int, default=7, help="interleaved timing rounds (median kept)")
+    i8 = p.add_argument_group("int8")
+    i8.add_argument("--calibrations", default="minmax,percentile,entropy",
+                    help="calibration methods to compare (comma list of minmax, percentile, entropy)")
+    i8.add_argument("--fallbacks", default="none,prelu,depthwise,prelu+depthwise",
+                    help="layer classes to try in fp32 (comma list of none, prelu, depthwise, prelu+depthwise)")
+    i8.add_argument("--max_drop", type=float, default=1.0,
+                    help="the chosen int8 model may lose at most this many points of the headline metric")
     q = p.add_argument_group("lsq")
     q.add_argument("--w_bit", type=bit_list, default=None,
                    help="weight bits per conv/linear layer in model order ('8,4,4,8'), or one value for all")
@@ -88,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     if args.pruned_model and args.best_model_path:
         raise UserError("give either --pruned_model or --best_model_path, not both")
-    for flag in ("batch_size", "calib_batches", "search_batches", "threads"):
+    for flag in ("batch_size", "calib_batches", "search_batches", "threads", "check_batches", "latency_batch",
+                 "latency_rounds"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     for flag in ("epochs",):
@@ -98,6 +122,9 @@ def check_args(args: argparse.Namespace) -> None:
         v = getattr(args, flag)
         if not math.isfinite(v) or v < 0:
             raise UserError(f"--{flag} must be a non-negative number, got {v}")
+    if not args.tolerance > 0 or not -1 <= args.int8_min_cosine <= 1:
+        raise UserError(f"--tolerance must be > 0 and --int8_min_cosine in [-1, 1], got {args.tolerance}, "
+                        f"{args.int8_min_cosine}")
     if not 2 <= args.min_bw <= args.max_bw <= 16:
         raise UserError(f"--min_bw/--max_bw must satisfy 2 <= min <= max <= 16, got {args.min_bw}/{args.max_bw}")
     if not (2 <= args.dfp_w_bits <= 32 and 2 <= args.dfp_a_bits <= 32):

@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from compression_tool.engine.cost import params_and_macs, thinned_cost
+from compression_tool.engine.cost import params_and_macs, thinned_copy, thinned_cost  # noqa: F401 (tests use it)
 from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.latency import LatencyModel
 from compression_tool.engine.schedule import LOWER_IS_BETTER, Curve, build_schedule, write_schedule
 from compression_tool.engine.sensitivity import load_csv
 from compression_tool.io.errors import UserError
@@ -52,6 +53,8 @@ class BudgetResult:
     params: float
     base_macs: float
     base_params: float
+    latency_ms: Optional[float] = None   # predicted, when the budget is latency
+    base_latency_ms: Optional[float] = None
 
     @property
     def macs_kept(self) -> float:
@@ -113,17 +116,27 @@ def first_feasible(n: int, feasible: Callable[[int], bool]) -> int:
 
 
 def schedule_for_budget(csv_path: str, model: nn.Module, example_inputs: torch.Tensor, keep: float,
-                        metric: Optional[str] = None, ignore: Sequence[str] = ()) -> BudgetResult:
-    """The shortest prefix of ``ordered_moves`` whose thinned model keeps at most ``keep`` of the MACs."""
+                        metric: Optional[str] = None, ignore: Sequence[str] = (), round_to: int = 1,
+                        latency: Optional[LatencyModel] = None) -> BudgetResult:
+    """The shortest prefix of ``ordered_moves`` whose thinned model keeps at most ``keep`` of the MACs.
+    ``round_to`` > 1: every group keeps a multiple of that many channels (rounded up), and the schedule names
+    each pruned group with the exact ratio of its rounded count, so ``--mode prune`` needs no ``--round_to``.
+    ``latency``: the budget is ``keep`` of the latency the model measured on its runtime (``engine.latency``),
+    each candidate's latency predicted from the per-layer tables."""
+    res = "latency_ms" if latency is not None else "macs"
+    what = "latency" if latency is not None else "MACs"
     if not 0.0 < keep < 1.0:
-        raise UserError(f"--flops: expected the fraction of the MACs to keep, in (0, 1), e.g. 0.7, got {keep}")
+        raise UserError(f"--{'latency' if latency is not None else 'flops'}: expected the fraction of the {what} to "
+                        f"keep, in (0, 1), e.g. 0.7, got {keep}")
     reduction = 1.0 - keep
     metrics, data = load_csv(csv_path)
     metric = metric or metrics[0]
     if metric not in metrics:
         raise UserError(f"--metric {metric!r} is not a column of {csv_path} (columns: {', '.join(metrics)})")
     base = params_and_macs(model, example_inputs)
-    index = GroupIndex(model, example_inputs, ignore=ignore)
+    if latency is not None:
+        base["latency_ms"] = latency.base
+    index = GroupIndex(model, example_inputs, ignore=ignore, round_to=round_to)
     moves = ordered_moves(data, metric)
     cache: Dict[Tuple[Tuple[str, int], ...], Dict[str, float]] = {}
     bar = tqdm(desc="budget", unit="thinning", leave=False)
@@ -131,33 +144,50 @@ def schedule_for_budget(csv_path: str, model: nn.Module, example_inputs: torch.T
     def cost(k: int) -> Dict[str, float]:
         key = tuple(sorted(prune_counts(index, schedule_after(moves, k, list(data))).items()))
         if key not in cache:
-            cache[key] = thinned_cost(model, example_inputs, dict(key), ignore)
+            thin = thinned_copy(model, example_inputs, {n: list(range(c)) for n, c in key}, ignore)
+            cache[key] = params_and_macs(thin, example_inputs)
+            if latency is not None:
+                cache[key]["latency_ms"] = latency.predict(thin)
             bar.update(1)
-            log.debug("%d of %d moves: %.1f%% of the MACs kept", k, len(moves),
-                      100 * cache[key]["macs"] / base["macs"])
+            log.debug("%d of %d moves: %.1f%% of the %s kept", k, len(moves),
+                      100 * cache[key][res] / base[res], what)
         return cache[key]
 
-    limit = (1.0 - reduction) * base["macs"] * (1 + 1e-9)
+    limit = (1.0 - reduction) * base[res] * (1 + 1e-9)
     try:
-        if cost(len(moves))["macs"] > limit:
-            most = cost(len(moves))["macs"] / base["macs"]
-            raise UserError(f"{csv_path}: even every layer at its highest level keeps {most:.1%} of the MACs, more "
+        if cost(len(moves))[res] > limit:
+            most = cost(len(moves))[res] / base[res]
+            raise UserError(f"{csv_path}: even every layer at its highest level keeps {most:.1%} of the {what}, more "
                             f"than the {1 - reduction:.0%} budget; sweep higher sparsities "
                             "(pruning.py --mode sa --sparsities)")
-        k = first_feasible(len(moves), lambda i: cost(i)["macs"] <= limit)
+        k = first_feasible(len(moves), lambda i: cost(i)[res] <= limit)
     finally:
         bar.close()
     c = cost(k)
-    return BudgetResult(sparsities=schedule_after(moves, k, list(data)), metric=metric,
+    sparsities = schedule_after(moves, k, list(data))
+    if round_to > 1:
+        counts = prune_counts(index, sparsities)
+        sparsities = {**{layer: 0.0 for layer in data if index.find(layer, source="CSV").name not in counts},
+                      **{g.name: g.ratio_for(counts[g.name]) for g in index.groups if g.name in counts}}
+    return BudgetResult(sparsities=sparsities, metric=metric,
                         threshold=moves[k - 1][2] if k else None, moves=k, total_moves=len(moves),
-                        macs=c["macs"], params=c["params"], base_macs=base["macs"], base_params=base["params"])
+                        macs=c["macs"], params=c["params"], base_macs=base["macs"], base_params=base["params"],
+                        latency_ms=c.get("latency_ms"), base_latency_ms=base.get("latency_ms"))
 
 
 def write_budget_schedule(result: BudgetResult, path: str | Path, csv_path: str, criterion: str, arch: str,
                           dataset: str, input_size: Sequence[int], force: bool = False) -> Path:
     doc = build_schedule(result.sparsities, criterion, arch, dataset, input_size)
-    header = (f"generated by auto_make_yaml.py --flops from {csv_path}\n"
-              f"budget: at most {100 * (1 - result.reduction):.1f}% of {result.base_macs / 1e6:.3f}M MACs kept "
-              f"({result.macs / 1e6:.3f}M, {result.params / 1e6:.3f}M params); {result.moves} of "
-              f"{result.total_moves} moves, last at {result.metric} = {result.threshold}")
+    if result.latency_ms is not None:
+        header = (f"generated by auto_make_yaml.py --latency from {csv_path}\n"
+                  f"budget: predicted latency {result.latency_ms:.3f} ms of the measured "
+                  f"{result.base_latency_ms:.3f} ms ({result.latency_ms / result.base_latency_ms:.1%}); "
+                  f"{result.macs / 1e6:.3f}M of "
+                  f"{result.base_macs / 1e6:.3f}M MACs; {result.moves} of {result.total_moves} moves, last at "
+                  f"{result.metric} = {result.threshold}")
+    else:
+        header = (f"generated by auto_make_yaml.py --flops from {csv_path}\n"
+                  f"budget: at most {100 * (1 - result.reduction):.1f}% of {result.base_macs / 1e6:.3f}M MACs kept "
+                  f"({result.macs / 1e6:.3f}M, {result.params / 1e6:.3f}M params); {result.moves} of "
+                  f"{result.total_moves} moves, last at {result.metric} = {result.threshold}")
     return write_schedule(doc, path, header, force=force)

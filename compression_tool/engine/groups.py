@@ -74,10 +74,29 @@ class PrunableGroup:
     members: List[str]        # modules whose out-channels are removed (conv/linear/BN/PReLU), model order
     weights: List[str]        # conv/linear weights among the members: any of them may name the group
     channels: int
+    round_to: int = 1         # kept widths are multiples of this (or the whole group): hardware-friendly widths
+
+    def snap(self, n: int) -> int:
+        """``n`` removed channels moved to the nearest count at or below it that keeps a multiple of
+        ``round_to`` channels (torch-pruning's ``round_to``: the kept width is rounded *up*, never pruning more
+        than asked; a group narrower than ``round_to`` stays whole)."""
+        n = max(0, min(int(n), self.channels - 1))
+        if self.round_to <= 1 or n == 0:
+            return n
+        kept = self.channels - n
+        return self.channels - min(self.channels, -(-kept // self.round_to) * self.round_to)
 
     def n_prune(self, sparsity: float) -> int:
-        """Channels removed at ``sparsity`` (Distiller: floor(s * n)); at least one channel is always kept."""
-        return min(int(sparsity * self.channels + 1e-9), self.channels - 1)
+        """Channels removed at ``sparsity`` (Distiller: floor(s * n)); at least one channel is always kept;
+        then ``snap``ped to ``round_to``."""
+        return self.snap(min(int(sparsity * self.channels + 1e-9), self.channels - 1))
+
+    def ratio_for(self, n: int) -> float:
+        """A 6-digit ratio that ``n_prune`` maps back to exactly ``n`` (a count ``snap`` leaves alone)."""
+        r = round(n / self.channels, 6)
+        while int(r * self.channels + 1e-9) < n:
+            r = round(r + 1e-6, 6)
+        return r
 
 
 @dataclass
@@ -272,7 +291,7 @@ class GroupIndex:
     ``outputs``: names of the output layers (excluded unless ``prune_outputs``)."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, ignore: Sequence[str] = (),
-                 prune_outputs: bool = False, check_groups: bool = True):
+                 prune_outputs: bool = False, check_groups: bool = True, round_to: int = 1):
         self.model = model
         self.example_inputs = example_inputs
         self._mods: Dict[str, nn.Module] = dict(model.named_modules())
@@ -288,6 +307,10 @@ class GroupIndex:
         self._nodes: Dict[str, Set[Node]] = {}  # group name -> the graph nodes its full group touches
         groups = self._collect(ignored)
         self.groups: List[PrunableGroup] = self._resolvable(groups, set(out_layers)) if check_groups else groups
+        if round_to < 1:
+            raise UserError(f"--round_to must be at least 1, got {round_to}")
+        for g in self.groups:
+            g.round_to = round_to
         self._by_name = {g.name: g for g in self.groups}
         self._coupled: Dict[str, List[Coupled]] = {}
         self._by_weight = {w: g for g in self.groups for w in g.weights}

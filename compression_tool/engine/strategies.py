@@ -116,8 +116,9 @@ class ChannelPruner:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Union[str, Criterion],
                  ignore: Sequence[str] = (), batches: Union[Sequence, Callable[[], Iterable], None] = None,
-                 **criterion_kw):
+                 round_to: int = 1, **criterion_kw):
         self.model, self.example_inputs, self.ignore = model, example_inputs, tuple(ignore)
+        self.round_to = round_to               # kept widths are multiples of this (hardware-friendly widths)
         self.criterion = make_criterion(criterion, **criterion_kw) if isinstance(criterion, str) else criterion
         # a callable is called (lazily) each time a data-driven criterion collects its statistics
         self.batches = batches if callable(batches) else list(batches) if batches is not None else [example_inputs]
@@ -132,7 +133,7 @@ class ChannelPruner:
         self.index = self.index_of(model)
 
     def index_of(self, model: nn.Module) -> GroupIndex:
-        return GroupIndex(model, self.example_inputs, ignore=self._frozen, prune_outputs=True)
+        return GroupIndex(model, self.example_inputs, ignore=self._frozen, prune_outputs=True, round_to=self.round_to)
 
     # ------------------------------------------------------------ ranking
     def assign(self, criteria: Mapping[str, Union[str, Criterion]]) -> None:

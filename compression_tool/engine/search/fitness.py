@@ -86,12 +86,15 @@ class PruningFitness:
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion, evaluate: EvalFn,
                  calib_batches: Sequence, budget: float, resource: str = "macs", tolerance: float = 0.02,
                  high: float = 0.9, ignore: Sequence[str] = (), loss_weight: float = 1.0,
-                 index: Optional[GroupIndex] = None):
-        if resource not in RESOURCES:
-            raise UserError(f"unknown budget resource {resource!r}; expected one of {RESOURCES}")
+                 index: Optional[GroupIndex] = None, latency=None):
+        """``latency``: an ``engine.latency.LatencyModel`` — required for ``resource='latency_ms'`` (the budget
+        is then a fraction of the latency measured on its runtime)."""
+        if resource not in RESOURCES + ("latency_ms",) or (resource == "latency_ms") != (latency is not None):
+            raise UserError(f"unknown budget resource {resource!r}; expected one of {RESOURCES + ('latency_ms',)} "
+                            "(latency_ms needs a latency model)")
+        flag = {"macs": "flops", "params": "params", "latency_ms": "latency"}[resource]
         if not 0.0 < budget < 1.0:
-            raise UserError(f"--{'flops' if resource == 'macs' else 'params'}: the fraction of the model to keep "
-                            f"must be in (0, 1), got {budget}")
+            raise UserError(f"--{flag}: the fraction of the model to keep must be in (0, 1), got {budget}")
         self.model, self.x, self.evaluate_fn = model.eval(), example_inputs, evaluate
         self.calib_batches, self.ignore, self.loss_weight = list(calib_batches), list(ignore), loss_weight
         self.index = index or GroupIndex(model, example_inputs, ignore=ignore)
@@ -103,12 +106,19 @@ class PruningFitness:
         self.max_pruned = np.array([g.n_prune(high) for g in self.groups])
         self.resource, self.tolerance = resource, tolerance
         self.full = params_and_macs(model, example_inputs)
+        self.latency = latency
+        if latency is not None:
+            from compression_tool.engine.latency import GroupLatencyModel
+
+            self.full["latency_ms"] = latency.base
+            self.costs = GroupLatencyModel(latency, model, self.index, example_inputs)
+        else:
+            self.costs = CostModel(model, self.index, example_inputs, ignore)
         self.target = budget * self.full[resource]
-        self.costs = CostModel(model, self.index, example_inputs, ignore)
         self.cache: "OrderedDict[Tuple[int, ...], Candidate]" = OrderedDict()
         floor_cost = self.cost(self.max_pruned)
         if floor_cost > self.target:
-            raise UserError(f"--{'flops' if resource == 'macs' else 'params'} {budget}: even pruning every group "
+            raise UserError(f"--{flag} {budget}: even pruning every group "
                             f"by {high:.0%} leaves {floor_cost / self.full[resource]:.3f} of the model")
 
     @property
@@ -171,7 +181,7 @@ class PruningFitness:
 
     def _give_back(self, pruned: np.ndarray, j: int) -> Tuple[np.ndarray, float]:
         moved = pruned.copy()
-        moved[j] -= 1
+        moved[j] = self.groups[j].snap(moved[j] - self.groups[j].round_to)   # one step: round_to channels
         return moved, self.cost(moved)
 
     def _trim(self, pruned: np.ndarray, frozen: int) -> Optional[np.ndarray]:
@@ -182,16 +192,25 @@ class PruningFitness:
             options = []
             for i in np.flatnonzero(pruned < self.max_pruned):
                 if i != frozen:
-                    pruned[i] += 1
-                    options.append((cost - self.cost(pruned), int(i)))
-                    pruned[i] -= 1
+                    step = self._take(pruned, int(i))
+                    if step is None:
+                        continue
+                    old, pruned[i] = pruned[i], step
+                    options.append((cost - self.cost(pruned), int(i), step))
+                    pruned[i] = old
             options = [o for o in options if o[0] > 0]
             if not options:
                 return None
-            drop, i = min(options)
-            pruned[i] += 1
+            drop, i, step = min(options)
+            pruned[i] = step
             cost -= drop
         return pruned
+
+    def _take(self, pruned: np.ndarray, i: int) -> Optional[int]:
+        """Group ``i``'s count after removing one more step (``round_to`` channels), None past the bound."""
+        g = self.groups[i]
+        n = g.snap(int(pruned[i]) + g.round_to)
+        return n if int(pruned[i]) < n <= self.max_pruned[i] else None
 
     def project(self, ratios: np.ndarray) -> np.ndarray:
         """The repaired candidate as exact ratios (what the searchers keep)."""
@@ -210,8 +229,13 @@ class PruningFitness:
         return model
 
     def exact_costs(self, pruned: Sequence[int]) -> Dict[str, float]:
-        """Params and MACs counted on the really thinned model (the cost model's check)."""
-        return params_and_macs(thinned_copy(self.model, self.x, self.plan(pruned), self.ignore), self.x)
+        """Params and MACs counted on the really thinned model (the cost model's check); with a latency
+        model also its latency predicted from the per-layer tables at the thinned model's exact widths."""
+        thin = thinned_copy(self.model, self.x, self.plan(pruned), self.ignore)
+        out = params_and_macs(thin, self.x)
+        if self.latency is not None:
+            out["latency_ms"] = self.latency.predict(thin)
+        return out
 
     def meet_exactly(self, pruned: np.ndarray) -> Tuple[np.ndarray, Dict[str, float]]:
         """Counts whose *counted* cost is within the budget: when the cost model under-estimated (layers with
