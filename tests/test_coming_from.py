@@ -1,0 +1,124 @@
+"""docs/coming_from.md: every row claimed to work for users of the five reference tools (OneFlow channel-pruning
+platform, PaddleSlim UnstructuredPruner, the Distiller-fork compression_tool, Prune_Quant, MaskImpt) runs here on
+tiny data, seconds each."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import run
+from compression_tool.data import readers
+from compression_tool.engine.checkpoint import load_model
+from compression_tool.io.errors import UserError
+
+
+def one_line_error(capsys, fn, *args):
+    with pytest.raises(SystemExit) as exc:
+        fn(*args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def write_json_dataset(folder, side=12, channels=1, classes=3, n=(48, 24), shape=False, seed=0):
+    """OneFlow-style train.json/test.json: 'data' N x C*H*W in 0..255, 'label' N, no 'shape' unless asked."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in zip(("train", "test"), n):
+        y = rng.integers(0, classes, count)
+        x = rng.integers(0, 60, (count, channels, side, side)).astype(float)
+        for i, c in enumerate(y):                              # class c: a bright band, learnable in one epoch
+            x[i, :, c * side // classes:(c + 1) * side // classes, :] += 180
+        obj = {"data": x.reshape(count, -1).tolist(), "label": y.tolist()}
+        if shape:
+            obj["shape"] = [channels, side, side]
+        (folder / f"{split}.json").write_text(json.dumps(obj))
+    return folder
+
+
+def pipeline(ws, *args):
+    run.main(["--work_space", str(ws), "--epochs", "1", "--refine_epochs", "1", "--no_progress", *args])
+
+
+# ---------------------------------------------------------------------------------------------- OneFlow: data
+
+@pytest.mark.parametrize("channels,side", [(1, 12), (3, 8)])
+def test_json_without_shape_infers_square_images(tmp_path, channels, side):
+    write_json_dataset(tmp_path, side=side, channels=channels)
+    x, y = readers.read_json_data(tmp_path, "test")
+    assert tuple(x.shape) == (24, channels, side, side) and len(y) == 24
+
+
+def test_json_without_shape_that_is_not_square_is_one_line(tmp_path):
+    (tmp_path / "test.json").write_text(json.dumps({"data": [[0] * 10, [1] * 10], "label": [0, 1]}))
+    with pytest.raises(UserError, match=r"no 'shape'.*10 values per row.*\"shape\": \[C, H, W\]") as exc:
+        readers.read_json_data(tmp_path, "test")
+    assert "\n" not in str(exc.value)
+    assert readers.infer_square_shape(3 * 32 * 32) == (3, 32, 32)
+    assert readers.infer_square_shape(28 * 28) == (1, 28, 28)
+    assert readers.infer_square_shape(2 * 16 * 16) is None
+
+
+def test_run_data_type_name_reads_mydata_and_names_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_json_dataset(tmp_path / "myData" / "shapes")
+    pipeline(tmp_path / "ws", "--model", "dnn_2", "--data_type=shapes", "--step=123")
+    out = tmp_path / "ws" / "output" / "dnn2" / "shapes"
+    for stage in ("model_base", "model_prune", "model_refine"):
+        assert (out / stage / "model.pth").is_file()
+    assert (tmp_path / "ws" / "log" / "dnn2_shapes_refine.log").is_file()
+    _, meta = load_model(out / "model_refine" / "model.pth")
+    assert meta["dataset"] == "shapes" and meta["data_type"] == "json"
+
+
+def test_two_json_datasets_do_not_share_outputs(tmp_path):
+    a = write_json_dataset(tmp_path / "setA", seed=1)
+    b = write_json_dataset(tmp_path / "setB", seed=2)
+    for d in (a, b):
+        pipeline(tmp_path / "ws", "--model", "dnn2", "--data_type", "json", "--data_path", str(d), "--step", "1")
+    out = tmp_path / "ws" / "output" / "dnn2"
+    assert all((out / d / "model_base" / "model.pth").is_file() for d in ("setA", "setB"))
+
+
+def test_unknown_data_type_name_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, pipeline, tmp_path / "ws", "--data_type", "nosuch")
+    assert "myData/<name>/" in err and "train.json" in err
+
+
+# ---------------------------------------------------------------------------------------------- OneFlow: models
+
+@pytest.mark.parametrize("alias,ours", [("dnn_2", "dnn2"), ("dnn_4", "dnn4"), ("resnet", "resnet20"),
+                                        ("resnet100", "resnet_ir100"), ("resnet50", "resnet_ir50")])
+def test_reference_model_names_are_aliases_with_a_note(alias, ours, caplog):
+    from model_define import registry
+
+    registry._NOTED.discard(alias)
+    with caplog.at_level(logging.WARNING, logger="model_define.registry"):
+        assert registry.model_spec(alias).name == ours
+    notes = [r.getMessage() for r in caplog.records if alias in r.getMessage()]
+    assert notes == [f"note: model {alias!r} is called {ours!r} here"]
+
+
+@pytest.mark.parametrize("model", ["alexnet", "lenet"])
+def test_bn_criterion_on_a_model_without_bn_is_refused_before_training(tmp_path, model, capsys):
+    ws = tmp_path / "ws"
+    err = one_line_error(capsys, pipeline, ws, "--model", model, "--prune_method", "bn", "--data_type", "json",
+                         "--data_path", str(write_json_dataset(tmp_path / "d", side=28)))
+    assert "no BatchNorm" in err and "l1" in err
+    assert not ws.exists()                                     # nothing trained, nothing written
+
+
+def test_model_too_big_for_the_images_is_one_line(tmp_path, capsys):
+    err = one_line_error(capsys, pipeline, tmp_path / "ws", "--model", "alexnet", "--data_type", "json",
+                         "--data_path", str(write_json_dataset(tmp_path / "d", side=12)))
+    assert "alexnet" in err and "1x12x12" in err
+
+
+def test_diverging_loss_stops_with_one_line_naming_lr(tmp_path, capsys):
+    err = one_line_error(capsys, pipeline, tmp_path / "ws", "--model", "dnn2", "--lr", "1e8", "--epochs", "2",
+                         "--step", "1", "--data_type", "json",
+                         "--data_path", str(write_json_dataset(tmp_path / "d", side=28, classes=10)))
+    assert "NaN" in err and "lower --lr" in err
