@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 import run
 from compression_tool.data import readers
@@ -122,3 +123,95 @@ def test_diverging_loss_stops_with_one_line_naming_lr(tmp_path, capsys):
                          "--step", "1", "--data_type", "json",
                          "--data_path", str(write_json_dataset(tmp_path / "d", side=28, classes=10)))
     assert "NaN" in err and "lower --lr" in err
+
+
+# ---------------------------------------------------------------------------------------------- compression_tool (fork)
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Four identities of random 24x24 images, a pair list 'img0 img1 issame' and a DataParallel-style
+    MobileFaceNet state_dict at 32x32 (random weights: the commands, not the accuracy, are under test)."""
+    from PIL import Image
+
+    from model_define import model_spec
+
+    root = tmp_path_factory.mktemp("fork")
+    rng = np.random.default_rng(0)
+    names = ["ann", "bob", "cid", "dan"]
+    for n in names:
+        (root / "faces" / n).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / "faces" / n / f"{k}.png")
+    lines = [f"{n}/0.png {n}/1.png 1\n{n}/0.png {names[(i + 1) % 4]}/2.png 0" for i, n in enumerate(names)]
+    (root / "faces" / "pairs.txt").write_text("\n".join(lines) + "\n")
+    torch.manual_seed(0)
+    net = model_spec("mobilefacenet").build_for((3, 32, 32))
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, root / "mfn.pth")
+    return root
+
+
+def fork(*args):
+    from compression_tool.cli.legacy import main
+
+    main(list(args))
+
+
+def test_fork_main_py_sa_prune_test_finetune(faces, monkeypatch, capsys, caplog):
+    """The fork's README commands, flag for flag (plus --sparsities/--folds to keep them to seconds)."""
+    monkeypatch.chdir(faces)
+    common = ["--model", "mobilefacenet", "--input_size", "32", "--best_model_path", "mfn.pth", "--from_data_parallel",
+              "--test_root_path", "faces", "--img_list_label_path", "faces/pairs.txt", "--data_source", "company",
+              "--fpgm", "--folds", "2", "--test_batch_size", "8"]
+    with caplog.at_level(logging.WARNING):
+        fork("--mode", "sa", *common, "--sparsities", "0,0.5")
+    assert "note: --img_list_label_path faces/pairs.txt --data_source company is --data pairs:faces/pairs.txt" \
+        in caplog.text
+    csv = faces / "work_space" / "sensitivity_data" / "mobilefacenet_fpgm.csv"
+    assert csv.read_text().startswith("parameter,sparsity,lfw_acc")
+    capsys.readouterr()
+
+    err = one_line_error(capsys, fork, "--mode", "prune", *common, "--save_model_pt")
+    assert "--yaml" in err and "auto_make_yaml.py" in err
+
+    from compression_tool.cli.auto_make_yaml import main as auto_make_yaml
+
+    auto_make_yaml([str(csv), "30", "mobilefacenet", "32"])
+    yaml = next((faces / "yaml_file").glob("mobilefacenet_*.yaml"))
+    fork("--mode", "prune", *common, "--yaml_path", str(yaml), "--save_model_pt", "--cal_flops_and_forward")
+    pruned = faces / "work_space" / "pruned_model" / "mobilefacenet.pth"
+    assert pruned.is_file() and "thinned checkpoint" in capsys.readouterr().out
+
+    fork("--mode", "test", "--best_model_path", str(pruned), "--test_root_path", "faces",
+         "--img_list_label_path", "faces/pairs.txt", "--data_source", "company", "--folds", "2")
+    assert "lfw_acc" in capsys.readouterr().out
+
+    fork("--mode", "finetune", "--pruned_checkpoint", str(pruned), "--train_data_path", "faces", "--epoch", "1",
+         "--train_batch_size", "4", "--milestones", "1", "--head", "arcface", "--device", "cuda:0",
+         "--save_dir", "ft")
+    assert list((faces / "ft").glob("*.pth"))
+
+
+def test_fork_flag_translation_and_refusals(capsys):
+    from compression_tool.cli.legacy import translate
+
+    assert translate("sa", ["--test_root_path", "R", "--data_source", "lfw"]) == ["--data", "bin:R/lfw.bin"]
+    assert translate("prune", ["--yaml_path=s.yaml", "--rank_path", "x/"]) == ["--yaml", "s.yaml"]
+    with pytest.raises(UserError, match="--img_list_label_path"):
+        translate("sa", ["--data_source", "company"])
+    with pytest.raises(UserError, match="--fp16.*quantization.py"):
+        translate("sa", ["--fp16"])
+    err = one_line_error(capsys, fork, "--mode", "quantization")
+    assert "quantization.py" in err
+
+
+def test_main_py_is_a_shim(faces):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--mode", "prune", "--best_model_path", "x.pth"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=faces,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --mode prune needs --yaml")
