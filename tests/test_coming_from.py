@@ -215,3 +215,51 @@ def test_main_py_is_a_shim(faces):
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=faces,
                        timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --mode prune needs --yaml")
+
+
+# ---------------------------------------------------------------------------------------------- MaskImpt
+
+@pytest.mark.parametrize("cls_name", ["MaskFPGM", "MaskThiNet", "MaskAPoZ", "MaskFilterNorm"])
+@pytest.mark.parametrize("pre_layer", [False, True])
+def test_maskimpt_soft_equals_hard(cls_name, pre_layer, capsys):
+    from compression_tool.apps.maskimpt import MASKS
+    from tests.zoo_util import build_randomised
+
+    model, size = build_randomised("resnet20")
+    x = torch.randn(6, *size, generator=torch.Generator().manual_seed(1))
+    dense_params = sum(p.numel() for p in model.parameters())
+    loader = [(x, torch.zeros(6, dtype=torch.long))]
+    mask = MASKS[cls_name](model, pre_layer=pre_layer, rate_dist_per_layer=0.3, input_shape=(1, *size),
+                           dataloader=loader)
+    mask.make()
+    steps = 0
+    while mask.do_mask():          # one-shot: one step; pre_layer: one step per group
+        steps += 1
+        if not pre_layer:
+            break
+    assert steps == (len(mask.pruner.index.groups) if pre_layer else 1)
+    assert not mask.do_mask() if not pre_layer else True
+    zeros = mask.if_zero()
+    assert max(zeros.values()) > 0.2 and "% of channels zero" in capsys.readouterr().out
+    assert sum(p.numel() for p in model.parameters()) == dense_params          # soft: same size
+    with torch.no_grad():
+        soft = model(x)
+        pruned = mask.generate_pruned_model()
+        hard = pruned(x)
+    assert sum(p.numel() for p in pruned.parameters()) < 0.8 * dense_params
+    assert (soft - hard).abs().max().item() <= 1e-4
+
+
+def test_maskimpt_per_layer_rates_and_order_errors():
+    from compression_tool.apps.maskimpt import MaskFilterNorm
+    from tests.zoo_util import build_randomised
+
+    model, size = build_randomised("resnet20")
+    mask = MaskFilterNorm(model, rate_dist_per_layer={"conv1": 0.5}, input_shape=(1, *size))
+    with pytest.raises(UserError, match="make"):
+        mask.do_mask()
+    mask.make().do_mask()
+    zeros = mask.if_zero()
+    assert zeros["conv1"] == 0.5 and zeros["layer1.0.conv1"] == 0.0
+    with pytest.raises(UserError, match="input_shape"):
+        MaskFilterNorm(model, input_shape=(3, 32, 32))
