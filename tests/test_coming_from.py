@@ -263,3 +263,68 @@ def test_maskimpt_per_layer_rates_and_order_errors():
     assert zeros["conv1"] == 0.5 and zeros["layer1.0.conv1"] == 0.0
     with pytest.raises(UserError, match="input_shape"):
         MaskFilterNorm(model, input_shape=(3, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------- PaddleSlim
+
+def _pointwise_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1),
+                               torch.nn.Flatten(), torch.nn.LazyLinear(5))
+
+
+def test_paddleslim_prune_params_type_conv1x1_only():
+    from compression_tool.engine.unstructured import UnstructuredPruner
+
+    model = _pointwise_net()
+    model(torch.zeros(1, 3, 6, 6))
+    pruner = UnstructuredPruner(model, mode="ratio", ratio=0.5, prune_params_type="conv1x1_only")
+    assert sorted(pruner.params) == ["3.weight", "5.weight"]
+    pruner.step()
+    assert (model[0].weight != 0).all() and (model[3].weight == 0).float().mean() > 0.3
+    with pytest.raises(UserError, match="conv1x1_only"):
+        UnstructuredPruner(model, prune_params_type="conv3x3")
+
+
+def test_paddleslim_skip_params_func_may_return_layer_names():
+    from compression_tool.engine.unstructured import UnstructuredPruner, default_skip_params
+
+    model = _pointwise_net()
+    model(torch.zeros(1, 3, 6, 6))
+    pruner = UnstructuredPruner(model, skip_params_func=lambda m: default_skip_params(m) | {"0", "7"})
+    assert sorted(pruner.params) == ["3.weight", "5.weight"]
+    with pytest.raises(UserError, match="unknown"):
+        UnstructuredPruner(model, skip_params_func=lambda m: ["nosuch"])
+
+
+def test_paddleslim_summarize_weights_gives_the_threshold_for_a_ratio():
+    from compression_tool.engine.unstructured import UnstructuredPruner
+
+    model = _pointwise_net()
+    model(torch.zeros(1, 3, 6, 6))
+    thr = UnstructuredPruner.summarize_weights(model, 0.4)
+    pruner = UnstructuredPruner(model, mode="threshold", threshold=thr)
+    pruner.step()
+    assert pruner.sparsity() == pytest.approx(0.4, abs=0.01)
+
+
+def test_paddleslim_sparse_checkpoint_reads_in_evaluate_and_pruning(tmp_path, capsys):
+    from compression_tool.cli.evaluate import main as evaluate
+    from compression_tool.cli.train_sparse import main as train_sparse
+
+    train_sparse(["--no_progress", "--model_path", str(tmp_path), "--dense_epochs", "0", "--pruning_mode", "ratio",
+                  "--ratio", "0.7", "--num_epochs", "1", "--batch_size", "128"])
+    ckpt = tmp_path / "epoch_1.pth"
+    from compression_tool.engine.unstructured import weight_sparsity
+
+    model, _ = load_model(ckpt)                          # the sparse format, decoded to dense tensors
+    assert weight_sparsity(model) == pytest.approx(0.7, abs=0.01)
+    capsys.readouterr()
+    evaluate(["--best_model_path", str(ckpt), "--data", "digits"])
+    assert "top1" in capsys.readouterr().out
+    from compression_tool.cli.pruning import main as pruning
+
+    pruning(["--mode", "sa", "--best_model_path", str(ckpt), "--sparsities", "0,0.5", "--eval_batches", "1",
+            "--output", str(tmp_path / "sa.csv")])
+    assert (tmp_path / "sa.csv").read_text().startswith("parameter,sparsity,top1")
