@@ -328,3 +328,16 @@ def test_paddleslim_sparse_checkpoint_reads_in_evaluate_and_pruning(tmp_path, ca
     pruning(["--mode", "sa", "--best_model_path", str(ckpt), "--sparsities", "0,0.5", "--eval_batches", "1",
             "--output", str(tmp_path / "sa.csv")])
     assert (tmp_path / "sa.csv").read_text().startswith("parameter,sparsity,top1")
+
+
+def test_oneflow_device_flags_single_device_noted_more_refused(tmp_path, capsys, caplog):
+    data = str(write_json_dataset(tmp_path / "d"))
+    with caplog.at_level(logging.WARNING):
+        pipeline(tmp_path / "ws", "--model", "dnn2", "--data_type", "json", "--data_path", data, "--step", "1",
+                 "--gpu_num_per_node", "1", "--num_nodes=1", "--batch_size_per_device", "16", "--num_epochs", "1",
+                 "--learning_rate", "0.01")
+    assert "note: --gpu_num_per_node 1 is not needed here" in caplog.text
+    assert "note: --batch_size_per_device is --batch_size here" in caplog.text
+    for flag, value in (("--gpu_num_per_node", "4"), ("--num_nodes", "2"), ("--node_ips", "10.0.0.1,10.0.0.2")):
+        err = one_line_error(capsys, pipeline, tmp_path / "ws2", flag, value)
+        assert "not supported yet" in err and "torchrun" in err

@@ -131,6 +131,35 @@ def _data_flags(mode: str, argv: List[str]) -> List[str]:
     return argv
 
 
+# ---------------------------------------------------------------------------------------------- OneFlow run.py
+
+ONEFLOW_RENAMED = {"--batch_size_per_device": "--batch_size", "--num_epochs": "--epochs",
+                   "--learning_rate": "--lr"}
+SCALE_OUT = {"--gpu_num_per_node": "1", "--num_nodes": "1", "--node_ips": None}
+
+
+def translate_oneflow(argv: Sequence[str]) -> List[str]:
+    """The OneFlow platform's run.py flags -> ours. One device on one node is what runs here (noted); more GPUs
+    or nodes belong to the scale-out work (devices, Ray, torchrun), not built yet: refused in one line."""
+    out = list(argv)
+    for flag, single in SCALE_OUT.items():
+        value, out = _take(out, flag)
+        if value is None:
+            continue
+        if single is not None and value.strip() == single or (single is None and value.strip() in ("", "127.0.0.1",
+                                                                                                    "localhost")):
+            _dropped(f"{flag} {value}", "one process on the CPU")
+        else:
+            raise UserError(f"{flag} {value}: more than one device or node is not supported yet (planned scale-out "
+                            "work: devices, Ray, torchrun); run on one node with one process")
+    for flag, new in ONEFLOW_RENAMED.items():
+        value, out = _take(out, flag)
+        if value is not None:
+            _note(flag, new)
+            out += [new, value]
+    return out
+
+
 def prune_without_yaml() -> UserError:
     """What ``--mode prune`` without a schedule says (the fork read yaml_file/auto_yaml.yaml silently)."""
     hint = f"; the fork's default {OLD_DEFAULT_YAML} exists: pass --yaml {OLD_DEFAULT_YAML}" \

@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    import sys
+
+    from compression_tool.cli.legacy import translate_oneflow
+
+    args = build_parser().parse_args(translate_oneflow(sys.argv[1:] if argv is None else argv))
     apply_threads(args.threads)
     from compression_tool.apps.pipeline import Pipeline
 
