@@ -341,3 +341,75 @@ def test_oneflow_device_flags_single_device_noted_more_refused(tmp_path, capsys,
     for flag, value in (("--gpu_num_per_node", "4"), ("--num_nodes", "2"), ("--node_ips", "10.0.0.1,10.0.0.2")):
         err = one_line_error(capsys, pipeline, tmp_path / "ws2", flag, value)
         assert "not supported yet" in err and "torchrun" in err
+
+
+def test_maskimpt_handles_modulelist_models():
+    from compression_tool.apps.maskimpt import MaskFPGM
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)])
+            self.bns = torch.nn.ModuleList([torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)])
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            for conv, bn in zip(self.convs, self.bns):
+                x = torch.relu(bn(conv(x)))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    mask = MaskFPGM(model, rate_dist_per_layer=0.5, input_shape=(1, 3, 8, 8))
+    mask.make().do_mask()
+    with torch.no_grad():
+        soft = model(x)
+    hard = mask.generate_pruned_model()(x)
+    assert model.convs[0].out_channels == 4 and (soft - hard).abs().max().item() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- the document
+
+def _parsers():
+    from compression_tool.cli import auto_make_yaml, evaluate, finetune, pruning, quantization, run, train_sparse
+
+    return {"python run.py": run.build_parser, "python pruning.py --mode sa": pruning.sa_parser,
+            "python pruning.py --mode prune": pruning.prune_parser,
+            "python pruning.py --mode search": pruning.search_parser,
+            "python pruning.py --mode finetune": finetune.build_parser, "python -m train_module": finetune.build_parser,
+            "python -m test_module.evaluate": evaluate.build_parser, "python quantization.py": quantization.build_parser,
+            "python train_module/train_sparse.py": train_sparse.build_parser,
+            "python pruning_analysis_tools/auto_make_yaml.py": auto_make_yaml.build_parser}
+
+
+def test_every_command_of_the_document_uses_flags_its_parser_has():
+    import re
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "docs" / "coming_from.md").read_text()
+    parsers = _parsers()
+    checked = 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) != 3 or set(cells[0]) <= set("-"):
+            continue
+        for cmd in re.findall(r"`(python [^`]+)`", cells[1]):
+            cmd = cmd.replace("…", "")
+            prefix = max((p for p in parsers if cmd.startswith(p)), key=len, default=None)
+            if prefix is None:
+                assert cmd.startswith("python main.py --mode "), cmd
+                continue
+            options = parsers[prefix]()._option_string_actions
+            flags = [t.split("=")[0] for t in cmd[len(prefix):].split() if t.startswith("--")]
+            unknown = [f for f in flags if f not in options and f != "--mode"]
+            assert not unknown, f"{cmd}: {unknown}"
+            checked += 1
+    assert checked >= 30
+
+
+def test_readme_links_the_document():
+    from tests.conftest import ROOT
+
+    assert "docs/coming_from.md" in (ROOT / "README.md").read_text()

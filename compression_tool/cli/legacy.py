@@ -25,7 +25,7 @@ RENAMED: Dict[str, Dict[str, str]] = {
     "*": {"--test_batch_size": "--batch_size"},
     "prune": {"--yaml_path": "--yaml"},
     "finetune": {"--pruned_checkpoint": "--best_model_path", "--epoch": "--epochs",
-                 "--train_batch_size": "--batch_size"},
+                 "--train_batch_size": "--batch_size", "--work_path": "--save_dir"},
 }
 # flags accepted and dropped (they change nothing here), with the reason shown in the note
 DROPPED_SWITCHES: Dict[str, str] = {
@@ -38,6 +38,7 @@ DROPPED_VALUES: Dict[str, str] = {
     "--num_workers": "data is decoded in the main process",
     "--pin_memory": "CPU only",
     "--print_freq": "every evaluation is printed",
+    "--embedding_size": "the embedding size comes from the model and its checkpoint",
 }
 REFUSED: Dict[str, str] = {
     "--fp16": "half precision is not supported; quantize with quantization.py (int8, LSQ, fixed point)",
