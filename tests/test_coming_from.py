@@ -413,3 +413,35 @@ def test_readme_links_the_document():
     from tests.conftest import ROOT
 
     assert "docs/coming_from.md" in (ROOT / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- Prune_Quant
+
+def test_prune_quant_search_schedule_prune_then_lsq_dfp_fold(tmp_path, capsys):
+    """ABC rate search -> best_candidates_prune + schedule -> thinned model -> LSQ bits / Ristretto / merge BN
+    (random weights and a handful of batches: the commands, not the numbers, are under test)."""
+    from compression_tool.cli.pruning import main as pruning
+    from compression_tool.cli.quantization import main as quantization
+    from compression_tool.io.files import atomic_torch_save
+    from tests.zoo_util import build_randomised
+
+    model, _ = build_randomised("digits_net")
+    ckpt = atomic_torch_save({"state_dict": model.state_dict()}, tmp_path / "base.pth")
+    schedule = tmp_path / "abc.yaml"
+    pruning(["--mode", "search", "--algo", "abc", "--flops", "0.5", "--model", "digits_net", "--best_model_path",
+             str(ckpt), "--population", "2", "--iterations", "1", "--eval_batches", "1", "--search_batches", "1",
+             "--output", str(schedule)])
+    assert "best_candidates_prune=[" in capsys.readouterr().out and schedule.is_file()
+    pruned = tmp_path / "pruned.pth"
+    pruning(["--mode", "prune", "--best_model_path", str(ckpt), "--model", "digits_net", "--yaml", str(schedule),
+             "--save_model_pt", "--output", str(pruned), "--eval_batches", "1"])
+    common = ["--pruned_model", str(pruned), "--out_dir", str(tmp_path / "q"), "--train_batches", "2",
+              "--calib_batches", "1", "--search_batches", "1", "--eval_batches", "1", "--threads", "1"]
+    capsys.readouterr()
+    quantization(["--mode", "lsq", *common, "--avg_bit_weights", "4", "--avg_bit_fm", "6", "--epochs", "0"])
+    out = capsys.readouterr().out
+    assert "w_bit=[" in out and "a_bit=[" in out
+    quantization(["--mode", "dfp", *common])
+    assert "fl_w=[" in capsys.readouterr().out
+    quantization(["--mode", "fold", *common])
+    assert "folded" in capsys.readouterr().out
