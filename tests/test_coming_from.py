@@ -349,7 +349,8 @@ def test_maskimpt_handles_modulelist_models():
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)])
+            self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, padding=1),
+                                              torch.nn.Conv2d(8, 8, 3, padding=1)])
             self.bns = torch.nn.ModuleList([torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)])
             self.fc = torch.nn.Linear(8, 4)
 
@@ -378,7 +379,8 @@ def _parsers():
             "python pruning.py --mode prune": pruning.prune_parser,
             "python pruning.py --mode search": pruning.search_parser,
             "python pruning.py --mode finetune": finetune.build_parser, "python -m train_module": finetune.build_parser,
-            "python -m test_module.evaluate": evaluate.build_parser, "python quantization.py": quantization.build_parser,
+            "python -m test_module.evaluate": evaluate.build_parser,
+            "python quantization.py": quantization.build_parser,
             "python train_module/train_sparse.py": train_sparse.build_parser,
             "python pruning_analysis_tools/auto_make_yaml.py": auto_make_yaml.build_parser}
 
