@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +39,15 @@ class ModelSpec:
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
+log = logging.getLogger(__name__)
+
+# The reference tools' model names (OneFlow platform, the Distiller-fork compression_tool, MaskImpt) -> ours.
+ALIASES: Dict[str, str] = {
+    "dnn_2": "dnn2", "dnn_4": "dnn4",                 # OneFlow
+    "resnet": "resnet20",                              # OneFlow's CIFAR/MNIST ResNet: our CIFAR ResNet-20
+    "resnet50": "resnet_ir50", "resnet100": "resnet_ir100",   # the face tool's insightface ResNets (IR blocks)
+}
+_NOTED: set = set()
 
 
 def register(name: str, input_size: Tuple[int, int, int], kind: str = "classifier",
@@ -55,9 +65,20 @@ def register(name: str, input_size: Tuple[int, int, int], kind: str = "classifie
     return deco
 
 
+def canonical_name(name: str) -> str:
+    """``name`` in this project's zoo: another tool's name (``dnn_2``, ``resnet100``…) is mapped, with a one-line
+    note the first time; a registered name always wins over an alias."""
+    if name in _REGISTRY or name not in ALIASES:
+        return name
+    if name not in _NOTED:
+        _NOTED.add(name)
+        log.warning("note: model %r is called %r here", name, ALIASES[name])
+    return ALIASES[name]
+
+
 def model_spec(name: str) -> ModelSpec:
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[canonical_name(name)]
     except KeyError:
         raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
 

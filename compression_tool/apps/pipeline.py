@@ -54,7 +54,8 @@ class PipelineData:
 def resolve_model(name: str) -> str:
     """Registry name for ``--model`` (the platform's short names such as ``lenet`` are accepted)."""
     name = MODEL_ALIASES.get(name, name)
-    spec = model_spec(name)                          # UserError listing the known models
+    spec = model_spec(name)                          # UserError listing the known models; notes other tools' names
+    name = spec.name
     if spec.kind != "classifier":
         raise UserError(f"--model {name}: run.py trains classifiers; {name} is a {spec.kind} "
                         f"(classifiers: {', '.join(m for m in list_models() if model_spec(m).kind == 'classifier')})")
@@ -63,6 +64,28 @@ def resolve_model(name: str) -> str:
 
 def default_data_path(data_type: str) -> Path:
     return Path("data") / data_type
+
+
+CUSTOM_DATA_ROOT = Path("myData")     # the OneFlow platform's folder for --data_type=<name> JSON datasets
+
+
+def resolve_dataset(data_type: str, data_path: Optional[str]) -> Tuple[str, str, Optional[str]]:
+    """(reader kind, dataset name for output folders and logs, data path) for ``--data_type``.
+
+    A name that is not a built-in kind is a JSON dataset under ``myData/<name>/`` (train.json, test.json), as the
+    OneFlow platform documents it; ``json`` datasets are named after their folder (``json_<folder>`` when the folder
+    is called like a built-in kind), so two datasets never share outputs."""
+    if data_type in DATA_TYPES:
+        if data_type == "json" and data_path:        # named after its folder, as --data_type NAME would be
+            name = Path(data_path).resolve().name or "json"
+            return "json", name if name == "json" or name not in DATA_TYPES else f"json_{name}", data_path
+        return data_type, data_type, data_path
+    path = Path(data_path) if data_path else CUSTOM_DATA_ROOT / data_type
+    if not data_type or not all(c.isalnum() or c in "-_." for c in data_type) \
+            or (not data_path and not (path / "train.json").is_file()):
+        raise UserError(f"--data_type: unknown {data_type!r}; known: {', '.join(DATA_TYPES)}, or the name of a JSON "
+                        f"dataset with train.json and test.json under {CUSTOM_DATA_ROOT}/<name>/ (or --data_path)")
+    return "json", data_type, str(path)
 
 
 def _read_split(data_type: str, path: Path, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -226,10 +249,11 @@ class Pipeline:
         self.cfg = cfg
         self.model_name = resolve_model(cfg.model)
         self.steps = parse_steps(cfg.steps)
-        self.out_dir = Path(cfg.work_space) / "output" / self.model_name / cfg.data_type
+        self.data_kind, self.dataset, data_path = resolve_dataset(cfg.data_type, cfg.data_path)
+        self.out_dir = Path(cfg.work_space) / "output" / self.model_name / self.dataset
         self.log_dir = Path(cfg.work_space) / "log"
         spec = model_spec(self.model_name)
-        self.data = load_data(cfg.data_type, cfg.data_path, spec.input_size, cfg.seed)
+        self.data = load_data(self.data_kind, data_path, spec.input_size, cfg.seed)
         self._check_method(spec)
         g = torch.Generator().manual_seed(cfg.seed)
         self.train_loader = DataLoader(self.data.train, batch_size=cfg.batch_size, shuffle=True, generator=g)
@@ -248,8 +272,15 @@ class Pipeline:
                 raise UserError(f"{flag} must be a positive number, got {v}")
         if not math.isfinite(cfg.sr) or cfg.sr < 0:
             raise UserError(f"--sr must be a number >= 0, got {cfg.sr}")
+        try:
+            probe = spec.build_for(self.data.input_size, num_classes=self.data.num_classes).eval()
+            with torch.no_grad():
+                probe(torch.zeros(1, *self.data.input_size))
+        except RuntimeError as exc:
+            size = "x".join(map(str, self.data.input_size))
+            raise UserError(f"--model {self.model_name} cannot take this data's {size} images"
+                            f" ({str(exc).splitlines()[0]}); pick a model for that input size") from None
         if cfg.prune_method in BN_CRITERIA or cfg.sr > 0:
-            probe = spec.build_for(self.data.input_size, num_classes=self.data.num_classes)
             if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in probe.modules()):
                 what = f"--prune_method {cfg.prune_method}" if cfg.prune_method in BN_CRITERIA else f"--sr {cfg.sr}"
                 raise UserError(f"{what}: {self.model_name} has no BatchNorm layers, so there are no BN gammas to "
@@ -259,7 +290,7 @@ class Pipeline:
         return self.out_dir / STAGES[step] / "model.pth"
 
     def log_path(self, step: int) -> Path:
-        return self.log_dir / f"{self.model_name}_{self.cfg.data_type}_{STAGES[step].split('_')[1]}.log"
+        return self.log_dir / f"{self.model_name}_{self.dataset}_{STAGES[step].split('_')[1]}.log"
 
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         from test_module.classification import evaluate_classifier
@@ -280,7 +311,7 @@ class Pipeline:
     def _meta(self, model: nn.Module, keep: List[Dict], stage: str, metrics: Mapping[str, float]) -> Dict:
         return {"model": self.model_name, "model_kwargs": {"num_classes": self.data.num_classes},
                 "input_size": list(self.data.input_size), "keep": keep, "stage": stage,
-                "data_type": self.cfg.data_type, "metrics": dict(metrics)}
+                "data_type": self.data_kind, "dataset": self.dataset, "metrics": dict(metrics)}
 
     def _train(self, model: nn.Module, epochs: int, lr: float, step: int, sr: float = 0.0) -> Dict[str, float]:
         from train_module.finetune import FinetuneConfig, finetune_classifier
@@ -289,10 +320,27 @@ class Pipeline:
         cfg = FinetuneConfig(epochs=epochs, lr=lr, weight_decay=5e-4, milestones=(int(iters * 0.5), int(iters * 0.75)),
                              seed=self.cfg.seed, progress=self.cfg.progress)
         elog = EpochLog(self.log_path(step), len(self.data.train), len(self.data.test),
-                        f"step {step} ({STAGES[step]}): {self.model_name} on {self.cfg.data_type}, {epochs} epochs, "
+                        f"step {step} ({STAGES[step]}): {self.model_name} on {self.dataset}, {epochs} epochs, "
                         f"lr {lr}" + (f", sr {sr}" if sr else ""))
+        flag = "--lr" if step == 1 else "--refine_lr"
+        diverged = UserError(f"step {step}: the loss became NaN/inf (training diverged) at {flag} {lr:g}; "
+                             f"lower {flag} (e.g. {flag} {lr / 10:g})")
+        logged = elog.evaluator(self.evaluate)
+
+        def eval_fn(m: nn.Module) -> Dict[str, float]:
+            metrics = logged(m)
+            if not math.isfinite(metrics.get("loss", 0.0)) or \
+                    not all(bool(torch.isfinite(p).all()) for p in m.parameters()):
+                raise diverged
+            return metrics
+
         with bn_sparsity(model, sr):
-            result = finetune_classifier(model, self.train_loader, cfg, eval_fn=elog.evaluator(self.evaluate))
+            try:
+                result = finetune_classifier(model, self.train_loader, cfg, eval_fn=eval_fn)
+            except UserError as exc:
+                if exc is diverged or str(exc).startswith("the loss became"):
+                    raise diverged from None
+                raise
         return dict(result.evals[-1][1]) if result.evals else self.evaluate(model)
 
     def train_base(self) -> StepResult:

@@ -207,7 +207,7 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
     e, c = cfg.eval, cfg.criterion
     return {"format": "compression_tool/sensitivity-v1", "model": meta["model"],
             "input_size": list(meta["input_size"]), "checkpoint_sha256": _sha256(cfg.source.path),
-            "data": _data_id(e.data), "test_root": _data_id(f"x:{e.test_root}") if e.test_root else None,
+            "data": _data_id(e.data), "test_root": str(Path(e.test_root).resolve()) if e.test_root else None,
             "mean": list(e.mean) if e.mean else None, "std": list(e.std) if e.std else None,
             "seed": e.seed, "eval_batches": e.eval_batches, "batch_size": e.batch_size, "metric": e.metric,
             "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "subjects": e.subjects, "criterion": c.name,

@@ -86,7 +86,8 @@ def prune_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_eval_args(p)
     add_criterion_args(p, default=None)
-    p.add_argument("--yaml", required=True, help="the schedule (from auto_make_yaml.py or written by hand)")
+    p.add_argument("--yaml", default=None,
+                   help="the schedule (from auto_make_yaml.py or written by hand; --yaml_path is read too)")
     p.add_argument("--bn_recalib", type=int, default=0,
                    help="re-estimate BN statistics (AdaBN) on N batches of training-side images after thinning; "
                         "a target-true schedule says whether it was checked that way (extensions.target_true.adabn)")
@@ -153,8 +154,11 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
 def run_prune(argv: List[str]) -> None:
     from compression_tool.apps.workflow import PruneConfig
     from compression_tool.apps.workflow import run_prune as prune
+    from compression_tool.cli.legacy import prune_without_yaml
 
     args = prune_parser().parse_args(argv)
+    if not args.yaml:
+        raise prune_without_yaml()
     apply_threads(args.threads)
     crit = criterion_config(args, default=None)
     cfg = PruneConfig(source=model_source(args), schedule=args.yaml, eval=eval_config(args, "report"),
@@ -207,7 +211,11 @@ def overview_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Optional[List[str]] = None) -> None:
+    from compression_tool.cli.legacy import translate
+
     mode, rest = split_mode(list(sys.argv[1:] if argv is None else argv))
+    if mode in MODES:   # the Distiller-fork compression_tool's flags (--img_list_label_path, --yaml_path, …), noted
+        rest = translate(mode, rest)
     if mode == "finetune":  # the seed tool's mode: the same command line as python -m train_module
         from compression_tool.cli.finetune import main as finetune_main
         return finetune_main(rest, prog="pruning.py --mode finetune")

@@ -20,10 +20,12 @@ from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="digits_net", help="model name from the zoo (lenet = lenet5; default digits_net)")
-    p.add_argument("--data_type", default="digits", choices=DATA_TYPES,
+    p.add_argument("--data_type", default="digits", metavar="|".join(DATA_TYPES) + "|NAME",
                    help="digits: embedded scikit-learn digits; mnist: idx files; cifar10/cifar100: python pickles; "
-                        "json: train.json/test.json with data (N x C*H*W, 0..255), label, shape")
-    p.add_argument("--data_path", default=None, help="folder holding the data files (default: data/<data_type>)")
+                        "json: train.json/test.json with data (N x C*H*W, 0..255), label, shape (optional for square "
+                        "images); NAME: such a JSON dataset under myData/NAME/ (outputs and logs named NAME)")
+    p.add_argument("--data_path", default=None,
+                   help="folder holding the data files (default: data/<data_type>, myData/<NAME> for a named dataset)")
     p.add_argument("--step", default="123", help="steps to run: any of 1 (train base), 2 (prune), 3 (fine-tune)")
     p.add_argument("--prune_method", default="l1", help="pruning criterion (l1, l2, fpgm, hrank, bn, …)")
     p.add_argument("--percent", type=float, default=0.5, help="fraction of channels to prune")
@@ -56,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    import sys
+
+    from compression_tool.cli.legacy import translate_oneflow
+
+    args = build_parser().parse_args(translate_oneflow(sys.argv[1:] if argv is None else argv))
     apply_threads(args.threads)
     from compression_tool.apps.pipeline import Pipeline
 

@@ -408,16 +408,37 @@ def cifar_class_names(root: PathLike, classes: int = 10) -> List[str]:
 
 # --------------------------------------------------------------------------- JSON custom data
 
+def infer_square_shape(row_len: int) -> Optional[Tuple[int, int, int]]:
+    """[C, H, W] for square images with C in 1 or 3 whose C*H*W is ``row_len``; None when there is none.
+
+    At most one fits: 3*H*H == K*K has no whole-number solution, so grey and colour never both match."""
+    for c in (1, 3):
+        if row_len % c == 0:
+            h = int(round((row_len // c) ** 0.5))
+            if h > 0 and h * h * c == row_len:
+                return c, h, h
+    return None
+
+
 def read_json_data(root: PathLike, split: str = "test") -> Labelled:
-    """``root/<split>.json`` with ``data`` (N rows of C*H*W values 0..255), ``label`` (N), ``shape`` [C,H,W]."""
+    """``root/<split>.json`` with ``data`` (N rows of C*H*W values 0..255), ``label`` (N) and optionally ``shape``
+    [C,H,W]. Without ``shape`` (as the OneFlow platform writes it) square images are inferred: C in 1 or 3, H == W."""
     p = _require_file(Path(root) / f"{split}.json", f"JSON {split} data")
     try:
         obj = json.loads(p.read_text())
         data = np.asarray(obj["data"], dtype=np.float32)
         labels = np.asarray(obj["label"], dtype=np.int64).reshape(-1)
-        shape = tuple(int(s) for s in obj["shape"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        shape = tuple(int(s) for s in obj["shape"]) if obj.get("shape") is not None else None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{p}: expected JSON with 'data' (N x C*H*W), 'label' (N), 'shape' [C,H,W]: {exc}") from None
+    if shape is None:
+        if data.ndim != 2 or not len(data):
+            raise UserError(f"{p}: 'data' is {data.shape}; expected N rows of C*H*W values")
+        shape = infer_square_shape(data.shape[1])
+        if shape is None:
+            raise UserError(f"{p}: no 'shape' and {data.shape[1]} values per row are not square images with 1 or 3 "
+                            "channels; add \"shape\": [C, H, W]")
+        log.info("%s: no 'shape'; inferred %s from %d values per row", p, list(shape), data.shape[1])
     if len(shape) != 3 or data.ndim != 2 or data.shape[1] != int(np.prod(shape)) or len(labels) != len(data):
         raise UserError(f"{p}: 'data' is {data.shape}, 'label' has {len(labels)}, 'shape' is {list(shape)}; "
                         "expected N rows of C*H*W values and N labels")

@@ -18,7 +18,10 @@ Masks are kept through training by four independent guards, so a masked weight s
    forward pass ever sees a revived weight (``enforce_on_forward=False`` turns this one off).
 
 Normalisation-layer parameters, biases and other 1-D parameters (e.g. PReLU slopes) are skipped by default;
-``skip_params_func(model) -> names`` replaces that choice. ``GMPUnstructuredPruner`` ramps the ratio with the
+``skip_params_func(model) -> names`` (parameter names, or layer names: all of that layer's parameters) replaces that
+choice; ``prune_params_type="conv1x1_only"`` prunes only the weights of 1x1 convolutions, as in PaddleSlim.
+``UnstructuredPruner.summarize_weights(model, ratio)`` gives the magnitude below which ``ratio`` of the prunable
+weights lie (a threshold for ``mode="threshold"``). ``GMPUnstructuredPruner`` ramps the ratio with the
 cubic schedule of Zhu & Gupta (2017), "To prune, or not to prune".
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +39,7 @@ from compression_tool.io.errors import UserError
 log = logging.getLogger(__name__)
 
 MODES = ("threshold", "ratio")
+PRUNE_PARAMS_TYPES = (None, "conv1x1_only")
 NORM_LAYERS: Tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
                                  nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm) + \
     ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
@@ -50,6 +54,26 @@ def default_skip_params(model: nn.Module) -> Set[str]:
             if isinstance(module, NORM_LAYERS) or pname == "bias" or p.dim() <= 1:
                 skip.add(f"{mname}.{pname}" if mname else pname)
     return skip
+
+
+def conv1x1_weights(model: nn.Module) -> Set[str]:
+    """Names of the weights of 1x1 (point-wise) convolutions: what PaddleSlim's ``conv1x1_only`` prunes."""
+    return {f"{name}.weight" if name else "weight" for name, m in model.named_modules()
+            if isinstance(m, nn.modules.conv._ConvNd) and all(k == 1 for k in m.kernel_size)}
+
+
+def expand_skip_names(model: nn.Module, names: Iterable[str]) -> Set[str]:
+    """Parameter names; a layer (module) name stands for all of that layer's own parameters."""
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    out: Set[str] = set()
+    for n in names:
+        n = str(n)
+        if n not in params and n in modules:
+            out |= {f"{n}.{p}" if n else p for p, _ in modules[n].named_parameters(recurse=False)}
+        else:
+            out.add(n)
+    return out
 
 
 def zero_fraction(tensors: Iterable[torch.Tensor]) -> float:
@@ -101,12 +125,18 @@ class UnstructuredPruner:
 
     def __init__(self, model: nn.Module, mode: str = "ratio", threshold: float = 0.01, ratio: float = 0.55,
                  skip_params_func: Optional[SkipFunc] = None, local_sparsity: bool = False,
-                 optimizer: Optional[torch.optim.Optimizer] = None, enforce_on_forward: bool = True):
+                 optimizer: Optional[torch.optim.Optimizer] = None, enforce_on_forward: bool = True,
+                 prune_params_type: Optional[str] = None, sparse_block: Sequence[int] = (1, 1)):
         _validate(mode, threshold, ratio)
+        if prune_params_type not in PRUNE_PARAMS_TYPES:
+            raise UserError(f"prune_params_type {prune_params_type!r}: expected None or 'conv1x1_only'")
+        if tuple(int(v) for v in sparse_block) != (1, 1):
+            raise UserError(f"sparse_block {list(sparse_block)}: only element-wise sparsity [1, 1] is supported")
+        self.prune_params_type = prune_params_type
         self.model, self.mode = model, mode
         self.threshold, self.ratio, self.local_sparsity = float(threshold), float(ratio), bool(local_sparsity)
         self.steps = 0
-        self.params = self._select_params(model, skip_params_func)
+        self.params = self._select_params(model, skip_params_func, prune_params_type)
         self.masks: Dict[str, torch.Tensor] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.params.items()}
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._handles: List[Any] = []
@@ -118,16 +148,21 @@ class UnstructuredPruner:
     # ------------------------------------------------------------ setup
 
     @staticmethod
-    def _select_params(model: nn.Module, skip_params_func: Optional[SkipFunc]) -> Dict[str, nn.Parameter]:
+    def _select_params(model: nn.Module, skip_params_func: Optional[SkipFunc],
+                       prune_params_type: Optional[str] = None) -> Dict[str, nn.Parameter]:
         named = dict(model.named_parameters())
-        skip = set(skip_params_func(model)) if skip_params_func is not None else default_skip_params(model)
+        skip = expand_skip_names(model, skip_params_func(model)) if skip_params_func is not None \
+            else default_skip_params(model)
         unknown = sorted(skip - named.keys())
         if unknown:
             raise UserError(f"skip_params_func named {len(unknown)} unknown parameter(s), first {unknown[0]!r}; "
-                            "return names as in model.named_parameters()")
+                            "return names as in model.named_parameters() or model.named_modules()")
+        if prune_params_type == "conv1x1_only":
+            skip |= set(named) - conv1x1_weights(model)
         params = {n: p for n, p in named.items() if n not in skip}
         if not params:
-            raise UserError("every parameter of the model is skipped: nothing to prune")
+            raise UserError("every parameter of the model is skipped: nothing to prune"
+                            + (" (the model has no 1x1 convolution)" if prune_params_type else ""))
         log.info("unstructured pruning: %d tensors (%d weights), %d skipped", len(params),
                  sum(p.numel() for p in params.values()), len(skip))
         return params
@@ -234,6 +269,19 @@ class UnstructuredPruner:
         return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total
 
     @staticmethod
+    def summarize_weights(model: nn.Module, ratio: float = 0.1) -> float:
+        """The magnitude below which ``ratio`` of the weights the default pruner masks lie (PaddleSlim's helper to
+        pick a ``threshold`` for a wanted sparsity)."""
+        if not 0.0 <= ratio <= 1.0:
+            raise UserError(f"ratio must be in [0, 1], got {ratio}")
+        skip = default_skip_params(model)
+        w = torch.cat([p.detach().abs().flatten() for n, p in model.named_parameters() if n not in skip])
+        if not w.numel():
+            raise UserError("the model has no prunable weights")
+        k = min(max(int(round(ratio * w.numel())), 1), w.numel())
+        return float(w.kthvalue(k).values)
+
+    @staticmethod
     def total_sparse(model: nn.Module) -> float:
         """Fraction of zero entries over all parameters of ``model`` (PaddleSlim's definition)."""
         return zero_fraction(model.parameters())
@@ -242,6 +290,7 @@ class UnstructuredPruner:
 
     def settings(self) -> Dict[str, Any]:
         return {"class": type(self).__name__, "mode": self.mode, "threshold": self.threshold,
+                "prune_params_type": self.prune_params_type,
                 "ratio": self.ratio, "local_sparsity": self.local_sparsity, "steps": self.steps}
 
     def state_dict(self) -> Dict[str, Any]:
@@ -305,10 +354,11 @@ class GMPUnstructuredPruner(UnstructuredPruner):
 
     def __init__(self, model: nn.Module, schedule: GMPSchedule, skip_params_func: Optional[SkipFunc] = None,
                  local_sparsity: bool = False, optimizer: Optional[torch.optim.Optimizer] = None,
-                 enforce_on_forward: bool = True):
+                 enforce_on_forward: bool = True, prune_params_type: Optional[str] = None):
         self.schedule = schedule
         super().__init__(model, mode="ratio", ratio=schedule.ratio_at(0), skip_params_func=skip_params_func,
-                         local_sparsity=local_sparsity, optimizer=optimizer, enforce_on_forward=enforce_on_forward)
+                         local_sparsity=local_sparsity, optimizer=optimizer, enforce_on_forward=enforce_on_forward,
+                         prune_params_type=prune_params_type)
 
     def current_ratio(self) -> float:
         return self.schedule.ratio_at(self.steps)
