@@ -99,7 +99,7 @@ class Mask:
             if not self._todo:
                 return False
             name = self._todo.pop(0)
-            pruner._prepared = False     # data-driven criteria see the layers masked so far (as MaskImpt re-runs)
+            pruner.refresh_statistics()  # data-driven criteria see the layers masked so far (as MaskImpt re-runs)
             pruner.soft({name: self._rate_of(name)})
             log.info("masked %s (%d groups left)", name, len(self._todo))
             return True

@@ -132,6 +132,10 @@ class ChannelPruner:
         self._frozen = self.ignore + tuple(names[m] for m in output_modules(model, example_inputs))
         self.index = self.index_of(model)
 
+    def refresh_statistics(self) -> None:
+        """Data-driven criteria collect their statistics again on next use (the model changed: masked, trained)."""
+        self._prepared = set()
+
     def index_of(self, model: nn.Module) -> GroupIndex:
         return GroupIndex(model, self.example_inputs, ignore=self._frozen, prune_outputs=True, round_to=self.round_to)
 
