@@ -32,10 +32,10 @@ from typing import List
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch_pruning as tp  # noqa: E402
+from resnet56_published import CropFlip, finetune_config, load_data  # noqa: E402  (a sibling script)
 from torch.utils.data import DataLoader  # noqa: E402
 
 import model_define as md  # noqa: E402
-from benchmarks.resnet56_published import CropFlip, finetune_config, load_data  # noqa: E402
 from compression_tool.data.digits import digits_loaders  # noqa: E402
 from compression_tool.engine.checkpoint import load_model  # noqa: E402
 from compression_tool.engine.cost import latency_ms, params_and_macs  # noqa: E402

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-import pruning
-from compression_tool.cli import quantization
+from compression_tool.cli import pruning, quantization
 from compression_tool.engine.groups import GroupIndex
 from model_define import get_model
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-import pruning
-from compression_tool.cli import auto_make_yaml
+from compression_tool.cli import auto_make_yaml, pruning
 from compression_tool.engine.checkpoint import load_model
 from compression_tool.engine.cost import params_and_macs
 from compression_tool.engine.latency import LatencyTable

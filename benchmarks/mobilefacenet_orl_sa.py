@@ -79,7 +79,8 @@ def sensitivity(args: argparse.Namespace) -> Path:
     argv = ["--mode", "sa", *common_args(args), "--sparsities", args.sparsities,
             "--output", str(args.work_space / f"mobilefacenet_{args.method}.csv")]
     show("pruning.py", argv)
-    return workflow.run_sensitivity(pruning.build_parser().parse_args(argv))
+    pruning.main(argv)
+    return args.work_space / f"mobilefacenet_{args.method}.csv"
 
 
 def per_layer_schedule(args: argparse.Namespace, csv_path: Path, target: float) -> Path:
@@ -94,12 +95,14 @@ class ThinnedProbe:
     """Evaluate the model thinned to per-layer levels, on a copy, with pruning.py's own evaluation and criterion."""
 
     def __init__(self, args: argparse.Namespace):
-        ns = pruning.build_parser().parse_args(["--mode", "prune", *common_args(args)])
-        self.model, meta = workflow.load_for_args(ns)
-        self.setup = workflow.setup_for(ns, meta)
+        source = workflow.ModelSource(str(args.data / MOBILEFACENET_FILE), "mobilefacenet", input_size=INPUT_SIZE)
+        self.model, meta = workflow.load_source(source)
+        self.setup = workflow.eval_setup(workflow.EvalConfig(data=f"orl:{args.data / 'orl_faces'}",
+                                                             metric=args.metric, seed=args.seed), meta)
         self.x = example_input(meta["input_size"])
         self.index = GroupIndex(self.model, self.x)
-        self.crit = workflow.prepared_criterion(args.method, self.model, self.index, self.setup, ns, "mobilefacenet")
+        crit = workflow.CriterionConfig(args.method, seed=args.seed, cache_dir=str(args.work_space / "rank_conv"))
+        self.crit = workflow.prepared_criterion(crit, self.model, self.index, self.setup, "mobilefacenet")
         self.cache: Dict[Tuple, Metrics] = {}
 
     def __call__(self, levels: Mapping[str, float]) -> Metrics:
@@ -147,8 +150,8 @@ def prune(args: argparse.Namespace, yaml_path: Path, tag: str) -> Tuple[Path, Di
     argv = ["--mode", "prune", *common_args(args), "--yaml", str(yaml_path), "--save_model_pt", "--output", str(out),
             "--force"]
     show("pruning.py", argv)
-    workflow.run_prune(pruning.build_parser().parse_args(argv))
-    return out, torch.load(out, map_location="cpu", weights_only=False)["meta"]["metrics"]
+    pruning.main(argv)
+    return out, torch.load(out, map_location="cpu", weights_only=True)["meta"]["metrics"]
 
 
 # ------------------------------------------------------------------------------------------------ reporting
