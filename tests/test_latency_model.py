@@ -2,7 +2,6 @@
 --latency budget of auto_make_yaml.py and the per-layer latency report of pruning.py --mode prune."""
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -19,6 +18,7 @@ from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.latency import LatencyModel, LatencyTable, MachineKey, timed_leaves
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.io.errors import UserError
+from tests.zoo_util import classifier_sa_csv
 
 
 class Wide(nn.Module):
@@ -86,13 +86,7 @@ def test_latency_budget_schedule(tmp_path):
     torch.save({"state_dict": model.state_dict()}, ck)
     x = example_input((1, 16, 16))
     index = GroupIndex(model, x)
-    path = tmp_path / "sa.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["parameter", "sparsity", "top1", "top5", "loss"])
-        for i, g in enumerate(index.groups):
-            for s in np.arange(0, 1.0, 0.1):
-                w.writerow([g.name, f"{s:.1f}", f"{90 - (i + 1) * 10 * s:.2f}", "99", "0.1"])
+    path = classifier_sa_csv(tmp_path / "sa.csv", index)
     out = tmp_path / "l.yaml"
     auto_make_yaml.main([str(path), "--latency", "0.7", "--model", "digits_net", "--best_model_path", str(ck),
                          "--output", str(out), "--latency_dir", str(tmp_path / "lat")])

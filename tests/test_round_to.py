@@ -2,8 +2,6 @@
 the FLOPs-budget schedules (auto_make_yaml.py --flops)."""
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ from compression_tool.engine.groups import GroupIndex, PrunableGroup
 from compression_tool.engine.schedule import read_schedule, resolve
 from compression_tool.engine.search.fitness import PruningFitness
 from compression_tool.io.errors import UserError
+from tests.zoo_util import classifier_sa_csv
 
 X = example_input((1, 16, 16))
 
@@ -112,13 +111,7 @@ def test_search_cli_round_to(ckpt, tmp_path):
 def test_budget_schedule_round_to(ckpt, tmp_path):
     model = md.get_model("digits_net").eval()
     index = GroupIndex(model, X)
-    path = tmp_path / "sa.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["parameter", "sparsity", "top1", "top5", "loss"])
-        for i, g in enumerate(index.groups):
-            for s in np.arange(0, 1.0, 0.1):
-                w.writerow([g.name, f"{s:.1f}", f"{90 - (i + 1) * 10 * s:.2f}", "99", "0.1"])
+    path = classifier_sa_csv(tmp_path / "sa.csv", index)
     out = tmp_path / "b.yaml"
     auto_make_yaml.main([str(path), "--flops", "0.6", "--model", "digits_net", "--best_model_path", str(ckpt),
                          "--output", str(out), "--round_to", "8"])

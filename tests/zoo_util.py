@@ -32,3 +32,19 @@ def build_randomised(name: str, seed: int = 0):
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) - 0.5)
     return model, size
+
+
+def classifier_sa_csv(path, index, levels=None):
+    """A synthetic sensitivity CSV (Distiller's columns): group i loses top-1 at slope 10 (i + 1) per unit sparsity,
+    so least-sensitive-first schedules are not uniform."""
+    import csv
+
+    import numpy as np
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["parameter", "sparsity", "top1", "top5", "loss"])
+        for i, g in enumerate(index.groups):
+            for s in (np.arange(0, 1.0, 0.1) if levels is None else levels):
+                w.writerow([g.name, f"{s:.1f}", f"{90 - (i + 1) * 10 * s:.2f}", "99", "0.1"])
+    return path

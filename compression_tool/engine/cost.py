@@ -8,7 +8,7 @@ import copy
 import math
 import statistics
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,20 @@ def params_and_macs(model: nn.Module, example_inputs: torch.Tensor) -> Dict[str,
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     model.train(was)
     return {"params": float(params), "macs": float(macs)}
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 15, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls: at least ``reps`` timed calls, more
+    until ``min_seconds`` have passed. The one timing loop of the project (PyTorch, ONNX Runtime, per layer)."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 @torch.no_grad()

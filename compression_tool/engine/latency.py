@@ -20,9 +20,7 @@ import json
 import logging
 import platform
 import re
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from compression_tool.engine.cost import median_ms
 from compression_tool.engine.quant.bn_fold import fold_bn
 from compression_tool.engine.quant.ptq_onnx import SplitPReLU, export_onnx, ort_session, split_prelu
 from compression_tool.io.errors import UserError
@@ -115,15 +114,7 @@ def leaf_inputs(model: nn.Module, x: torch.Tensor) -> Dict[str, Tuple[int, ...]]
 
 
 def _median_ms(fn: Callable[[], object], min_reps: int = 15, min_seconds: float = 0.05) -> float:
-    for _ in range(3):
-        fn()
-    times: List[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return median_ms(fn, 3, min_reps, min_seconds)
 
 
 class LatencyTable:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from compression_tool.engine.cost import median_ms
 from compression_tool.engine.quant.bn_fold import fold_bn
 from compression_tool.engine.quant.qmodules import calibrate, quantize_layers
 from compression_tool.engine.quant.quantizers import MinMaxQuantizer
@@ -201,17 +200,8 @@ class OrtModule(nn.Module):
 
 
 def latency_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, min_seconds: float = 0.0) -> float:
-    """Median wall time of ``fn()`` in milliseconds after ``warmup`` calls (at least ``iters`` timed calls,
-    more until ``min_seconds`` have passed)."""
-    for _ in range(warmup):
-        fn()
-    times: List[float] = []
-    start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    """Median wall time of ``fn()`` in milliseconds (``compression_tool.engine.cost.median_ms``)."""
+    return median_ms(fn, warmup, iters, min_seconds)
 
 
 def file_mb(path: str | os.PathLike) -> float:
