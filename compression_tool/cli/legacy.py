@@ -34,7 +34,6 @@ DROPPED_SWITCHES: Dict[str, str] = {
 }
 DROPPED_VALUES: Dict[str, str] = {
     "--rank_path": "HRank ranks are cached in work_space/rank_conv/ (keyed by model and checkpoint)",
-    "--device": "CPU only for now (devices are part of the scale-out work, not built yet)",
     "--num_workers": "data is decoded in the main process",
     "--pin_memory": "CPU only",
     "--print_freq": "every evaluation is printed",

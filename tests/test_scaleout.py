@@ -1,0 +1,122 @@
+"""Issue 14: --device (cpu | cuda | cuda:N | auto) through the stages that run the model; DDP fine-tuning."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression_tool.engine.device import model_device, resolve_device, to_model_device
+from compression_tool.io.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+no_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks the error seen on a machine without CUDA")
+SA_FAST = ["--sparsities", "0,0.5", "--eval_batches", "2", "--batch_size", "16"]
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory) -> Path:
+    from model_define import get_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "digits_net.pth"
+    torch.save(get_model("digits_net").state_dict(), path)
+    return path
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == resolve_device(None) == resolve_device("CPU") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if HAS_CUDA else "cpu")
+    with pytest.raises(UserError, match="expected cpu | cuda | cuda:N | auto"):
+        resolve_device("tpu")
+    with pytest.raises(UserError, match="expected"):
+        resolve_device("cuda:x")
+    model = torch.nn.Linear(2, 2)
+    x = torch.ones(1, 2)
+    assert model_device(model) == torch.device("cpu") and to_model_device(model, x) is x   # cpu: the same tensor
+
+
+@no_cuda
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_one_line(spec):
+    with pytest.raises(UserError) as exc:
+        resolve_device(spec)
+    assert "CUDA is not available" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def _one_line_error(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@no_cuda
+@pytest.mark.parametrize("which", ["sa", "prune", "search", "evaluate", "finetune"])
+def test_cli_device_cuda_without_a_gpu(which, digits_ckpt, tmp_path, capsys):
+    """--device cuda on a machine without CUDA: one line, exit code 2, nothing written."""
+    from compression_tool.cli import evaluate, finetune, pruning
+
+    src = ["--model", "digits_net", "--best_model_path", str(digits_ckpt)]
+    main, argv = {
+        "sa": (pruning.main, ["--mode", "sa", *src, *SA_FAST, "--output", str(tmp_path / "sa.csv")]),
+        "prune": (pruning.main, ["--mode", "prune", *src, "--yaml", str(tmp_path / "none.yaml")]),
+        "search": (pruning.main, ["--mode", "search", *src, "--flops", "0.5", "--output", str(tmp_path / "s.yaml")]),
+        "evaluate": (evaluate.main, [*src, "--data", "digits"]),
+        "finetune": (finetune.main, [*src, "--max_iters", "1", "--save_dir", str(tmp_path / "ft")]),
+    }[which]
+    if which == "prune":
+        (tmp_path / "none.yaml").write_text("version: 1\npruners: {}\npolicies: []\n")
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available" in _one_line_error(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "none.yaml") == []
+
+
+def _sa(ckpt: Path, out: Path, *extra: str) -> bytes:
+    from compression_tool.cli import pruning
+
+    pruning.main(["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), *SA_FAST,
+                  "--output", str(out), *extra])
+    return out.read_bytes()
+
+
+def test_device_cpu_is_the_default_path(digits_ckpt, tmp_path):
+    """--device cpu writes the very bytes (CSV and sidecar) the default run writes."""
+    a = _sa(digits_ckpt, tmp_path / "a.csv")
+    b = _sa(digits_ckpt, tmp_path / "b.csv", "--device", "cpu")
+    assert a == b
+    assert (tmp_path / "a.csv.meta.json").read_bytes() == (tmp_path / "b.csv.meta.json").read_bytes()
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["l1", "apoz", "taylor", "hrank"])
+def test_sensitivity_on_cuda_matches_cpu(digits_ckpt, tmp_path, method):
+    from compression_tool.engine.sensitivity import load_csv
+
+    _sa(digits_ckpt, tmp_path / "cpu.csv", "--method", method, "--work_space", str(tmp_path))
+    _sa(digits_ckpt, tmp_path / "gpu.csv", "--method", method, "--work_space", str(tmp_path), "--device", "cuda")
+    names, cpu = load_csv(str(tmp_path / "cpu.csv"))
+    _, gpu = load_csv(str(tmp_path / "gpu.csv"))
+    assert cpu.keys() == gpu.keys()
+    for layer in cpu:
+        for (s1, m1), (s2, m2) in zip(cpu[layer], gpu[layer]):
+            assert s1 == s2 and abs(m1["top1"] - m2["top1"]) <= 1.0, (layer, s1, m1, m2)
+
+
+@needs_cuda
+def test_evaluate_prune_and_finetune_on_cuda(digits_ckpt, tmp_path, capsys):
+    from compression_tool.cli import evaluate, finetune
+
+    src = ["--model", "digits_net", "--best_model_path", str(digits_ckpt)]
+    evaluate.main([*src, "--data", "digits"])
+    cpu = capsys.readouterr().out
+    evaluate.main([*src, "--data", "digits", "--device", "cuda"])
+    gpu = capsys.readouterr().out
+    top1 = [float(next(ln for ln in o.splitlines() if ln.startswith("top1")).split()[1]) for o in (cpu, gpu)]
+    assert abs(top1[0] - top1[1]) <= 0.5
+    finetune.main([*src, "--max_iters", "2", "--eval_every", "2", "--save_dir", str(tmp_path / "ft"),
+                   "--device", "cuda"])
+    assert list((tmp_path / "ft").glob("best_top1=*_step=2.pth"))
