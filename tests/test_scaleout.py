@@ -182,3 +182,52 @@ def test_torchrun_resume_continues_like_a_straight_run(trained_digits, tmp_path)
     resumed = _evals(_train(trained_digits, tmp_path, "b", 2, "--max_iters", "8", "--resume", str(ckpt[0]),
                             *extra))
     assert 8 in resumed and abs(resumed[8] - straight[8]) <= 1e-9, (straight, resumed)
+
+
+# ------------------------------------------------------------------ sensitivity analysis on N local processes
+
+def test_sa_workers_write_the_serial_csv_and_resume(trained_digits, tmp_path):
+    serial = _sa(trained_digits, tmp_path / "serial.csv", "--sparsities", "0,0.3,0.6,0.9", "--method", "l1")
+    two = _sa(trained_digits, tmp_path / "two.csv", "--sparsities", "0,0.3,0.6,0.9", "--method", "l1",
+              "--workers", "2")
+    assert two == serial
+    assert (tmp_path / "two.csv.meta.json").read_bytes() == (tmp_path / "serial.csv.meta.json").read_bytes()
+    # an interrupted run: 5 rows and a torn line; --workers 2 resumes it to the serial bytes
+    lines = serial.decode().splitlines(keepends=True)
+    (tmp_path / "cut.csv").write_text("".join(lines[:6]) + lines[6][:7])
+    (tmp_path / "cut.csv.meta.json").write_bytes((tmp_path / "serial.csv.meta.json").read_bytes())
+    assert _sa(trained_digits, tmp_path / "cut.csv", "--sparsities", "0,0.3,0.6,0.9", "--method", "l1",
+               "--workers", "2") == serial
+
+
+def test_rows_are_written_in_group_order_whatever_the_finishing_order(tmp_path):
+    """A pool that finishes the groups last-first still gives the serial CSV."""
+    from compression_tool.engine.checkpoint import example_input
+    from compression_tool.engine.criteria import make_criterion
+    from compression_tool.engine.groups import GroupIndex
+    from compression_tool.engine.sensitivity import GroupMeasurer, sweep
+    from model_define import get_model
+
+    torch.manual_seed(0)
+    model = get_model("digits_net").eval()
+    index = GroupIndex(model, example_input((1, 8, 8)))
+    crit = make_criterion("l1")
+    x = torch.randn(32, 1, 8, 8)
+
+    def evaluate(m):
+        with torch.no_grad():
+            out = m(x)
+        return {"top1": float(out.argmax(1).float().mean()), "loss": float(out.pow(2).mean())}
+
+    levels = [0.0, 0.25, 0.5]
+    sweep(model, index, crit, evaluate, tmp_path / "serial.csv", levels, ["top1", "loss"])
+
+    def reversed_pool(tasks):
+        measurer = GroupMeasurer(model, index, crit, evaluate, ["top1", "loss"])
+        groups = {g.name: g for g in index.groups}
+        done = [(i, list(measurer.measure(groups[name], lv))) for i, (name, lv) in enumerate(tasks)]
+        yield from reversed(done)
+
+    sweep(model, index, crit, evaluate, tmp_path / "pool.csv", levels, ["top1", "loss"], pool=reversed_pool)
+    assert (tmp_path / "pool.csv").read_bytes() == (tmp_path / "serial.csv").read_bytes()
+    assert len(index.groups) > 1

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,7 @@ class SensitivityConfig:
     use_cache: bool = True
     force: bool = False                             # start the CSV afresh instead of resuming it
     ci: bool = False                                # Wilson confidence-interval columns after Distiller's
+    workers: int = 1                                # > 1: one process per group task (apps.sensitivity_pool)
 
 
 @dataclass
@@ -218,6 +219,20 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
             **({"device": resolve_device(e.device).type} if resolve_device(e.device).type != "cpu" else {})}
 
 
+def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], device: torch.device
+                ) -> Tuple[GroupIndex, Criterion, List[str], Callable[[nn.Module], Dict[str, float]]]:
+    """What a sweep measures with: the groups, the prepared criterion, the metric names and ``evaluate`` (the same
+    in the main process and in every ``--workers`` process)."""
+    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
+    check_classes(model, setup, meta, cfg.eval.data)
+    index = GroupIndex(model, example_input(meta["input_size"]).to(device), ignore=cfg.ignore)
+    crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
+    names, evaluate = setup.metric_names, setup.evaluate
+    if cfg.ci:
+        names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    return index, crit, names, evaluate
+
+
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
     """Sweep every prunable group over ``cfg.sparsities``; appends to (and resumes) the CSV; returns its path."""
     device = resolve_device(cfg.eval.device)
@@ -230,17 +245,16 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     run_meta = sensitivity_meta(cfg, meta)
     check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
     check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
-    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
-    check_classes(model, setup, meta, cfg.eval.data)
-    index = GroupIndex(model, example_input(meta["input_size"]).to(device), ignore=cfg.ignore)
-    crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
+    index, crit, names, evaluate = sweep_parts(cfg, model, meta, device)
     log.info("sweeping %d groups x %d levels with %s -> %s", len(index.groups), len(cfg.sparsities),
              cfg.criterion.name, out)
-    names, evaluate = setup.metric_names, setup.evaluate
-    if cfg.ci:
-        names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    pool = None
+    if cfg.workers > 1:
+        from compression_tool.apps.sensitivity_pool import process_pool
+
+        pool = process_pool(cfg, cfg.workers)
     sweep(model, index, crit, evaluate, out, cfg.sparsities, names, use_cache=cfg.use_cache, meta=run_meta,
-          force=cfg.force)
+          force=cfg.force, pool=pool)
     return out
 
 
