@@ -231,3 +231,32 @@ def test_rows_are_written_in_group_order_whatever_the_finishing_order(tmp_path):
     sweep(model, index, crit, evaluate, tmp_path / "pool.csv", levels, ["top1", "loss"], pool=reversed_pool)
     assert (tmp_path / "pool.csv").read_bytes() == (tmp_path / "serial.csv").read_bytes()
     assert len(index.groups) > 1
+
+
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+@pytest.mark.skipif(not _has_ray(), reason="the optional extra: pip install .[ray]")
+def test_sa_on_ray_actors_writes_the_serial_csv(trained_digits, tmp_path):
+    serial = _sa(trained_digits, tmp_path / "serial.csv", "--sparsities", "0,0.5,0.9")
+    cmd = [sys.executable, str(ROOT / "pruning.py"), "--mode", "sa", "--model", "digits_net", "--best_model_path",
+           str(trained_digits), *SA_FAST, "--sparsities", "0,0.5,0.9", "--output", str(tmp_path / "ray.csv"),
+           "--workers", "2", "--pool", "ray"]
+    run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "ray.csv").read_bytes() == serial
+
+
+def test_the_default_run_never_imports_ray(digits_ckpt, tmp_path):
+    code = ("import sys; from compression_tool.cli import pruning; "
+            f"pruning.main(['--mode', 'sa', '--model', 'digits_net', '--best_model_path', {str(digits_ckpt)!r}, "
+            f"'--sparsities', '0,0.5', '--eval_batches', '1', '--output', {str(tmp_path / 'a.csv')!r}]); "
+            "print('RAY' if 'ray' in sys.modules else 'NO_RAY')")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().endswith("NO_RAY")

@@ -4,12 +4,13 @@ Each worker builds the model, the evaluation subset, the groups and the criterio
 the main process does (``apps.workflow.sweep_parts``), then measures whole groups; ``engine.sensitivity.sweep``
 writes the rows in group order, so the CSV is the serial run's, byte for byte, and resumes the same way.
 Processes are spawned (not forked: a forked torch can hang on its thread pools); each gets ``threads // N`` intra-op
-threads (at least 1). Ray is not needed here; the same task shape (build once per worker, one task per group) is
-what a Ray or cluster backend would run (docs/scaling.md).
+threads (at least 1). ``--pool ray`` runs the same task shape on Ray actors (the optional extra
+``pip install .[ray]``; imported only then): a local Ray, or the cluster ``RAY_ADDRESS`` names (docs/scaling.md).
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -59,5 +60,46 @@ def process_pool(cfg: Any, workers: int, threads: Optional[int] = None):
             finally:
                 for f in pending:
                     f.cancel()
+
+    return run
+
+
+class _RayWorker:
+    """A Ray actor: builds once (``_init``), then measures whole groups (``_task``)."""
+
+    def __init__(self, cfg: Any, threads: int):
+        _init(cfg, threads)
+
+    def measure(self, i: int, name: str, levels: List[float]) -> Tuple[int, List[Dict[str, float]]]:
+        return _task(i, name, levels)
+
+
+def ray_pool(cfg: Any, workers: int, threads: Optional[int] = None):
+    """The same ``GroupPool`` on Ray actors (one CPU each); a Ray already running, or ``RAY_ADDRESS``, is used."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise UserError("--pool ray: Ray is not installed; pip install 'compression_tool[ray]' (or ray), or use "
+                        "--pool process") from None
+    if workers < 1:
+        raise UserError(f"--workers {workers}: expected a positive whole number")
+    per_worker = max(1, (threads or torch.get_num_threads()) // workers)
+
+    def run(tasks: List[Tuple[str, List[float]]]) -> Iterator[Tuple[int, List[Dict[str, float]]]]:
+        started = not ray.is_initialized()
+        if started:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers}))
+        try:
+            actor = ray.remote(num_cpus=1)(_RayWorker)
+            pool = ActorPool([actor.remote(cfg, per_worker) for _ in range(min(workers, len(tasks)))])
+            for i, (name, levels) in enumerate(tasks):
+                pool.submit(lambda a, t: a.measure.remote(*t), (i, name, levels))
+            while pool.has_next():
+                yield pool.get_next_unordered()
+        finally:
+            if started:
+                ray.shutdown()
 
     return run

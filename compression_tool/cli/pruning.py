@@ -72,6 +72,9 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="measure the groups in N local processes, one task per group (--threads split among them); "
                         "the CSV is the serial run's, row for row (default 1: in this process)")
+    p.add_argument("--pool", choices=("process", "ray"), default="process",
+                   help="where --workers run: process (local processes) or ray (Ray actors: a local Ray, or the "
+                        "cluster RAY_ADDRESS names; needs the optional extra: pip install .[ray])")
     add_output_args(p, "CSV path (default work_space/sensitivity_data/<model>_<method>.csv)")
     return p
 
@@ -152,7 +155,7 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
                             ignore=args.ignore, use_cache=not args.no_cache, force=args.force, ci=args.ci,
-                            workers=args.workers)
+                            workers=args.workers, pool=args.pool)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 
