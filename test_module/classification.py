@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compression_tool.engine.device import model_device
 from compression_tool.io.errors import UserError
 
 
@@ -18,11 +19,13 @@ def evaluate_classifier(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, t
     """Top-k accuracy in percent and mean cross-entropy over ``loader`` (first ``max_batches`` only)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct = torch.zeros(len(topk))
     loss_sum, n = 0.0, 0
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
+        x, y = x.to(device), y.to(device)          # no-op on the CPU: the default path's numbers do not change
         logits = model(x)
         if y.numel() and int(y.max()) >= logits.shape[1]:
             raise UserError(f"the data has label {int(y.max())} but the model has only {logits.shape[1]} outputs; "

@@ -50,6 +50,7 @@ class EvalConfig:
     split_part: str = "sa"                    # … and the part this evaluation uses
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
+    device: str = "cpu"                       # cpu | cuda | cuda:N | auto: where the model runs (batches follow it)
 
 
 def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,

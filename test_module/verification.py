@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from compression_tool.data.pairs import PairSet, check_issame
+from compression_tool.engine.device import model_device
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_save_with
 
@@ -245,15 +246,16 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 64, f
     try:
         chunks = []
         starts = range(0, images.shape[0], batch_size)
+        device = model_device(model)
         for s in tqdm(starts, desc="embed", unit="batch", leave=False, disable=len(starts) < 20):
-            x = images[s:s + batch_size]
+            x = images[s:s + batch_size].to(device)
             if flip:
                 e = _forward_embeddings(model, torch.cat([x, torch.flip(x, dims=[3])]))
                 a, b = e[: x.shape[0]], e[x.shape[0]:]
                 e = torch.cat([a, b], 1) if fusion == "concat" else a + b
             else:
                 e = _forward_embeddings(model, x)
-            chunks.append(e)
+            chunks.append(e.cpu())
         return F.normalize(torch.cat(chunks), dim=1)
     finally:
         model.train(was_training)

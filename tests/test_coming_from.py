@@ -186,7 +186,7 @@ def test_fork_main_py_sa_prune_test_finetune(faces, monkeypatch, capsys, caplog)
     assert "lfw_acc" in capsys.readouterr().out
 
     fork("--mode", "finetune", "--pruned_checkpoint", str(pruned), "--train_data_path", "faces", "--epoch", "1",
-         "--train_batch_size", "4", "--milestones", "1", "--head", "arcface", "--device", "cuda:0",
+         "--train_batch_size", "4", "--milestones", "1", "--head", "arcface", "--device", "auto",
          "--save_dir", "ft")
     assert list((faces / "ft").glob("*.pth"))
 

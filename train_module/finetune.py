@@ -10,6 +10,7 @@ run that went straight through.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -23,9 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from compression_tool.engine.device import resolve_device
 from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
+from train_module.distributed import DataParallel
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -316,10 +319,10 @@ def replay_batches(train_loader: Iterable, cfg: FinetuneConfig, step: int, total
 
 
 def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Module], cfg: FinetuneConfig,
-           resume: Optional[str | Path], trust_resume: bool = False
+           resume: Optional[str | Path], trust_resume: bool = False, device: Optional[torch.device] = None
            ) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
     """Move to the device, build optimizer and schedule, restore a checkpoint: (opt, sched, step, best)."""
-    device = torch.device(cfg.device)
+    device = device or resolve_device(cfg.device)
     for m in (model, head, teacher):
         if m is not None:
             m.to(device)
@@ -356,12 +359,29 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
     was_training = model.training
-    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume)
+    ddp = DataParallel.from_env(cfg.device)     # under torchrun: one share of every batch per process
+    try:
+        return _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_training, head, teacher,
+                         eval_fn, meta, resume, trust_resume, ddp)
+    finally:
+        if ddp is not None:
+            ddp.close()
+
+
+def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_training, head, teacher, eval_fn,
+              meta, resume, trust_resume, ddp) -> FinetuneResult:
+    device = ddp.device if ddp is not None else resolve_device(cfg.device)
+    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device)
+    train_model, train_loss = ddp.wrap(model, loss_fn) if ddp is not None else (model, loss_fn)
+    if ddp is not None and not ddp.is_main:    # rank 0 alone writes checkpoints
+        cfg = dataclasses.replace(cfg, save_dir=None, progress=False)
     keeper = _BestKeeper(cfg, meta, best)
     result = FinetuneResult(step=step)
     state = dict(model=model, head=head, optimizer=optimizer, scheduler=scheduler)
 
     def evaluate(at: int) -> None:
+        if ddp is not None:
+            ddp.sync_buffers(model)
         metrics = _check_metrics(eval_fn(model), at)  # type: ignore[misc]
         set_train_mode(model, cfg.freeze_bn)
         result.evals.append((at, metrics))
@@ -373,7 +393,7 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
     set_train_mode(model, cfg.freeze_bn)
     with tqdm(total=total, initial=step, desc="finetune", disable=not cfg.progress, dynamic_ncols=True) as bar:
         for batch in replay_batches(train_loader, cfg, step, total, iters_per_epoch):
-            loss = train_step(model, batch, loss_fn, optimizer, scheduler, torch.device(cfg.device), step)
+            loss = train_step(train_model, batch, train_loss, optimizer, scheduler, device, step)
             step += 1
             result.losses.append((step, loss))
             bar.update(1)

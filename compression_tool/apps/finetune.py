@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from compression_tool.apps.workflow import ModelSource, load_source
 from compression_tool.data.spec import parse_data_spec, train_tensors
 from compression_tool.engine.checkpoint import FORMAT, load_model
+from compression_tool.engine.device import resolve_device
 from compression_tool.io.errors import UserError
 from model_define import model_spec
 from test_module.setup import EvalConfig, build_setup
@@ -160,6 +161,7 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     if job.unlabeled:
         job.head = "none"
     parse_data_spec(job.data)
+    resolve_device(job.train.device)                # a bad --device before the data is read
     model, meta = load_source(job.source)
     name, input_size = meta["model"], meta["input_size"]
     spec = model_spec(name)

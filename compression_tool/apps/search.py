@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from compression_tool.apps.workflow import CriterionConfig, ModelSource, eval_setup, load_source, prepared_criterion
 from compression_tool.engine.checkpoint import example_input
+from compression_tool.engine.device import resolve_device
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.schedule import build_schedule, write_schedule
 from compression_tool.engine.search import Searcher, make_searcher
@@ -101,6 +102,7 @@ def search(fitness: PruningFitness, searcher: Searcher, fraction: float) -> Outc
 
 def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
     """Search per-group ratios, write the schedule; returns its path and the lines describing the outcome."""
+    device = resolve_device(cfg.eval.device)
     if cfg.resource not in ("macs", "params", "latency_ms"):
         raise UserError(f"budget resource {cfg.resource!r}: expected macs, params or latency_ms")
     flag = {"macs": "flops", "params": "params", "latency_ms": "latency"}[cfg.resource]
@@ -116,13 +118,14 @@ def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
         if v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
     model, meta = load_source(cfg.source)
+    model.to(device)
     name = meta["model"]
     tag = f"{cfg.fraction:g}" if cfg.resource == "macs" else f"{flag}{cfg.fraction:g}"
     out = Path(cfg.output or Path("yaml_file") / f"{name}_search_{cfg.algo}_{tag}.yaml")
     check_writable(out, cfg.force)                     # fail before the search, not after
     setup = eval_setup(cfg.eval, meta)
     method = cfg.criterion.name
-    fitness = build_fitness(model, example_input(meta["input_size"]), setup, cfg, name)
+    fitness = build_fitness(model, example_input(meta["input_size"]).to(device), setup, cfg, name)
     searcher = make_searcher(cfg.algo, population=cfg.population, iterations=cfg.iterations, seed=cfg.seed,
                              high=cfg.max_ratio)
     log.info("searching %d groups with %s (population %d, %d iterations) for %s <= %.3g of the model",

@@ -6,7 +6,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,7 @@ from compression_tool.engine.checkpoint import example_input, load_model, save_p
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
+from compression_tool.engine.device import resolve_device, to_model_device
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.latency import LatencyModel, LatencyTable, layer_lines
 from compression_tool.engine.report import format_report
@@ -63,6 +64,8 @@ class SensitivityConfig:
     use_cache: bool = True
     force: bool = False                             # start the CSV afresh instead of resuming it
     ci: bool = False                                # Wilson confidence-interval columns after Distiller's
+    workers: int = 1                                # > 1: one process per group task (apps.sensitivity_pool)
+    pool: str = "process"                           # workers' backend: process (local) | ray (optional extra)
 
 
 @dataclass
@@ -164,7 +167,7 @@ def check_classes(model: nn.Module, setup: EvalSetup, meta: Dict[str, Any], data
     if setup.num_classes is None:
         return
     with torch.no_grad():
-        out = model.eval()(example_input(meta["input_size"]))
+        out = model.eval()(to_model_device(model, example_input(meta["input_size"])))
     if out.dim() == 2 and setup.num_classes > out.shape[1]:
         raise UserError(f"--data {data}: labels go up to class {setup.num_classes - 1} ({setup.num_classes} classes) "
                         f"but {meta['model']} has {out.shape[1]} outputs; wrong data or model?")
@@ -213,30 +216,48 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
             "folds": e.folds, "flip": e.flip, "bgr": e.bgr, "subjects": e.subjects, "criterion": c.name,
             "criterion_limit": c.limit, "criterion_seed": c.seed, "ignore": sorted(cfg.ignore),
             "sparsities": [round(s, 6) for s in cfg.sparsities], "threads": torch.get_num_threads(),
-            "split": [e.split, e.split_seed, e.split_part] if e.split else None, "ci": cfg.ci}
+            "split": [e.split, e.split_seed, e.split_part] if e.split else None, "ci": cfg.ci,
+            **({"device": resolve_device(e.device).type} if resolve_device(e.device).type != "cpu" else {})}
+
+
+def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], device: torch.device
+                ) -> Tuple[GroupIndex, Criterion, List[str], Callable[[nn.Module], Dict[str, float]]]:
+    """What a sweep measures with: the groups, the prepared criterion, the metric names and ``evaluate`` (the same
+    in the main process and in every ``--workers`` process)."""
+    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
+    check_classes(model, setup, meta, cfg.eval.data)
+    index = GroupIndex(model, example_input(meta["input_size"]).to(device), ignore=cfg.ignore)
+    crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
+    names, evaluate = setup.metric_names, setup.evaluate
+    if cfg.ci:
+        names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    return index, crit, names, evaluate
 
 
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
     """Sweep every prunable group over ``cfg.sparsities``; appends to (and resumes) the CSV; returns its path."""
+    device = resolve_device(cfg.eval.device)
     model, meta = load_source(cfg.source)
     check_finite(model, cfg.source.path)
+    model.to(device)
     out = Path(cfg.output or Path(cfg.work_space) / "sensitivity_data" / f"{meta['model']}_{cfg.criterion.name}.csv")
     if out.is_dir():
         raise UserError(f"{out} is a folder; give a CSV file path")
     run_meta = sensitivity_meta(cfg, meta)
     check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
     check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
-    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
-    check_classes(model, setup, meta, cfg.eval.data)
-    index = GroupIndex(model, example_input(meta["input_size"]), ignore=cfg.ignore)
-    crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
+    index, crit, names, evaluate = sweep_parts(cfg, model, meta, device)
     log.info("sweeping %d groups x %d levels with %s -> %s", len(index.groups), len(cfg.sparsities),
              cfg.criterion.name, out)
-    names, evaluate = setup.metric_names, setup.evaluate
-    if cfg.ci:
-        names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    pool = None
+    if cfg.workers > 1:
+        from compression_tool.apps.sensitivity_pool import process_pool, ray_pool
+
+        if cfg.pool not in ("process", "ray"):
+            raise UserError(f"--pool {cfg.pool}: expected process or ray")
+        pool = (ray_pool if cfg.pool == "ray" else process_pool)(cfg, cfg.workers)
     sweep(model, index, crit, evaluate, out, cfg.sparsities, names, use_cache=cfg.use_cache, meta=run_meta,
-          force=cfg.force)
+          force=cfg.force, pool=pool)
     return out
 
 
@@ -255,9 +276,11 @@ def layer_latency_lines(cfg: PruneConfig, original: nn.Module, model: nn.Module,
 
 def run_prune(cfg: PruneConfig) -> PruneResult:
     """Apply a schedule: select channels per group with its criteria, thin, measure before/after, maybe save."""
+    device = resolve_device(cfg.eval.device)     # a bad --device is the first thing refused
     schedule = read_schedule(cfg.schedule)
     model, meta = load_source(cfg.source)
     check_finite(model, cfg.source.path)
+    model.to(device)
     name = meta["model"]
     if not cfg.force:
         check_schedule_fits(schedule, meta, str(cfg.schedule))
@@ -266,7 +289,7 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     if cfg.save:  # fail before the work, not after
         check_writable(out, cfg.force)
         check_writable(keep_path, cfg.force)
-    x = example_input(meta["input_size"])
+    x = example_input(meta["input_size"]).to(device)
     setup = eval_setup(cfg.eval, meta, reference=model)    # before thinning: the unpruned reference
     check_classes(model, setup, meta, cfg.eval.data)
     # one pruner path: ChannelPruner selects (each group with its schedule's criterion) and thins
@@ -290,7 +313,9 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
                       parse_split(e.split, e.split_seed) if e.split else None, e.batch_size, e.seed, e.mean, e.std)
     latency_lines = layer_latency_lines(cfg, original, model, x)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
-    # measured side by side: a busy machine slows both alike instead of skewing the ratio
+    # measured side by side: a busy machine slows both alike instead of skewing the ratio (on the CPU, whatever
+    # --device measured the metrics on; the saved checkpoint holds CPU tensors)
+    model, original, x = model.cpu(), original.cpu(), x.cpu()
     before["latency_ms"], after["latency_ms"] = interleaved_latency([original, model], x)
     result = PruneResult(model, meta, keep, before, after, keep_table(widths_before, layer_widths(model)),
                          latency_lines=latency_lines)

@@ -80,6 +80,12 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                         "on the report part (see auto_make_yaml.py --mode target_true)")
     g.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
     add_threads_arg(g)
+    add_device_arg(g)
+
+
+def add_device_arg(p) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu (default) | cuda | cuda:N | auto (cuda when available)")
 
 
 def add_criterion_args(p: argparse.ArgumentParser, default: Optional[str] = "l1") -> None:
@@ -119,7 +125,8 @@ def eval_config(args: argparse.Namespace, split_part: str = "sa") -> EvalConfig:
     return EvalConfig(data=args.data, batch_size=args.batch_size, eval_batches=args.eval_batches, seed=args.seed,
                       metric=args.metric, test_root=args.test_root_path, folds=args.folds, flip=args.flip,
                       bgr=args.bgr, subjects=args.subjects, split=args.split, split_seed=args.split_seed,
-                      split_part=split_part, mean=args.mean, std=args.std)
+                      split_part=split_part, mean=args.mean, std=args.std,
+                      device=getattr(args, "device", "cpu"))
 
 
 def criterion_name(args: argparse.Namespace, default: Optional[str] = "l1") -> Optional[str]:

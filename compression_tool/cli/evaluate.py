@@ -12,11 +12,12 @@ import logging
 from typing import List, Optional
 
 from compression_tool.apps.workflow import ModelSource, load_source
-from compression_tool.cli.common import floats
+from compression_tool.cli.common import add_device_arg, floats
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data import readers
 from compression_tool.data.preprocess import FITS
 from compression_tool.data.spec import parse_data_spec
+from compression_tool.engine.device import resolve_device
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
 from model_define import model_spec
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roc", metavar="PNG", help="also write the ROC curve to this PNG")
     p.add_argument("--force", action="store_true", help="overwrite an existing --roc file")
     add_threads_arg(p)
+    add_device_arg(p)
     return p
 
 
@@ -86,11 +88,13 @@ def pair_spec(args: argparse.Namespace) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     apply_threads(args.threads)
+    device = resolve_device(args.device)
     resolve_metric(args.metric, metric_names())
     if args.roc:
         check_writable(args.roc, args.force)   # before the evaluation, not after it
     model, meta = load_source(ModelSource(args.best_model_path, args.model, args.from_data_parallel,
                                           args.input_size, args.trust_checkpoint))
+    model.to(device)
     size = tuple(meta["input_size"])
     spec = args.data or pair_spec(args)
     if not parse_data_spec(spec).is_face:

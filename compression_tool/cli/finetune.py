@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
 from compression_tool.apps.finetune import FinetuneJob, run_finetune
 from compression_tool.apps.workflow import ModelSource
-from compression_tool.cli.common import floats
+from compression_tool.cli.common import add_device_arg, floats
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data.preprocess import FITS
 from compression_tool.io.errors import UserError, cli_main
@@ -94,6 +95,7 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0, help="seed for batch order, augmentation and pairs (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing checkpoint files")
     add_threads_arg(p)
+    add_device_arg(p)
     return p
 
 
@@ -108,13 +110,14 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, None, args.trust_checkpoint)
     teacher = ModelSource(args.teacher_path, None, args.teacher_from_data_parallel, None, args.trust_checkpoint) \
         if args.teacher_path else None
-    eval_cfg = EvalConfig(data=args.eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric) \
+    eval_cfg = EvalConfig(data=args.eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric,
+                          device=args.device) \
         if args.eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, freeze_bn=args.freeze_bn,
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
-                           force=args.force, seed=args.seed)
+                           force=args.force, seed=args.seed, device=args.device)
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
                        hflip=args.hflip, head=args.head, s=args.s, m=args.m, teacher=teacher,
                        batch_size=args.batch_size, milestones=parse_milestones(args.milestones), train=train,
@@ -129,6 +132,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m train_module")
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     result = run_finetune(job_from_args(args))
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun rank 0 reports (and alone writes)
+        return
     if result.best_metrics is not None:
         print(f"best at step {result.best_step}: " +
               ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))

@@ -34,7 +34,6 @@ DROPPED_SWITCHES: Dict[str, str] = {
 }
 DROPPED_VALUES: Dict[str, str] = {
     "--rank_path": "HRank ranks are cached in work_space/rank_conv/ (keyed by model and checkpoint)",
-    "--device": "CPU only for now (devices are part of the scale-out work, not built yet)",
     "--num_workers": "data is decoded in the main process",
     "--pin_memory": "CPU only",
     "--print_freq": "every evaluation is printed",
@@ -140,8 +139,8 @@ SCALE_OUT = {"--gpu_num_per_node": "1", "--num_nodes": "1", "--node_ips": None}
 
 
 def translate_oneflow(argv: Sequence[str]) -> List[str]:
-    """The OneFlow platform's run.py flags -> ours. One device on one node is what runs here (noted); more GPUs
-    or nodes belong to the scale-out work (devices, Ray, torchrun), not built yet: refused in one line."""
+    """The OneFlow platform's run.py flags -> ours. One device on one node is what run.py runs (noted); more GPUs
+    or nodes are refused in one line, pointing at torchrun / --workers (docs/scaling.md)."""
     out = list(argv)
     for flag, single in SCALE_OUT.items():
         value, out = _take(out, flag)
@@ -151,8 +150,8 @@ def translate_oneflow(argv: Sequence[str]) -> List[str]:
                                                                                                     "localhost")):
             _dropped(f"{flag} {value}", "one process on the CPU")
         else:
-            raise UserError(f"{flag} {value}: more than one device or node is not supported yet (planned scale-out "
-                            "work: devices, Ray, torchrun); run on one node with one process")
+            raise UserError(f"{flag} {value}: more than one device or node is not supported yet by run.py; "
+                            "fine-tune on several with torchrun, sweep with --workers (docs/scaling.md)")
     for flag, new in ONEFLOW_RENAMED.items():
         value, out = _take(out, flag)
         if value is not None:

@@ -22,6 +22,7 @@ from compression_tool.cli.common import (
     criterion_config,
     eval_config,
     model_source,
+    positive_int,
 )
 from compression_tool.cli.parser import ArgumentParser, apply_threads
 from compression_tool.io.errors import UserError, cli_main
@@ -68,6 +69,12 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
                         "Distiller's columns: the measurement noise of every row")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the unchanged prefix of the network instead of reusing its activations")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="measure the groups in N local processes, one task per group (--threads split among them); "
+                        "the CSV is the serial run's, row for row (default 1: in this process)")
+    p.add_argument("--pool", choices=("process", "ray"), default="process",
+                   help="where --workers run: process (local processes) or ray (Ray actors: a local Ray, or the "
+                        "cluster RAY_ADDRESS names; needs the optional extra: pip install .[ray])")
     add_output_args(p, "CSV path (default work_space/sensitivity_data/<model>_<method>.csv)")
     return p
 
@@ -147,7 +154,8 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     apply_threads(args.threads)
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
-                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force, ci=args.ci)
+                            ignore=args.ignore, use_cache=not args.no_cache, force=args.force, ci=args.ci,
+                            workers=args.workers, pool=args.pool)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 

@@ -436,7 +436,9 @@ CHANNELWISE = (nn.modules.batchnorm._BatchNorm, nn.PReLU, nn.ReLU, nn.ReLU6, nn.
 
 def _param_dtype(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     p = next(model.parameters(), None)
-    return x.to(p.dtype) if p is not None and x.is_floating_point() else x
+    if p is None:
+        return x
+    return x.to(device=p.device, dtype=p.dtype) if x.is_floating_point() else x.to(p.device)
 
 
 def coupled_layers(model: nn.Module, example: torch.Tensor, root_names: Sequence[str]

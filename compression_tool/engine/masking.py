@@ -68,7 +68,7 @@ def group_slices(index: GroupIndex, group: PrunableGroup, idxs: Sequence[int]) -
 @torch.no_grad()
 def apply_slices(slices: List[Slice]) -> None:
     for t, dim, ix in slices:
-        t.data.index_fill_(dim, ix, 0.0)
+        t.data.index_fill_(dim, ix.to(t.device), 0.0)
 
 
 @contextlib.contextmanager
@@ -91,5 +91,5 @@ def gradient_masks(slices: List[Slice]) -> Dict[torch.Tensor, torch.Tensor]:
     masks: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
     for t, dim, ix in slices:
         _, mk = masks.setdefault(id(t), (t, torch.ones_like(t)))
-        mk.index_fill_(dim, ix, 0.0)
+        mk.index_fill_(dim, ix.to(t.device), 0.0)
     return {t: mk for t, mk in masks.values()}

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, List, Set
 import torch
 import torch.nn as nn
 
+from compression_tool.engine.device import to_model_device
+
 
 class PrefixCache:
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor):
@@ -45,7 +47,7 @@ class PrefixCache:
         hs += [m.register_forward_hook(post(n)) for n, m in self.mods.items() if n]
         try:
             with torch.no_grad():
-                self.model(x)
+                self.model(to_model_device(self.model, x))
         finally:
             for h in hs:
                 h.remove()

@@ -185,12 +185,17 @@ def _fmt(v: float) -> str:
 
 def sweep(model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: EvalFn, csv_path: Path,
           sparsities: Sequence[float], metric_names: Sequence[str], groups: Optional[Sequence[PrunableGroup]] = None,
-          use_cache: bool = True, meta: Optional[Dict] = None, force: bool = False) -> Path:
+          use_cache: bool = True, meta: Optional[Dict] = None, force: bool = False,
+          pool: Optional[GroupPool] = None) -> Path:
     """Run the sweep, appending to ``csv_path``; returns it. ``evaluate`` must use a fixed data subset.
 
     ``meta`` (JSON-able: checkpoint hash, data, seed, subset, criterion, grid…) goes to ``<csv>.meta.json``; a
     resume whose meta differs is refused, naming the field. ``force`` starts afresh instead of resuming. The CSV is
     checked to be ours before anything is written, and an exclusive lock keeps a second run out.
+
+    ``pool`` (``--workers N``): measures ``[(group name, levels)…]`` elsewhere (one task per group) and yields
+    ``(task index, [metrics per level])`` in any finishing order; rows are still written in group order (each group
+    as soon as every group before it is in), so the CSV holds the serial run's bytes and resumes the same way.
     """
     csv_path = Path(csv_path)
     header = ["parameter", "sparsity", *metric_names]
@@ -204,43 +209,73 @@ def sweep(model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: E
         if resume:
             _drop_torn_tail(csv_path)
         done = read_done(csv_path, header) if resume else set()
-        fresh = not resume
+        fresh = [not resume]
         groups = list(groups if groups is not None else index.groups)
         todo = [(g, s) for g in groups for s in sparsities if (g.name, round(s, 6)) not in done]
         if not todo:
             log.info("%s already holds every row; nothing to do", csv_path)
             return csv_path
-        model.eval()
-        cache = PrefixCache(model, index.example_inputs) if use_cache else None
-        baseline: Optional[Metrics] = None
         bar = tqdm(total=len(todo), desc="sensitivity", unit="eval")
-        for g in groups:
-            levels = [s for s in sparsities if (g.name, round(s, 6)) not in done]
-            if not levels:
-                continue
-            order = criterion.order(index, g)
-            reuse = cache.reusable(set(g.members) | _touched(index, g)) if cache else []
-            for s in levels:
-                n = g.n_prune(s)
-                if n == 0:
-                    baseline = baseline or _checked(evaluate(model), metric_names)
-                    metrics = baseline
-                else:
-                    slices = group_slices(index, g, order[:n])
-                    with masked(slices):
-                        if cache:
-                            with cache.reuse(reuse):
-                                metrics = _checked(evaluate(model), metric_names)
-                        else:
-                            metrics = _checked(evaluate(model), metric_names)
-                if fresh:   # the first row: only now is an old file replaced (header first, then the sidecar)
-                    _start(csv_path, header, meta)
-                    fresh = False
-                _append_row(csv_path, [g.name, _fmt(round(s, 6)), *(_fmt(metrics[k]) for k in metric_names)])
-                bar.set_postfix_str(f"{g.name} {s:.2f} {metric_names[0]}={metrics[metric_names[0]]:.2f}")
-                bar.update(1)
+
+        def write(g: PrunableGroup, s: float, metrics: Metrics) -> None:
+            if fresh[0]:   # the first row: only now is an old file replaced (header first, then the sidecar)
+                _start(csv_path, header, meta)
+                fresh[0] = False
+            _append_row(csv_path, [g.name, _fmt(round(s, 6)), *(_fmt(metrics[k]) for k in metric_names)])
+            bar.set_postfix_str(f"{g.name} {s:.2f} {metric_names[0]}={metrics[metric_names[0]]:.2f}")
+            bar.update(1)
+
+        tasks = [(g, [s for s in sparsities if (g.name, round(s, 6)) not in done]) for g in groups]
+        tasks = [(g, levels) for g, levels in tasks if levels]
+        if pool is not None:
+            results: Dict[int, List[Metrics]] = {}
+            flushed = 0
+            for i, metrics in pool([(g.name, levels) for g, levels in tasks]):
+                results[i] = [_checked(m, metric_names) for m in metrics]
+                while flushed in results:            # group order, whatever the finishing order
+                    g, levels = tasks[flushed]
+                    for s, m in zip(levels, results.pop(flushed)):
+                        write(g, s, m)
+                    flushed += 1
+        else:
+            measurer = GroupMeasurer(model, index, criterion, evaluate, metric_names, use_cache)
+            for g, levels in tasks:
+                for s, metrics in zip(levels, measurer.measure(g, levels)):
+                    write(g, s, metrics)
         bar.close()
     return csv_path
+
+
+GroupPool = Callable[[List[Tuple[str, List[float]]]], Iterator[Tuple[int, List["Metrics"]]]]
+
+
+class GroupMeasurer:
+    """The metrics of one group at each level (soft masks; the prefix cache replays what the mask cannot change;
+    the unmasked baseline is measured once)."""
+
+    def __init__(self, model: nn.Module, index: GroupIndex, criterion: Criterion, evaluate: EvalFn,
+                 metric_names: Sequence[str], use_cache: bool = True):
+        self.model, self.index, self.criterion, self.evaluate = model.eval(), index, criterion, evaluate
+        self.names = list(metric_names)
+        self.cache = PrefixCache(model, index.example_inputs) if use_cache else None
+        self.baseline: Optional[Metrics] = None
+
+    def measure(self, g: PrunableGroup, levels: Sequence[float]) -> Iterator[Metrics]:
+        order = self.criterion.order(self.index, g)
+        cache = self.cache
+        reuse = cache.reusable(set(g.members) | _touched(self.index, g)) if cache else []
+        for s in levels:
+            n = g.n_prune(s)
+            if n == 0:
+                self.baseline = self.baseline or _checked(self.evaluate(self.model), self.names)
+                yield self.baseline
+                continue
+            with masked(group_slices(self.index, g, order[:n])):
+                if cache:
+                    with cache.reuse(reuse):
+                        yield _checked(self.evaluate(self.model), self.names)
+                else:
+                    yield _checked(self.evaluate(self.model), self.names)
 
 
 def _touched(index: GroupIndex, g: PrunableGroup) -> Set[str]:

@@ -113,7 +113,7 @@ class APoZ(DataCriterion):
 
         def count(name, out):
             a = per_channel(out.detach())
-            zeros[name] = zeros.get(name, 0) + (a <= 0).sum((0, 2)).double()
+            zeros[name] = zeros.get(name, 0) + (a <= 0).sum((0, 2)).double().cpu()
             total[name] = total.get(name, 0) + a.shape[0] * a.shape[2]
 
         was = model.training
@@ -138,6 +138,7 @@ def taylor_loss(out, labels: Optional[torch.Tensor]) -> torch.Tensor:
     first-order change measures how much a channel moves the output (works for logits and embeddings alike,
     and does not saturate the way cross-entropy on the model's own predictions does)."""
     out = out[0] if isinstance(out, (tuple, list)) else out
+    labels = labels.to(out.device) if isinstance(labels, torch.Tensor) else labels
     if labels is not None and out.dim() == 2 and labels.dtype == torch.long and labels.shape == out.shape[:1]:
         return F.cross_entropy(out, labels)
     return 0.5 * out.pow(2).mean()
@@ -166,7 +167,7 @@ class Taylor(DataCriterion):
                     for k, g in zip(names, grads):
                         if g is None:
                             g = torch.zeros_like(acts[k])
-                        s = per_channel(acts[k].detach() * g).mean(2).abs().sum(0).double()
+                        s = per_channel(acts[k].detach() * g).mean(2).abs().sum(0).double().cpu()
                         sums[k] = sums.get(k, 0) + s
                     n += x.shape[0]
         finally:
@@ -248,7 +249,7 @@ class ThiNet(DataCriterion):
 
         def collect(root_name: str, c: Coupled):
             def fn(mod, inp, out):
-                z = sampled_contributions(mod, inp[0].detach(), self.samples, gen)
+                z = sampled_contributions(mod, inp[0].detach().cpu(), self.samples, gen)
                 parts[root_name].append(torch.stack([z[:, b].sum(1) for b in c.blocks], 1).double())
             return fn
 

@@ -84,7 +84,7 @@ class HRank(DataCriterion):
         try:
             with _SiteHooks(sites, add), torch.no_grad():
                 for x in xs:
-                    model(x)
+                    model(_param_dtype(model, x))
         finally:
             model.train(was)
         n = sum(len(x) for x in xs)

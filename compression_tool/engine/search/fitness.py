@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from compression_tool.engine.cost import RESOURCES, CostModel, params_and_macs, thinned_copy
 from compression_tool.engine.criteria import Criterion
+from compression_tool.engine.device import to_model_device
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.io.errors import UserError
 
@@ -52,7 +53,7 @@ def bn_recalibrate(model: nn.Module, batches: Iterable, max_batches: Optional[in
         for batch in batches:
             if max_batches is not None and used >= max_batches:
                 break
-            model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+            model(to_model_device(model, batch[0] if isinstance(batch, (list, tuple)) else batch))
             used += 1
     finally:
         for m, mom in zip(bns, momenta):
