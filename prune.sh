@@ -75,8 +75,14 @@ FT=${FINETUNE_EPOCHS:-$FT_DEFAULT}
 if [ "$FT" -gt 0 ]; then
   FT_DIR=work_space/finetuned/${MODEL}
   echo "== 4. fine-tuning the thinned model for $FT epochs -> $FT_DIR"
+  # target-true: the best checkpoint is chosen on the check split and judged on the report split
   $PY pruning.py --mode finetune --best_model_path "$OUT" --data "$DATA" --epochs "$FT" --lr 0.01 \
-      --save_dir "$FT_DIR" --force
+      --save_dir "$FT_DIR" --force $SPLIT_FLAGS
+  if [ -n "$SPLIT_FLAGS" ]; then
+    BEST=$(ls -t "$FT_DIR"/best_*.pth | head -1)
+    echo "== 5. the fine-tuned model on the report split ($BEST)"
+    $PY -m test_module.evaluate --best_model_path "$BEST" --data "$DATA" $SPLIT_FLAGS
+  fi
   DONE="$DONE, $FT_DIR"
 fi
 echo "== done: $DONE"

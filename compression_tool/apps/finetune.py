@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from compression_tool.apps.workflow import ModelSource, load_source
+from compression_tool.apps.workflow import ModelSource, eval_setup, load_source
 from compression_tool.data.spec import parse_data_spec, train_tensors
 from compression_tool.engine.checkpoint import FORMAT, load_model
 from compression_tool.engine.device import resolve_device
@@ -122,7 +122,7 @@ def build_head(job: FinetuneJob, kind: str, name: str, model: nn.Module, input_s
 
 
 def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
-                  reference: Optional[nn.Module] = None) -> Optional[EvalFn]:
+                  reference: Optional[nn.Module] = None, job_model: str = "") -> Optional[EvalFn]:
     cfg = job.eval
     if cfg is None and not job.unlabeled:
         spec = default_eval_spec(job.data)
@@ -130,6 +130,8 @@ def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_
     if cfg is None:
         log.warning("no --eval_data: no best-checkpoint selection; the last state is saved")
         return None
+    if cfg.split:  # target-true splits: the best checkpoint is chosen on the check part only
+        return eval_setup(cfg, {"model": job_model, "input_size": list(input_size)}, reference).evaluate
     return build_setup(cfg, kind, input_size, model_mean=model_mean, model_std=model_std,
                        reference=reference).evaluate
 
@@ -178,6 +180,6 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     cfg.milestones = milestone_iters(job.milestones, len(loader))
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
-                    eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher),
+                    eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher, name),
                     meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume,
                     trust_resume=job.source.trust)

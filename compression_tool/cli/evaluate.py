@@ -11,7 +11,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from compression_tool.apps.workflow import ModelSource, load_source
+from compression_tool.apps.workflow import ModelSource, eval_setup, load_source
 from compression_tool.cli.common import add_device_arg, floats
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data import readers
@@ -20,8 +20,7 @@ from compression_tool.data.spec import parse_data_spec
 from compression_tool.engine.device import resolve_device
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
-from model_define import model_spec
-from test_module.setup import EvalConfig, build_setup
+from test_module.setup import EvalConfig
 from test_module.verification import evaluate_pairs, fold_indices, metric_names, ordered_metrics, resolve_metric
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=floats, default=None, help="classifier data: per-channel mean on the [0,1] scale")
     p.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     p.add_argument("--eval_batches", type=int, default=None, help="classifier data: evaluate N batches only")
+    p.add_argument("--split", default=None,
+                   help="classifier data: evaluate one part of the target-true splits sa,check,report (as "
+                        "pruning.py --split); --split_part names it (default report)")
+    p.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
+    p.add_argument("--split_part", choices=("sa", "check", "report"), default="report",
+                   help="the part of --split to evaluate")
     p.add_argument("--fit", choices=FITS, default="pad",
                    help="how images of another aspect ratio reach --input_size: pad (default), crop, resize")
     p.add_argument("--folds", type=int, default=10, help="k of the k-fold accuracy (default 10, as LFW)")
@@ -98,9 +103,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     size = tuple(meta["input_size"])
     spec = args.data or pair_spec(args)
     if not parse_data_spec(spec).is_face:
-        setup = build_setup(EvalConfig(data=spec, batch_size=args.batch_size, eval_batches=args.eval_batches,
-                                       seed=args.seed, mean=args.mean, std=args.std), "classifier", size,
-                            model_mean=model_spec(meta["model"]).mean, model_std=model_spec(meta["model"]).std)
+        cfg = EvalConfig(data=spec, batch_size=args.batch_size, eval_batches=args.eval_batches, seed=args.seed,
+                         mean=args.mean, std=args.std, split=args.split, split_seed=args.split_seed,
+                         split_part=args.split_part)
+        setup = eval_setup(cfg, meta)   # the model's registry normalisation; --split: one part of the splits
         for k, v in setup.evaluate(model).items():
             print(f"{k:<16} {v:.6g}")
         return

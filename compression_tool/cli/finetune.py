@@ -51,6 +51,10 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only your own files)")
     p.add_argument("--subjects", help="identity folders to train on, e.g. s3..s30 (default: all; orl: s3..s30)")
+    p.add_argument("--split", default=None,
+                   help="classifier data: choose the best checkpoint on the check part of these target-true splits "
+                        "(sa,check,report, as pruning.py --split), never on the report part")
+    p.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
     p.add_argument("--eval_data",
                    help="evaluation data spec as in pruning.py --data (default: digits for digits, the held-out "
                         "s31..s40 pairs for orl:DIR, none for identity_folders)")
@@ -110,9 +114,10 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
     source = ModelSource(args.best_model_path, args.model, args.from_data_parallel, None, args.trust_checkpoint)
     teacher = ModelSource(args.teacher_path, None, args.teacher_from_data_parallel, None, args.trust_checkpoint) \
         if args.teacher_path else None
-    eval_cfg = EvalConfig(data=args.eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric,
-                          device=args.device) \
-        if args.eval_data else None
+    eval_data = args.eval_data or (args.data if args.split else None)
+    eval_cfg = EvalConfig(data=eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric,
+                          device=args.device, split=args.split, split_seed=args.split_seed, split_part="check") \
+        if eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, freeze_bn=args.freeze_bn,
