@@ -35,8 +35,9 @@ def main() -> None:
     tag = round(100 * args.keep)
     yml = work / f"mobilefacenet_{args.runtime}_latency{tag}.yaml"
     lat = ["--latency_dir", str(work / "tables")]
-    auto_make_yaml.main([str(csv), "--latency", str(args.keep), "--runtime", args.runtime, "--threads", "1",
-                         "--batch", "1", *common, "--round_to", "16", "--output", str(yml), "--force", *lat])
+    auto_make_yaml.main([str(csv), "--latency", str(args.keep), "--latency_runtime", args.runtime,
+                         "--latency_threads", "1", "--latency_batch", "1", *common, "--round_to", "16",
+                         "--output", str(yml), "--force", *lat])
     pt = work / f"mobilefacenet_{args.runtime}_latency{tag}.pth"
     pruning.main(["--mode", "prune", *common, "--data", f"orl:{DATA / 'orl_faces'}", "--yaml", str(yml),
                   "--save_model_pt", "--output", str(pt), "--force", "--latency_runtime", args.runtime, *lat])

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from compression_tool.cli.common import HELP_FORMAT
+from compression_tool.cli.common import HELP_FORMAT, add_latency_args
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
@@ -57,15 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow a checkpoint that needs full unpickling (can run code: only your own files)")
     p.add_argument("--ignore", nargs="*", default=[], help="budget mode: layer names never to prune")
-    p.add_argument("--latency", type=float, default=None,
-                   help="budget mode: fraction of the measured latency to keep, e.g. 0.5, on --runtime with "
-                        "--threads and --batch (per-layer tables cached in --latency_dir; needs --best_model_path)")
-    p.add_argument("--runtime", choices=("torch", "ort"), default="torch",
-                   help="latency budget: the runtime the model ships on (PyTorch CPU or ONNX Runtime CPU)")
-    p.add_argument("--threads", type=int, default=1, help="latency budget: intra-op threads")
-    p.add_argument("--batch", type=int, default=1, help="latency budget: batch size")
-    p.add_argument("--latency_dir", default="work_space/latency",
-                   help="latency budget: per-machine per-layer latency tables")
+    add_latency_args(p, budget_help="budget mode: fraction of the measured latency to keep, e.g. 0.5, on "
+                                    "--latency_runtime (per-layer tables cached in --latency_dir; needs "
+                                    "--best_model_path)")
     p.add_argument("--round_to", type=int, default=1,
                    help="budget mode: every group keeps a multiple of N channels (rounded up); the schedule then "
                         "holds each group's exact ratio")
@@ -230,9 +224,10 @@ def budget(args: argparse.Namespace) -> Path:
     if args.latency is not None:
         from compression_tool.engine.latency import LatencyModel, LatencyTable
 
-        latency = LatencyModel(model, example_input(size), LatencyTable(args.runtime, args.threads, args.batch,
-                                                                         args.latency_dir))
-        print(f"latency of the unpruned model on {args.runtime}, {args.threads} thread(s), batch {args.batch}: "
+        table = LatencyTable(args.latency_runtime, args.latency_threads, args.latency_batch, args.latency_dir)
+        latency = LatencyModel(model, example_input(size), table)
+        print(f"latency of the unpruned model on {args.latency_runtime}, {args.latency_threads} thread(s), "
+              f"batch {args.latency_batch}: "
               f"{latency.base:.3f} ms measured (per-layer table {latency.table.path}, "
               f"{latency.table.measured} layer shapes newly timed)")
     result = schedule_for_budget(args.csv, model, example_input(size), keep, args.metric, args.ignore,

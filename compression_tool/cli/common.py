@@ -146,3 +146,15 @@ def criterion_config(args: argparse.Namespace, default: Optional[str] = "l1") ->
         raise UserError(f"--method: unknown pruning criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
     return CriterionConfig(name=name or "l1", limit=args.limit, seed=args.seed, reduction=args.reduction,
                            cache_dir=str(Path(args.work_space) / "rank_conv"))
+
+
+def add_latency_args(g, budget_help: Optional[str] = None, runtime_default: Optional[str] = "torch",
+                     runtime_help: str = "the runtime the model ships on: PyTorch CPU or ONNX Runtime CPU") -> None:
+    """The latency flags shared by every tool that budgets or reports latency (per-layer tables, cached per machine
+    in --latency_dir, measured on --latency_runtime at --latency_threads and --latency_batch)."""
+    if budget_help:
+        g.add_argument("--latency", type=float, default=None, help=budget_help)
+    g.add_argument("--latency_runtime", choices=("torch", "ort"), default=runtime_default, help=runtime_help)
+    g.add_argument("--latency_threads", type=int, default=1, help="latency: intra-op threads of the measurement")
+    g.add_argument("--latency_batch", type=int, default=1, help="latency: batch size of the measurement")
+    g.add_argument("--latency_dir", default="work_space/latency", help="latency: where the per-layer tables live")

@@ -17,6 +17,7 @@ from compression_tool.cli.common import (
     HELP_FORMAT,
     add_criterion_args,
     add_eval_args,
+    add_latency_args,
     add_model_args,
     add_output_args,
     criterion_config,
@@ -101,13 +102,9 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
     add_round_to(p)
-    lat = p.add_argument_group("latency report")
-    lat.add_argument("--latency_runtime", choices=("torch", "ort"), default=None,
-                     help="print per-layer latency before/after on this runtime (PyTorch CPU or ONNX Runtime CPU), "
-                          "from per-layer tables cached per machine in --latency_dir")
-    lat.add_argument("--latency_threads", type=int, default=1, help="latency report: intra-op threads")
-    lat.add_argument("--latency_batch", type=int, default=1, help="latency report: batch size")
-    lat.add_argument("--latency_dir", default="work_space/latency", help="latency report: where the tables live")
+    add_latency_args(p.add_argument_group("latency report"), runtime_default=None,
+                     runtime_help="print per-layer latency before/after on this runtime (PyTorch CPU or ONNX Runtime "
+                                  "CPU), from per-layer tables cached per machine in --latency_dir")
     add_output_args(p, "thinned checkpoint path (default work_space/pruned_model/<model>.pth)")
     return p
 
@@ -129,14 +126,8 @@ def search_parser() -> argparse.ArgumentParser:
                    help="budget: fraction of the unpruned MACs to KEEP, e.g. 0.5 (every budget flag of the "
                         "project is a fraction kept)")
     g.add_argument("--params", type=float, default=None, help="budget: fraction of the unpruned parameters to keep")
-    g.add_argument("--latency", type=float, default=None,
-                   help="budget: fraction of the latency measured on --latency_runtime to keep (per-layer tables, "
-                        "cached per machine in --latency_dir)")
-    g.add_argument("--latency_runtime", choices=("torch", "ort"), default="torch",
-                   help="--latency: PyTorch CPU or ONNX Runtime CPU")
-    g.add_argument("--latency_threads", type=int, default=1, help="--latency: intra-op threads")
-    g.add_argument("--latency_batch", type=int, default=1, help="--latency: batch size")
-    g.add_argument("--latency_dir", default="work_space/latency", help="--latency: where the tables live")
+    add_latency_args(g, budget_help="budget: fraction of the latency measured on --latency_runtime to keep "
+                                    "(per-layer tables, cached per machine in --latency_dir)")
     g.add_argument("--population", type=int, default=10, help="candidates per iteration (ABC: food sources)")
     g.add_argument("--iterations", type=int, default=10, help="generations / swarm moves / bee cycles / ant tours")
     g.add_argument("--search_batches", type=int, default=4,
