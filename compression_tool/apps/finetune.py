@@ -122,7 +122,7 @@ def build_head(job: FinetuneJob, kind: str, name: str, model: nn.Module, input_s
 
 
 def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_mean=None, model_std=None,
-                  reference: Optional[nn.Module] = None, job_model: str = "") -> Optional[EvalFn]:
+                  reference: Optional[nn.Module] = None, model_name: str = "") -> Optional[EvalFn]:
     cfg = job.eval
     if cfg is None and not job.unlabeled:
         spec = default_eval_spec(job.data)
@@ -131,7 +131,7 @@ def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_
         log.warning("no --eval_data: no best-checkpoint selection; the last state is saved")
         return None
     if cfg.split:  # target-true splits: the best checkpoint is chosen on the check part only
-        return eval_setup(cfg, {"model": job_model, "input_size": list(input_size)}, reference).evaluate
+        return eval_setup(cfg, {"model": model_name, "input_size": list(input_size)}, reference).evaluate
     return build_setup(cfg, kind, input_size, model_mean=model_mean, model_std=model_std,
                        reference=reference).evaluate
 
