@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from compression_tool.cli.common import HELP_FORMAT, add_latency_args
+from compression_tool.cli.common import HELP_FORMAT, add_latency_args, add_split_args
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
@@ -81,10 +81,8 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default=None, help="evaluation data spec (as for pruning.py), split into sa/check/report")
     g.add_argument("--drop", type=float, default=None,
                    help="at most this many points below the unpruned model (instead of TARGET_ACC)")
-    g.add_argument("--split", default="0.34,0.33,0.33",
-                   help="sa,check,report sizes: fractions or counts, one may be 'rest' (e.g. 512,1000,rest); the "
-                        "SA part must be the one pruning.py --mode sa --split measured")
-    g.add_argument("--split_seed", type=int, default=0, help="seed of the split permutation")
+    add_split_args(g, "sa,check,report sizes: fractions or counts, one may be 'rest' (e.g. 512,1000,rest); the SA "
+                      "part must be the one pruning.py --mode sa --split measured", default="0.34,0.33,0.33")
     g.add_argument("--bn_recalib", type=int, default=8,
                    help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")

@@ -74,11 +74,9 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                    help="evaluate on N batches only: a fixed, seeded subset (default: all)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="evaluation batch size")
     g.add_argument("--seed", type=int, default=0, help="seed for data subsets, pairs, random criteria, search")
-    g.add_argument("--split", default=None,
-                   help="target-true splits sa,check,report of a classifier test set (e.g. 0.34,0.33,0.33 or "
-                        "512,1000,rest): sa measures on the SA part only, search on the check part, prune reports "
-                        "on the report part (see auto_make_yaml.py --mode target_true)")
-    g.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
+    add_split_args(g, "target-true splits sa,check,report of a classifier test set (e.g. 0.34,0.33,0.33 or "
+                      "512,1000,rest): sa measures on the SA part only, search on the check part, prune reports on "
+                      "the report part (see auto_make_yaml.py --mode target_true)")
     add_threads_arg(g)
     add_device_arg(g)
 
@@ -158,3 +156,10 @@ def add_latency_args(g, budget_help: Optional[str] = None, runtime_default: Opti
     g.add_argument("--latency_threads", type=int, default=1, help="latency: intra-op threads of the measurement")
     g.add_argument("--latency_batch", type=int, default=1, help="latency: batch size of the measurement")
     g.add_argument("--latency_dir", default="work_space/latency", help="latency: where the per-layer tables live")
+
+
+def add_split_args(g, help: str, default: Optional[str] = None) -> None:
+    """``--split sa,check,report`` (fractions or counts, one may be 'rest') and its ``--split_seed``: the
+    target-true splits every tool reads the same way (compression_tool.data.splits)."""
+    g.add_argument("--split", default=default, help=help)
+    g.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")

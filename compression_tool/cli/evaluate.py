@@ -12,7 +12,7 @@ import logging
 from typing import List, Optional
 
 from compression_tool.apps.workflow import ModelSource, eval_setup, load_source
-from compression_tool.cli.common import add_device_arg, floats
+from compression_tool.cli.common import add_device_arg, add_split_args, floats
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data import readers
 from compression_tool.data.preprocess import FITS
@@ -57,10 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=floats, default=None, help="classifier data: per-channel mean on the [0,1] scale")
     p.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     p.add_argument("--eval_batches", type=int, default=None, help="classifier data: evaluate N batches only")
-    p.add_argument("--split", default=None,
-                   help="classifier data: evaluate one part of the target-true splits sa,check,report (as "
-                        "pruning.py --split); --split_part names it (default report)")
-    p.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
+    add_split_args(p, "classifier data: evaluate one part of the target-true splits sa,check,report (as "
+                      "pruning.py --split); --split_part names it (default report)")
     p.add_argument("--split_part", choices=("sa", "check", "report"), default="report",
                    help="the part of --split to evaluate")
     p.add_argument("--fit", choices=FITS, default="pad",

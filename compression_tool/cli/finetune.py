@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from compression_tool.apps.finetune import FinetuneJob, run_finetune
 from compression_tool.apps.workflow import ModelSource
-from compression_tool.cli.common import add_device_arg, floats
+from compression_tool.cli.common import add_device_arg, add_split_args, floats
 from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_threads
 from compression_tool.data.preprocess import FITS
 from compression_tool.io.errors import UserError, cli_main
@@ -51,10 +51,8 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only your own files)")
     p.add_argument("--subjects", help="identity folders to train on, e.g. s3..s30 (default: all; orl: s3..s30)")
-    p.add_argument("--split", default=None,
-                   help="classifier data: choose the best checkpoint on the check part of these target-true splits "
-                        "(sa,check,report, as pruning.py --split), never on the report part")
-    p.add_argument("--split_seed", type=int, default=0, help="seed of the --split permutation")
+    add_split_args(p, "classifier data: choose the best checkpoint on the check part of these target-true splits "
+                      "(sa,check,report, as pruning.py --split), never on the report part")
     p.add_argument("--eval_data",
                    help="evaluation data spec as in pruning.py --data (default: digits for digits, the held-out "
                         "s31..s40 pairs for orl:DIR, none for identity_folders)")
