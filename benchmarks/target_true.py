@@ -84,7 +84,7 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
     x = example_input(size)
     split = parse_split(split_text or str(spec["split"]), seed)
     parts = split_data(spec["data"], size, split)
-    calib = calibration_batches(spec["data"], size, parts, 8, 64)
+    calib = calibration_batches(spec["data"], size, parts["sa"][0], 8, 64)
     crit = make_criterion("l1")
     csv = work / f"{name}_l1_{(split_text or spec['split']).replace(',', '-')}_seed{seed}.csv"
     loader = DataLoader(TensorDataset(*parts["sa"]), batch_size=256)

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from compression_tool.data.pairs import PairSet
 from compression_tool.data.spec import FACE_KINDS, classifier_tensors, parse_data_spec
 from compression_tool.io.errors import UserError
 from test_module.fidelity import FIDELITY_METRICS, fidelity
@@ -77,14 +78,21 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
     ``fidelity`` the ``reference`` model's embeddings of the same images are taken now, and every evaluation adds
     the cosine fidelity to them (first) to the verification metrics."""
     from compression_tool.data import readers
-    from test_module.verification import embed_images, ordered_metrics, pair_distances, verification_metrics
 
-    wants_fidelity = metric == "fidelity"
-    names = list(evaluate_names("lfw_acc" if wants_fidelity else metric))
     pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr,
                                    subjects=subjects)
     if eval_batches:
         pairset = pairset.subset(eval_batches * batch_size, seed=seed)
+    return pair_setup(pairset, metric, batch_size, folds, flip, reference, spec.split(":")[0])
+
+
+def pair_setup(pairset: PairSet, metric: str = "lfw_acc", batch_size: int = 64, folds: int = 10,
+               flip: bool = False, reference: Optional[nn.Module] = None, dataset: str = "pairs") -> EvalSetup:
+    """Verification on a loaded pair set (see :func:`face_setup`)."""
+    from test_module.verification import embed_images, ordered_metrics, pair_distances, verification_metrics
+
+    wants_fidelity = metric == "fidelity"
+    names = list(evaluate_names("lfw_acc" if wants_fidelity else metric))
     if not wants_fidelity:
         check_target_resolvable(names[0], int((~pairset.issame).sum()))
     ref = None
@@ -105,7 +113,7 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
     return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (pairset.images[i:i + batch_size]
                                       for i in range(0, len(pairset.images), batch_size)),
-                     dataset=spec.split(":")[0])
+                     dataset=dataset)
 
 
 def fidelity_setup(folder: str, input_size: Sequence[int], reference: Optional[nn.Module], batch_size: int = 64,

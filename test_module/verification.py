@@ -108,12 +108,15 @@ def kfold_verification(dist: np.ndarray, issame: np.ndarray, folds: int = 10,
     """
     dist, issame = _check_pairs_arrays(dist, issame, "distances")
     accs, thrs = [], []
+    correct = np.zeros(dist.size, dtype=bool)
     for train, test in fold_indices(dist.size, folds):
         thr, _ = best_threshold(dist[train], issame[train], thresholds)
-        accs.append(float(accuracies_at(dist[test], issame[test], np.array([thr]))[0]))
+        correct[test] = (dist[test] < thr) == issame[test]
+        accs.append(float(correct[test].mean()))
         thrs.append(thr)
     return {"acc_mean": float(np.mean(accs)), "acc_std": float(np.std(accs)),
-            "threshold_mean": float(np.mean(thrs)), "fold_accs": accs, "fold_thresholds": thrs}
+            "threshold_mean": float(np.mean(thrs)), "fold_accs": accs, "fold_thresholds": thrs,
+            "correct": correct}
 
 
 # --------------------------------------------------------------------------- ROC

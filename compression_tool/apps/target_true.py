@@ -2,11 +2,12 @@
 target-true schedule YAML plus a JSON schedule report next to it. Used by ``auto_make_yaml.py --mode target_true``
 and by ``pruning.py --split`` (sensitivity on the SA part) / ``--bn_recalib`` (AdaBN after thinning).
 
-Data: classifiers only (``digits``, ``image_folder:DIR``, ``mnist:DIR``, ``cifar10:DIR``, …). The test set is
-split by ``compression_tool.data.splits`` into SA / check / report parts. BN statistics are re-estimated on
-training-side images:
-the digits training split for ``digits``; for data specs that bring only a test set, the SA part's images (never
-the check or report images).
+Data: classifier test sets (``digits``, ``image_folder:DIR``, ``mnist:DIR``, ``cifar10:DIR``, …) are split by
+image (``compression_tool.data.splits``); face verification data (``orl:``, ``identity_folders:``, ``lfw:``, …) by
+identity or by fold (``compression_tool.data.face_splits``), judged on ``lfw_acc``, ``tpr@fpr=X`` or the label-free
+``fidelity`` (``test_module.per_sample``). BN statistics are re-estimated on training-side images: the digits
+training split for ``digits``; for data that brings only a test set, the SA part's images (never the check or
+report images).
 """
 from __future__ import annotations
 
@@ -20,15 +21,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from compression_tool.data.face_splits import split_pairsets
 from compression_tool.data.spec import classifier_tensors, parse_data_spec
 from compression_tool.data.splits import SplitSpec, split_tensors
 from compression_tool.engine.checkpoint import example_input, load_model
+from compression_tool.engine.cost import interleaved_latency
 from compression_tool.engine.criteria import make_criterion
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.schedule import build_schedule, write_schedule
 from compression_tool.engine.search.fitness import bn_recalibrate
 from compression_tool.engine.sensitivity import load_csv
 from compression_tool.engine.target_true import (
+    Evaluator,
     TargetTrueConfig,
     TargetTrueResult,
     bootstrap_mean_bound,
@@ -38,11 +42,45 @@ from compression_tool.engine.target_true import (
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_json, check_writable
 from model_define import model_spec
-from test_module.setup import CLASSIFIER_METRICS, EvalSetup
+from test_module.per_sample import adverse_value, pair_evaluator
+from test_module.setup import CLASSIFIER_METRICS, EvalConfig, EvalSetup, pair_setup
+from test_module.verification import metric_fpr
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = SplitSpec((0.34, 0.33, 0.33), 0)
+FACE_METRICS = "lfw_acc, tpr@fpr=X or fidelity"
+
+
+@dataclass
+class FaceOptions:
+    """How face verification data is read and scored (as ``EvalConfig``'s face fields)."""
+    subjects: Optional[str] = None      # identity folders: the identities to split (orl: s31..s40)
+    test_root: Optional[str] = None     # image root of pairs:/lfw: lists
+    folds: int = 10
+    flip: bool = False
+    bgr: bool = False
+
+    @classmethod
+    def of(cls, cfg: EvalConfig) -> "FaceOptions":
+        return cls(cfg.subjects, cfg.test_root, cfg.folds, cfg.flip, cfg.bgr)
+
+
+@dataclass
+class LatencySettings:
+    """Where and how latency is measured (``--latency_runtime``, ``--latency_threads``, ``--latency_batch``,
+    ``--latency_dir``): per-layer tables cached per machine, a model's latency predicted from them."""
+    runtime: str = "torch"
+    threads: int = 1
+    batch: int = 1
+    directory: str = "work_space/latency"
+
+    def model_for(self, model: nn.Module, input_size: Sequence[int]):
+        """An ``engine.latency.LatencyModel`` of ``model`` (measures the unpruned model and a probe now)."""
+        from compression_tool.engine.latency import LatencyModel, LatencyTable
+
+        table = LatencyTable(self.runtime, self.threads, self.batch, self.directory)
+        return LatencyModel(model, example_input(input_size), table)
 
 
 @dataclass
@@ -66,26 +104,42 @@ class TargetTrueJob:
     ignore: Sequence[str] = field(default_factory=list)
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
-    data_seed: int = 0          # the seed of the data spec itself (digits' train/test split)
+    data_seed: int = 0          # the seed of the data spec itself (digits' train/test split, face pairs)
     output: Optional[str] = None
     force: bool = False
     work_space: str = "work_space"
     multiple_testing: str = "none"
     trust: bool = False
+    face: FaceOptions = field(default_factory=FaceOptions)
+    latency: Optional[LatencySettings] = None   # resource 'latency' predicts candidates' latency with these
 
 
 def split_data(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0, mean=None, std=None,
                model_mean=None, model_std=None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """{sa, check, report: (x, y)} from a classifier data spec's test set."""
     if parse_data_spec(spec).is_face:
-        raise UserError(f"--data {spec}: target-true schedules support classifier data for now; for face "
-                        "embedders use auto_make_yaml.py --flops and the face chain")
+        raise UserError(f"--data {spec}: face verification data is split into pair sets (face_parts), not images")
     x, y = classifier_tensors(spec, input_size, "test", data_seed, mean, std, model_mean, model_std)
     return split_tensors(x, y, split)
 
 
-def calibration_batches(spec: str, input_size: Sequence[int], parts: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
-                        n_batches: int, batch_size: int = 64, data_seed: int = 0) -> List[torch.Tensor]:
+def face_parts(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0,
+               face: Optional[FaceOptions] = None):
+    """{sa, check, report: PairSet}, identity-disjoint (``compression_tool.data.face_splits``)."""
+    f = face or FaceOptions()
+    return split_pairsets(spec, input_size, split, data_seed, f.test_root, f.bgr, f.subjects, f.folds)
+
+
+def sa_images(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0, mean=None, std=None,
+              model_mean=None, model_std=None, face: Optional[FaceOptions] = None) -> torch.Tensor:
+    """The SA part's input images (criteria statistics; BN calibration when the data has no training side)."""
+    if parse_data_spec(spec).is_face:
+        return face_parts(spec, input_size, split, data_seed, face)["sa"].images
+    return split_data(spec, input_size, split, data_seed, mean, std, model_mean, model_std)["sa"][0]
+
+
+def calibration_batches(spec: str, input_size: Sequence[int], sa_x: Optional[torch.Tensor], n_batches: int,
+                        batch_size: int = 64, data_seed: int = 0) -> List[torch.Tensor]:
     """Input batches for BN re-estimation, from the training side (see the module doc); seeded shuffle."""
     if n_batches <= 0:
         return []
@@ -93,42 +147,70 @@ def calibration_batches(spec: str, input_size: Sequence[int], parts: Dict[str, T
         from compression_tool.data.digits import digits_split
         c, h, _ = input_size
         x = digits_split(image_size=h, channels=c, seed=data_seed)[0][0]
+    elif sa_x is None:
+        raise UserError("BN re-estimation: no training-side images")
     else:
-        x = parts["sa"][0]
+        x = sa_x
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(data_seed))
     x = x[perm]
     return [x[i:i + batch_size] for i in range(0, min(len(x), n_batches * batch_size), batch_size)]
 
 
-def split_setup(spec: str, input_size: Sequence[int], split: SplitSpec, part: str = "sa", batch_size: int = 64,
-                data_seed: int = 0, mean=None, std=None, eval_batches: Optional[int] = None, model_mean=None,
-                model_std=None) -> EvalSetup:
-    """An ``EvalSetup`` (top1, top5, loss) on one part of the split: ``pruning.py --mode sa --split``;
-    ``eval_batches`` keeps a seeded random subset of that part (never images of the other parts)."""
+def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, model_std=None,
+                reference: Optional[nn.Module] = None) -> EvalSetup:
+    """An ``EvalSetup`` on one part (``cfg.split_part``) of ``cfg.split``: ``pruning.py --mode sa --split``
+    measures the SA part; ``eval_batches`` keeps a seeded random subset of the SA part (never images of the other
+    parts). Classifiers: top1, top5, loss; face data: the verification metrics (``cfg.metric`` first)."""
+    from compression_tool.data.splits import parse_split
     from test_module.classification import evaluate_classifier
 
-    xs, ys = split_data(spec, input_size, split, data_seed, mean, std, model_mean, model_std)[part]
-    if eval_batches and eval_batches * batch_size < len(ys):
-        pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(data_seed))
-        pick = pick[: eval_batches * batch_size].sort().values
+    split = parse_split(cfg.split, cfg.split_seed)
+    eval_batches = cfg.eval_batches if cfg.split_part == "sa" else None
+    if parse_data_spec(cfg.data).is_face:
+        pairset = face_parts(cfg.data, input_size, split, cfg.seed, FaceOptions.of(cfg))[cfg.split_part]
+        if eval_batches:
+            pairset = pairset.subset(eval_batches * cfg.batch_size, seed=cfg.seed)
+        return pair_setup(pairset, cfg.metric, cfg.batch_size, cfg.folds, cfg.flip, reference,
+                          cfg.data.split(":")[0])
+    xs, ys = split_data(cfg.data, input_size, split, cfg.seed, cfg.mean, cfg.std, model_mean,
+                        model_std)[cfg.split_part]
+    if eval_batches and eval_batches * cfg.batch_size < len(ys):
+        pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(cfg.seed))
+        pick = pick[: eval_batches * cfg.batch_size].sort().values
         xs, ys = xs[pick], ys[pick]
-    loader = DataLoader(TensorDataset(xs, ys), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(TensorDataset(xs, ys), batch_size=cfg.batch_size, shuffle=False)
     return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
-                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0])
+                     batches=lambda: (b for b, _ in loader), dataset=cfg.data.split(":")[0])
 
 
-def one_image_note(n: int, drop: Optional[float], confidence: float) -> Optional[str]:
+def one_image_note(n: int, drop: Optional[float], confidence: float, adverse: float = 100.0) -> Optional[str]:
     """One line when even a schedule that changes no check outcome cannot be promised within ``drop``: the
     check bound carries one adverse pseudo-sample (``compression_tool.engine.target_true``), so its floor is about
-    300 / n points."""
+    3 x ``adverse`` / n."""
     if drop is None or n <= 0:
         return None
-    floor = bootstrap_mean_bound(np.zeros(n), confidence, upper=True, adverse=100.0)
+    floor = bootstrap_mean_bound(np.zeros(n), confidence, upper=True, adverse=adverse)
     if floor > drop:
-        return (f"note: a {drop:g}-point drop is finer than the {n}-image check split resolves (the smallest "
-                f"{confidence:.0%} bound it can give is {floor:.2f} points): nothing can be promised; use a larger "
+        return (f"note: a {drop:g}-point drop is finer than the {n}-sample check split resolves (the smallest "
+                f"{confidence:.0%} bound it can give is {floor:.3g}): nothing can be promised; use a larger "
                 "check split or a larger drop")
     return None
+
+
+def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[int], metric: str,
+                     model_mean=None, model_std=None) -> Tuple[Evaluator, Evaluator, torch.Tensor]:
+    """(check evaluator, report evaluator, SA images) for the job's data; ``model`` is the unpruned reference."""
+    if parse_data_spec(job.data).is_face:
+        if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
+            raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
+        parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face)
+        evals = [pair_evaluator(parts[p], metric, job.face.folds, job.face.flip, model, job.batch_size)
+                 for p in ("check", "report")]
+        return evals[0], evals[1], parts["sa"].images
+    if metric != "top1":
+        raise UserError(f"--metric {metric}: target-true schedules on classifier data measure top1")
+    parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, model_mean, model_std)
+    return classifier_evaluator(*parts["check"]), classifier_evaluator(*parts["report"]), parts["sa"][0]
 
 
 def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
@@ -144,26 +226,30 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     check_writable(report_path, job.force)
     metrics, table = load_csv(job.csv)
     metric = job.metric or metrics[0]
-    if metric != "top1":
-        raise UserError(f"--metric {metric}: target-true schedules measure top1 on the splits for now")
     x = example_input(input_size)
-    parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, spec.mean, spec.std)
-    calib = calibration_batches(job.data, input_size, parts, job.bn_recalib, job.batch_size, job.data_seed)
+    check_eval, report_eval, xs = split_evaluators(job, model, input_size, metric, spec.mean, spec.std)
+    calib = calibration_batches(job.data, input_size, xs, job.bn_recalib, job.batch_size, job.data_seed)
     crit = make_criterion(job.method, limit=5, cache_dir=str(Path(job.work_space) / "rank_conv"), tag=arch,
                           seed=job.data_seed)
     if crit.needs_data:
         index = GroupIndex(model, x, ignore=job.ignore)
-        xs = parts["sa"][0]
         crit.prepare(model, [xs[i:i + job.batch_size] for i in range(0, len(xs), job.batch_size)],
                      {g.root_name: g.root for g in index.groups})
     cfg = TargetTrueConfig(target=job.target, drop=job.drop, metric=metric, resource=job.resource,
                            bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
-                           max_evals=job.max_evals, multiple_testing=job.multiple_testing)
-    note = one_image_note(len(parts["check"][1]), job.drop, cfg.decision_confidence())
+                           max_evals=job.max_evals, multiple_testing=job.multiple_testing,
+                           adverse=adverse_value(metric))
+    base_check = check_eval(model)
+    note = one_image_note(base_check.n, job.drop, cfg.decision_confidence(), cfg.adverse)
     if note:
         log.warning(note)
-    result = target_true_schedule(model, x, crit, table, classifier_evaluator(*parts["check"]),
-                                  classifier_evaluator(*parts["report"]), calib, cfg, ignore=job.ignore)
+    latency = job.latency.model_for(model, input_size) if job.latency is not None else None
+    if job.resource == "latency" and latency is None:
+        latency = LatencySettings().model_for(model, input_size)
+    result = target_true_schedule(model, x, crit, table, check_eval, report_eval, calib, cfg, ignore=job.ignore,
+                                  latency=latency)
+    # measured, side by side at batch 1 on the CPU (the per-layer latency model, when given, predicted the search's)
+    measured = interleaved_latency([model, result.model], x) if result.model is not None else None
     doc = build_schedule(result.sparsities, job.method, arch, job.data.split(":")[0], input_size)
     doc["extensions"]["target_true"] = {
         "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
@@ -174,7 +260,8 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
                   "bound": round(result.check_bound, 4)},
         "report": {"n": result.report_n, "unpruned": round(result.report_baseline, 4),
                    "pruned": round(result.report, 4), "bound": round(result.report_bound, 4)},
-        "macs": [result.base_macs, result.macs], "params": [result.base_params, result.params]}
+        "macs": [result.base_macs, result.macs], "params": [result.base_params, result.params],
+        "latency_ms_batch1": [round(v, 4) for v in measured] if measured else None}
     goal = f"drop <= {job.drop:g}" if job.drop is not None else f"{metric} >= {job.target:g}"
     header = (f"generated by auto_make_yaml.py --mode target_true from {job.csv}\n"
               f"target-true: {goal} on the composed, thinned model ("
@@ -189,16 +276,21 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
         log.warning("target-true: no layer can be pruned within the target on the check split; the schedule is empty")
     write_schedule(doc, out, header, force=job.force)
     atomic_write_json(report_path, {"schedule": str(out), "csv": job.csv, "checkpoint": job.checkpoint,
-                                    "split": job.split.describe(), **result.to_dict()}, force=job.force)
+                                    "split": job.split.describe(), "data": job.data,
+                                    "measured_latency_ms_batch1": list(measured) if measured else None,
+                                    **result.to_dict()}, force=job.force)
     return result, out, report_path
 
 
-def bn_reestimate(model: nn.Module, data: str, input_size: Sequence[int], n_batches: int, split: Optional[SplitSpec],
-                  batch_size: int = 64, data_seed: int = 0, mean=None, std=None) -> int:
+def bn_reestimate(model: nn.Module, cfg: EvalConfig, input_size: Sequence[int], n_batches: int) -> int:
     """AdaBN after thinning (``pruning.py --mode prune --bn_recalib N``): re-estimate BN statistics on the
-    training side of ``data`` (the SA part of ``split``, or of the default split, when the data has no training
-    side); returns the batches used."""
-    parts = split_data(data, input_size, split or DEFAULT_SPLIT, data_seed, mean, std) if data != "digits" else {}
-    used = bn_recalibrate(model, calibration_batches(data, input_size, parts, n_batches, batch_size, data_seed))
+    training side of ``cfg.data`` (the SA part of ``cfg.split``, or of the default split, when the data has no
+    training side); returns the batches used."""
+    from compression_tool.data.splits import parse_split
+
+    split = parse_split(cfg.split, cfg.split_seed) if cfg.split else DEFAULT_SPLIT
+    xs = None if cfg.data == "digits" else sa_images(cfg.data, input_size, split, cfg.seed, cfg.mean, cfg.std,
+                                                     face=FaceOptions.of(cfg))
+    used = bn_recalibrate(model, calibration_batches(cfg.data, input_size, xs, n_batches, cfg.batch_size, cfg.seed))
     log.info("BN statistics re-estimated on %d batches", used)
     return used

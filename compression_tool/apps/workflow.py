@@ -130,11 +130,8 @@ def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Mod
     spec = model_spec(meta["model"])
     if cfg.split:  # target-true splits: sa measures the SA part, search the check part, prune the report part
         from compression_tool.apps.target_true import split_setup
-        from compression_tool.data.splits import parse_split
 
-        return split_setup(cfg.data, meta["input_size"], parse_split(cfg.split, cfg.split_seed), cfg.split_part,
-                           cfg.batch_size, cfg.seed, cfg.mean, cfg.std,
-                           cfg.eval_batches if cfg.split_part == "sa" else None, spec.mean, spec.std)
+        return split_setup(cfg, meta["input_size"], spec.mean, spec.std, reference)
     return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
                        reference=reference)
 
@@ -306,11 +303,8 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
                                                     for g in index.groups if g.name in plan}))
     if cfg.bn_recalib:  # AdaBN: re-estimate BN statistics on training-side images, as the schedule was checked
         from compression_tool.apps.target_true import bn_reestimate
-        from compression_tool.data.splits import parse_split
 
-        e = cfg.eval
-        bn_reestimate(model, e.data, meta["input_size"], cfg.bn_recalib,
-                      parse_split(e.split, e.split_seed) if e.split else None, e.batch_size, e.seed, e.mean, e.std)
+        bn_reestimate(model, cfg.eval, meta["input_size"], cfg.bn_recalib)
     latency_lines = layer_latency_lines(cfg, original, model, x)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio (on the CPU, whatever

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from compression_tool.cli.common import HELP_FORMAT, add_latency_args, add_split_args
+from compression_tool.cli.common import HELP_FORMAT, add_face_args, add_latency_args, add_split_args
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
@@ -78,11 +78,17 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                    help="seed: the per-layer rule from the CSV alone; budget: --flops; target_true: search on the "
                         "composed model (needs --best_model_path and --data); auto: budget with --flops, else "
                         "target_true when --best_model_path and --data are given, else seed")
-    g.add_argument("--data", default=None, help="evaluation data spec (as for pruning.py), split into sa/check/report")
+    g.add_argument("--data", default=None,
+                   help="evaluation data spec (as for pruning.py), split into sa/check/report: classifier data by "
+                        "image; face data (orl:, identity_folders:, lfw:, pairs:, bin:) by identity or fold, judged "
+                        "on --metric lfw_acc (points), tpr@fpr=X or fidelity (fractions: --drop 0.01 = 1 point)")
     g.add_argument("--drop", type=float, default=None,
                    help="at most this many points below the unpruned model (instead of TARGET_ACC)")
-    add_split_args(g, "sa,check,report sizes: fractions or counts, one may be 'rest' (e.g. 512,1000,rest); the SA "
-                      "part must be the one pruning.py --mode sa --split measured", default="0.34,0.33,0.33")
+    add_split_args(g, "sa,check,report sizes: fractions or counts, one may be 'rest' (e.g. 512,1000,rest; face "
+                      "data: counts of identities, or of folds for pair lists), or identity folders' subjects "
+                      "s31..s35/s36..s40/s3..s30; the SA part must be the one pruning.py --mode sa --split "
+                      "measured", default="0.34,0.33,0.33")
+    add_face_args(g)
     g.add_argument("--bn_recalib", type=int, default=8,
                    help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
@@ -90,7 +96,9 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bonferroni", action="store_true",
                    help="test every candidate at 1 - (1 - confidence) / max_evals: guards against picking a lucky "
                         "pass among many candidates (needs a larger check split)")
-    g.add_argument("--resource", choices=("macs", "params"), default="macs", help="what to reduce")
+    g.add_argument("--resource", choices=("macs", "params", "latency"), default="macs",
+                   help="what to reduce; latency: predicted from per-layer tables measured on --latency_runtime "
+                        "(--latency_threads, --latency_batch; cached in --latency_dir)")
     g.add_argument("--data_seed", type=int, default=0, help="seed of the data spec (digits' train/test split)")
 
 
@@ -159,12 +167,13 @@ def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def target_true(args: argparse.Namespace) -> Path:
-    from compression_tool.apps.target_true import TargetTrueJob, run_target_true
+    from compression_tool.apps.target_true import FaceOptions, TargetTrueJob, run_target_true
     from compression_tool.apps.workflow import ModelSource, input_size_of
     from compression_tool.data.splits import parse_split
     from compression_tool.engine.target_true import format_result
 
     size = input_size_of(ModelSource(args.best_model_path, args.model, input_size=args.input_size))
+    latency = latency_settings(args) if args.resource == "latency" else None
     job = TargetTrueJob(checkpoint=args.best_model_path, csv=args.csv, data=args.data, model_name=args.model,
                         target=args.target, drop=args.drop, method=args.method,
                         split=parse_split(args.split, args.split_seed), metric=args.metric,
@@ -172,7 +181,9 @@ def target_true(args: argparse.Namespace) -> Path:
                         max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
-                        multiple_testing="bonferroni" if args.bonferroni else "none")
+                        multiple_testing="bonferroni" if args.bonferroni else "none",
+                        face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
+                        latency=latency)
     result, out, report = run_target_true(job)
     print(format_result(result))
     print(f"schedule report: {report}")
@@ -205,6 +216,12 @@ def per_layer(args: argparse.Namespace) -> Path:
     return out
 
 
+def latency_settings(args: argparse.Namespace):
+    from compression_tool.apps.target_true import LatencySettings
+
+    return LatencySettings(args.latency_runtime, args.latency_threads, args.latency_batch, args.latency_dir)
+
+
 def budget(args: argparse.Namespace) -> Path:
     from compression_tool.apps.workflow import ModelSource, input_size_of, load_source
     from compression_tool.engine.budget import schedule_for_budget, write_budget_schedule
@@ -220,10 +237,7 @@ def budget(args: argparse.Namespace) -> Path:
     size = meta["input_size"]
     latency = None
     if args.latency is not None:
-        from compression_tool.engine.latency import LatencyModel, LatencyTable
-
-        table = LatencyTable(args.latency_runtime, args.latency_threads, args.latency_batch, args.latency_dir)
-        latency = LatencyModel(model, example_input(size), table)
+        latency = latency_settings(args).model_for(model, size)
         print(f"latency of the unpruned model on {args.latency_runtime}, {args.latency_threads} thread(s), "
               f"batch {args.latency_batch}: "
               f"{latency.base:.3f} ms measured (per-layer table {latency.table.path}, "

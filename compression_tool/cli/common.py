@@ -53,7 +53,6 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                    help="digits | image_folder:DIR | mnist:DIR | cifar10:DIR | cifar100:DIR | json:DIR "
                         "(classifiers); orl:DIR | identity_folders:DIR | pairs:FILE | lfw:PAIRS_TXT | bin:FILE "
                         "(face verification pairs)")
-    g.add_argument("--test_root_path", default=None, help="image root for pairs:/lfw: pair lists")
     g.add_argument("--mean", type=floats, default=None,
                    help="classifier data: per-channel mean on the [0,1] scale (default: the model's registry "
                         "entry, else the data kind's: ImageNet stats for RGB folders/CIFAR, 0.1307 MNIST, 0.5 "
@@ -64,21 +63,28 @@ def add_eval_args(p: argparse.ArgumentParser, eval_batches_default: Optional[int
                         "auc, eer, tpr@fpr=1e-3 (= tar@far=1e-3; needs >= 1000 different pairs), or fidelity (mean "
                         "cosine to the unpruned model's embeddings: label-free, works on image_folder:DIR too); "
                         "classifiers always report top1, top5, loss")
-    g.add_argument("--folds", type=positive_int, default=10, help="face verification: k of the k-fold accuracy")
-    g.add_argument("--flip", action="store_true", help="face verification: add the flipped image's embedding")
-    g.add_argument("--bgr", action="store_true", help="face images: feed BGR (models trained on OpenCV input)")
-    g.add_argument("--subjects", default=None,
-                   help="identity folders (orl:/identity_folders:): the identities to pair, e.g. s31..s40 "
-                        "(orl's default) or s3..s30")
+    add_face_args(g)
     g.add_argument("--eval_batches", type=positive_int, default=eval_batches_default,
                    help="evaluate on N batches only: a fixed, seeded subset (default: all)")
     g.add_argument("--batch_size", type=positive_int, default=64, help="evaluation batch size")
     g.add_argument("--seed", type=int, default=0, help="seed for data subsets, pairs, random criteria, search")
-    add_split_args(g, "target-true splits sa,check,report of a classifier test set (e.g. 0.34,0.33,0.33 or "
-                      "512,1000,rest): sa measures on the SA part only, search on the check part, prune reports on "
-                      "the report part (see auto_make_yaml.py --mode target_true)")
+    add_split_args(g, "target-true splits sa,check,report (e.g. 0.34,0.33,0.33 or 512,1000,rest; face data: by "
+                      "identity, or by fold for pair lists; identity folders also s31..s35/s36..s40/s3..s30): sa "
+                      "measures on the SA part only, search on the check part, prune reports on the report part "
+                      "(see auto_make_yaml.py --mode target_true)")
     add_threads_arg(g)
     add_device_arg(g)
+
+
+def add_face_args(g) -> None:
+    """How face verification data is read and scored (pair lists, k-fold, flip, channel order, identities)."""
+    g.add_argument("--test_root_path", default=None, help="image root for pairs:/lfw: pair lists")
+    g.add_argument("--folds", type=positive_int, default=10, help="face verification: k of the k-fold accuracy")
+    g.add_argument("--flip", action="store_true", help="face verification: add the flipped image's embedding")
+    g.add_argument("--bgr", action="store_true", help="face images: feed BGR (models trained on OpenCV input)")
+    g.add_argument("--subjects", default=None,
+                   help="identity folders (orl:/identity_folders:): the identities to pair (or, with --split, to "
+                        "split), e.g. s31..s40 (orl's default) or s3..s30")
 
 
 def add_device_arg(p) -> None:

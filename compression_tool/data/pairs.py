@@ -76,6 +76,11 @@ class PairSet:
         g = torch.Generator().manual_seed(seed)
         keep = torch.cat([same[torch.randperm(len(same), generator=g)[:k_same]],
                           diff[torch.randperm(len(diff), generator=g)[:max_pairs - k_same]]]).sort().values
+        return self.select(keep)
+
+    def select(self, keep: torch.Tensor) -> "PairSet":
+        """The pairs at indices ``keep`` (in that order), with only the images they use."""
+        keep = torch.as_tensor(keep, dtype=torch.long)
         pairs = self.pairs[keep]
         used, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
         paths = [self.paths[i] for i in used.tolist()] if self.paths is not None else None

@@ -4,8 +4,8 @@ A target-true schedule is *decided* on the check split and *judged* on the repor
 subset the sensitivity analysis measured (see ``compression_tool.engine.target_true``). Sizes are given per part as
 fractions of the
 set (``0.34,0.33,0.33``), as image counts (``512,1000,rest``), or mixed; ``rest`` takes what is left (at most one
-part). Face data is split by identity (:func:`split_groups`): a check or report pair never shares an identity with
-the SA part.
+part). Face data is split by identity (``compression_tool.data.face_splits``): a check or report pair never shares an
+identity with the SA part; identity folders may also name each part's subjects (``s31..s35/s36..s40/s3..s30``).
 """
 from __future__ import annotations
 
@@ -27,15 +27,21 @@ class SplitSpec:
     sizes: Tuple[Size, ...] = (0.34, 0.33, 0.33)
     seed: int = 0
     parts: Tuple[str, ...] = field(default=PARTS)
+    subjects: Optional[Tuple[str, ...]] = None   # identity folders: each part's subjects, named (no sizes then)
 
     def describe(self) -> Dict[str, object]:
         """What the YAML header / report records to reproduce the split."""
+        if self.subjects is not None:
+            return {"parts": list(self.parts), "subjects": list(self.subjects)}
         return {"parts": list(self.parts), "sizes": [s if isinstance(s, str) else float(s) for s in self.sizes],
                 "seed": self.seed}
 
 
 def parse_split(text: str, seed: int = 0) -> SplitSpec:
-    """``'0.34,0.33,0.33'`` or ``'512,1000,rest'`` -> SplitSpec for (sa, check, report)."""
+    """``'0.34,0.33,0.33'`` or ``'512,1000,rest'`` -> SplitSpec for (sa, check, report); for identity folders also
+    ``'s31..s35/s36..s40/s3..s30'`` (each part's subjects, disjoint)."""
+    if "/" in text:
+        return _subject_split(text)
     items = [t.strip() for t in text.split(",") if t.strip()]
     if len(items) != len(PARTS):
         raise UserError(f"--split: expected {len(PARTS)} sizes (sa,check,report), e.g. 0.34,0.33,0.33 or "
@@ -51,6 +57,23 @@ def parse_split(text: str, seed: int = 0) -> SplitSpec:
             raise UserError(f"--split: {t!r} is neither a number nor 'rest'") from None
         sizes.append(int(v) if v >= 1 else v)
     return SplitSpec(tuple(sizes), seed)
+
+
+def _subject_split(text: str) -> SplitSpec:
+    from compression_tool.data.readers import parse_subjects
+
+    parts = [t.strip() for t in text.split("/")]
+    if len(parts) != len(PARTS) or not all(parts):
+        raise UserError(f"--split: expected {len(PARTS)} subject lists sa/check/report, e.g. "
+                        f"s31..s35/s36..s40/s3..s30; got {text!r}")
+    seen: Dict[str, str] = {}
+    for part, spec in zip(PARTS, parts):
+        for name in parse_subjects(spec) or []:
+            if name in seen:
+                raise UserError(f"--split: subject {name} is in both the {seen[name]} and the {part} part; the parts "
+                                "must be disjoint")
+            seen[name] = part
+    return SplitSpec(sizes=(), seed=0, subjects=tuple(parts))
 
 
 def _counts(n: int, sizes: Sequence[Size]) -> List[int]:
@@ -81,6 +104,8 @@ def _counts(n: int, sizes: Sequence[Size]) -> List[int]:
 
 def split_indices(n: int, spec: SplitSpec) -> Dict[str, np.ndarray]:
     """Disjoint, sorted index arrays per part, from one seeded permutation of ``range(n)``."""
+    if spec.subjects is not None:
+        raise UserError("--split: subject lists (a/b/c) split identity-folder face data only; give sizes for this data")
     if len(spec.sizes) != len(spec.parts):
         raise UserError(f"split: {len(spec.sizes)} sizes for {len(spec.parts)} parts")
     perm = np.random.RandomState(spec.seed).permutation(n)

@@ -36,13 +36,14 @@ from compression_tool.engine.budget import Move, envelope, ordered_moves, prune_
 from compression_tool.engine.cost import params_and_macs
 from compression_tool.engine.criteria import Criterion
 from compression_tool.engine.groups import GroupIndex
+from compression_tool.engine.latency import LatencyModel
 from compression_tool.engine.search.fitness import bn_recalibrate
 from compression_tool.engine.thinning import thin
 from compression_tool.io.errors import UserError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = ("macs", "params")
+RESOURCES = ("macs", "params", "latency")
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -111,7 +112,7 @@ class TargetTrueConfig:
     target: Optional[float] = None       # absolute metric the pruned model must keep (e.g. top-1 96.0)
     drop: Optional[float] = None         # or: at most this many points below the unpruned model
     metric: str = "top1"                 # CSV column that orders the moves
-    resource: str = "macs"               # what the reduction is measured in: macs | params
+    resource: str = "macs"               # what the reduction is measured in: macs | params | latency (predicted)
     bn_recalib_batches: int = 8          # AdaBN batches per candidate (0 = keep the running statistics)
     bn_mode: str = "auto"                # auto: per candidate the better of as-is / AdaBN on check; always; never
     confidence: float = 0.95             # one-sided level of the check bound
@@ -162,6 +163,7 @@ class Trial:
     passed: bool
     macs: float
     params: float
+    latency: Optional[float] = None      # predicted ms (engine.latency), when a latency model is given
 
 
 @dataclass
@@ -189,6 +191,9 @@ class TargetTrueResult:
     seconds: float
     per_layer: List[Dict[str, object]] = field(default_factory=list)
     trace: List[Trial] = field(default_factory=list)
+    latency: Optional[float] = None      # predicted ms of the schedule / the unpruned model (latency model given)
+    base_latency: Optional[float] = None
+    model: Optional[nn.Module] = field(default=None, repr=False)   # the thinned (AdaBN'd) model; not serialised
 
     @property
     def reduction(self) -> float:
@@ -203,7 +208,12 @@ class TargetTrueResult:
         return self.report >= self.threshold - 0.5
 
     def to_dict(self) -> Dict[str, object]:
-        d = asdict(self)
+        model, self.model = self.model, None
+        try:
+            d = asdict(self)
+        finally:
+            self.model = model
+        d.pop("model", None)
         d["reduction"] = self.reduction
         d["promised_within_0.5"] = self.promised()
         return d
@@ -216,8 +226,9 @@ class ComposedChecker:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
                  check_eval: Evaluator, calib_batches: Sequence, cfg: TargetTrueConfig,
-                 ignore: Sequence[str] = ()):
+                 ignore: Sequence[str] = (), latency: Optional[LatencyModel] = None):
         self.model, self.x, self.cfg, self.ignore = model.eval(), example_inputs, cfg, list(ignore)
+        self.latency = latency
         self.index = GroupIndex(model, example_inputs, ignore=ignore)
         self.orders = {g.name: criterion.order(self.index, g) for g in self.index.groups}
         self.check_eval = check_eval
@@ -257,7 +268,7 @@ class ComposedChecker:
         key = self._key(counts)
         if key not in self.cache:
             if not key:
-                self.cache[key] = (self.base, params_and_macs(self.model, self.x))
+                self.cache[key] = (self.base, self.cost(self.model))
                 self.adabn[key] = False
             else:
                 variants = {"never": [False], "always": [True], "auto": [False, True]}[self.cfg.bn_mode]
@@ -268,11 +279,18 @@ class ComposedChecker:
                     m = self.build(sparsities, adabn=v)
                     got = self.check_eval(m)
                     if best is None or got.value > best[0].value:
-                        best = (got, params_and_macs(m, self.x), v)
+                        best = (got, self.cost(m), v)
                 self.cache[key] = best[:2]
                 self.adabn[key] = best[2]
                 self.evals += 1
         return self.cache[key]
+
+    def cost(self, model: nn.Module) -> Dict[str, float]:
+        """MACs and params (and the predicted latency in ms, with a latency model) of ``model``."""
+        c = params_and_macs(model, self.x)
+        if self.latency is not None:
+            c["latency"] = self.latency.base if model is self.model else self.latency.predict(model)
+        return c
 
     def adabn_for(self, sparsities: Mapping[str, float]) -> bool:
         return self.adabn.get(self._key(self.counts(sparsities)), False)
@@ -304,13 +322,17 @@ def _levels(data: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]]) -> 
 def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
                          table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
                          check_eval: Evaluator, report_eval: Optional[Evaluator], calib_batches: Sequence,
-                         cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True
-                         ) -> TargetTrueResult:
+                         cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True,
+                         latency: Optional[LatencyModel] = None) -> TargetTrueResult:
     """Search the schedule (see the module doc). ``table`` is the sensitivity CSV as
     ``compression_tool.engine.sensitivity.load_csv``
     returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
-    ``calib_batches`` are input batches from the training side for BN re-estimation. ``model`` is not changed."""
+    ``calib_batches`` are input batches from the training side for BN re-estimation; ``latency`` predicts each
+    candidate's latency (needed for ``resource='latency'``). ``model`` is not changed."""
     cfg.validate()
+    if cfg.resource == "latency" and latency is None:
+        raise UserError("target-true: a latency reduction needs a latency model (auto_make_yaml.py --resource "
+                        "latency measures one)")
     t0 = time.perf_counter()
     if not table:
         raise UserError("target-true: the sensitivity table is empty")
@@ -318,7 +340,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     if cfg.metric not in first[0][1]:
         raise UserError(f"target-true: metric {cfg.metric!r} is not in the sensitivity table "
                         f"(columns: {', '.join(first[0][1])})")
-    chk = ComposedChecker(model, example_inputs, criterion, check_eval, calib_batches, cfg, ignore)
+    chk = ComposedChecker(model, example_inputs, criterion, check_eval, calib_batches, cfg, ignore, latency)
     base = chk.base
     if cfg.target is not None and cfg.target > base.value:
         raise UserError(f"target {cfg.target:g} is above the unpruned model's {cfg.metric} on the check split "
@@ -332,7 +354,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         before = chk.evals
         m, cost = chk.measure(sp)
         b, ok = chk.bound(m, base)
-        t = Trial(step, dict(sp), m.value, b, ok, cost["macs"], cost["params"])
+        t = Trial(step, dict(sp), m.value, b, ok, cost["macs"], cost["params"], cost.get("latency"))
         if chk.evals > before:
             trace.append(t)
             bar.update(1)
@@ -383,7 +405,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                 sp = dict(best.sparsities)
                 sp[layer] = s
                 if chk.counts(sp) == chk.counts(best.sparsities):
-                    best = Trial("greedy", sp, best.check, best.bound, True, best.macs, best.params)
+                    best = Trial("greedy", sp, best.check, best.bound, True, best.macs, best.params, best.latency)
                     improved = True
                     continue
                 t = trial("greedy", sp)
@@ -397,15 +419,16 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     b_check, _ = chk.bound(m_check, base)
     rep_base = rep = rep_bound = None
     rep_n = None
+    final = chk.build(best.sparsities)
     if report_eval is not None:
-        rb, rm = report_eval(model), report_eval(chk.build(best.sparsities))
+        rb, rm = report_eval(model), report_eval(final)
         rep_base, rep, rep_n = rb.value, rm.value, rm.n
         if cfg.drop is not None:
             rep_bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot,
                                              cfg.seed)
         else:
             rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed)
-    full = params_and_macs(model, example_inputs)
+    full = chk.cost(model)
     per_layer = [{"layer": layer, "sparsity": best.sparsities[layer],
                   "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(best.sparsities[layer],
                                                                                   base.value)}
@@ -427,7 +450,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         report=rep, report_bound=rep_bound, macs=cost["macs"], params=cost["params"], base_macs=full["macs"],
         base_params=full["params"], resource=cfg.resource, adabn=chk.adabn_for(best.sparsities), check_n=base.n,
         report_n=rep_n, evals=search_evals,
-        seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace)
+        seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
+        base_latency=full.get("latency"), model=final)
 
 
 def composed_metric(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
@@ -466,6 +490,9 @@ def format_result(r: TargetTrueResult) -> str:
                  f"removed), params {r.base_params / 1e3:.1f}k -> {r.params / 1e3:.1f}k "
                  f"({100 * (1 - r.params / r.base_params):.1f}% removed); {r.evals} composed models in "
                  f"{r.seconds:.1f} s")
+    if r.latency is not None and r.base_latency:
+        lines.append(f"  latency (predicted from the per-layer tables) {r.base_latency:.3f} ms -> {r.latency:.3f} ms "
+                     f"({100 * (1 - r.latency / r.base_latency):.1f}% removed)")
     return "\n".join(lines)
 
 

@@ -1,0 +1,107 @@
+"""Target-true schedules on face verification data: identity-disjoint splits, per-pair outcomes, the CLI chain."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from compression_tool.cli import auto_make_yaml
+from compression_tool.cli import pruning as pruning_cli
+from compression_tool.data.face_splits import split_pairsets
+from compression_tool.data.pairs import PairSet
+from compression_tool.data.splits import parse_split
+from compression_tool.engine.checkpoint import save_pruned
+from compression_tool.io.errors import UserError
+from model_define import model_spec
+from test_module.per_sample import accepted_at_fpr, pair_outcomes
+from test_module.verification import kfold_verification, roc_metrics
+from tests.test_fidelity import faces
+
+SIZE = (3, 32, 32)
+
+
+def test_subject_split_parses_and_refuses_overlap():
+    s = parse_split("s31..s35/s36..s40/s3..s30")
+    assert s.subjects == ("s31..s35", "s36..s40", "s3..s30")
+    assert s.describe()["subjects"][2] == "s3..s30"
+    with pytest.raises(UserError, match="s35 is in both"):
+        parse_split("s31..s35/s35..s40/s3..s30")
+    with pytest.raises(UserError, match="subject lists"):
+        parse_split("s31..s35/s36..s40")
+
+
+def test_identity_split_is_disjoint_and_seeded(tmp_path):
+    root = faces(tmp_path / "f", ids=9, per=4)
+    parts = split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("3,3,3", seed=1))
+    ids = {p: {path.split("/")[-2] for path in ps.paths} for p, ps in parts.items()}
+    assert sum(len(v) for v in ids.values()) == 9
+    assert not (ids["sa"] & ids["check"] or ids["sa"] & ids["report"] or ids["check"] & ids["report"])
+    again = split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("3,3,3", seed=1))
+    assert all(torch.equal(parts[p].pairs, again[p].pairs) for p in parts)
+    named = split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("p0..p2/p3..p5/p6..p8"))
+    assert {path.split("/")[-2] for path in named["check"].paths} == {"p3", "p4", "p5"}
+    with pytest.raises(UserError, match="at least 2"):
+        split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("p0/p3..p5/p6..p8"))
+
+
+def test_pair_list_splits_by_whole_folds(tmp_path, monkeypatch):
+    images = torch.zeros(40, 1, 4, 4)
+    ps = PairSet(images, torch.arange(40).reshape(20, 2), torch.tensor([i % 2 == 0 for i in range(20)]))
+    monkeypatch.setattr("compression_tool.data.face_splits.load_pairset", lambda *a, **k: ps)
+    parts = split_pairsets("bin:x.bin", (1, 4, 4), parse_split("0.3,0.3,0.4"))
+    sizes = {p: len(v) for p, v in parts.items()}
+    assert sizes == {"sa": 6, "check": 6, "report": 8}          # 2 pairs per fold, whole folds
+    with pytest.raises(UserError, match="folds"):
+        split_pairsets("bin:x.bin", (1, 4, 4), parse_split("p1..p2/p3..p4/p5..p6"))
+
+
+def test_per_pair_outcomes_average_to_the_metrics():
+    rng = np.random.default_rng(0)
+    issame = np.arange(600) % 2 == 0
+    dist = rng.uniform(0, 4, 600) - 1.2 * issame
+    kf = kfold_verification(dist, issame, 10)
+    assert pair_outcomes(dist, issame, "lfw_acc").mean() == pytest.approx(100 * kf["acc_mean"])
+    tpr = roc_metrics(1 - dist / 2, issame, [1e-2])["tpr@fpr=1e-2"]
+    assert accepted_at_fpr(1 - dist / 2, issame, 1e-2).mean() == pytest.approx(tpr)
+    with pytest.raises(UserError, match="lfw_acc"):
+        pair_outcomes(dist, issame, "auc")
+
+
+@pytest.fixture(scope="module")
+def face_chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ftt")
+    root = faces(tmp / "faces", ids=9, per=5)
+    torch.manual_seed(0)
+    model = model_spec("mobilefacenet").build_for(SIZE).eval()
+    ckpt = tmp / "m.pth"
+    save_pruned(ckpt, model, {"model": "mobilefacenet", "model_kwargs": {}, "input_size": list(SIZE), "keep": []})
+    return tmp, root, ckpt
+
+
+@pytest.mark.parametrize("metric, drop", [("lfw_acc", 30.0), ("fidelity", 0.5)])
+def test_face_target_true_chain(face_chain, metric, drop, capsys):
+    tmp, root, ckpt = face_chain
+    data = f"identity_folders:{root}"
+    common = ["--model", "mobilefacenet", "--best_model_path", str(ckpt), "--input_size", "3,32,32", "--data", data,
+              "--metric", metric, "--split", "3,3,3", "--folds", "5"]
+    csv = tmp / f"{metric}.csv"
+    pruning_cli.main(["--mode", "sa", *common, "--sparsities", "0,0.5", "--output", str(csv),
+                      "--work_space", str(tmp / "ws")])
+    header = csv.read_text().splitlines()[0].split(",")
+    assert header[1] == "sparsity" and header[2] == metric
+    out = tmp / f"{metric}.yaml"
+    auto_make_yaml.main([str(csv), "--drop", str(drop), *common, "--output", str(out), "--force",
+                         "--max_evals", "6", "--bn_recalib", "1"])
+    printed = capsys.readouterr().out
+    assert "judged on the report split" in printed
+    doc = yaml.safe_load(out.read_text())
+    tt = doc["extensions"]["target_true"]
+    assert tt["metric"] == metric and tt["split"]["sizes"] == [3.0, 3.0, 3.0]
+    n_pairs = 3 * 10                                        # 3 identities x C(5,2) same pairs
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["metric"] == metric and len(report["measured_latency_ms_batch1"]) == 2
+    if metric == "lfw_acc":
+        assert tt["check"]["n"] == 2 * n_pairs
+    else:                                                   # one cosine per image of the check identities
+        assert tt["check"]["n"] == 15 and report["check_baseline"] == pytest.approx(1.0)
