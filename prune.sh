@@ -49,12 +49,12 @@ if [ "$SCHEDULE_MODE" = target_true ]; then
   $PY pruning_analysis_tools/auto_make_yaml.py "$CSV" $GOAL --mode target_true --model "$MODEL" --input_size "$INPUT" \
       --best_model_path "$CKPT" --data "$DATA" --method "$METHOD" $SPLIT_FLAGS --bn_recalib 8 $DP \
       --output "$YAML" --force
-  if [ "$($PY -c "import sys,yaml; print(len(yaml.safe_load(open(sys.argv[1]))['pruners'] or {}))" "$YAML")" = 0 ]; then
+  if [ "$($PY -m compression_tool.cli.schedule_info "$YAML" pruners)" = 0 ]; then
     echo "error: no schedule meets the target on the check split (see the note above); nothing to thin" >&2
     exit 1
   fi
   # thin the way the schedule was checked: with BN re-estimation only when the search chose it
-  BN=$($PY -c "import sys,yaml; e=yaml.safe_load(open(sys.argv[1]))['extensions'].get('target_true',{}); print(e.get('bn_recalib_batches',0) if e.get('adabn') else 0)" "$YAML")
+  BN=$($PY -m compression_tool.cli.schedule_info "$YAML" bn_recalib)
   [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN"
 else
   # seed rule: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Issue 12 side by side: the seed tool's per-layer rule vs an NNI-style iterative greedy vs target-true schedules.
 
-For each model and split seed: one seeded split of the test set into SA / check / report parts; the L1
-sensitivity CSV on the SA part; then three schedules for "at most DROP points below the unpruned model":
+For each model and split seed: one seeded split of the test set into SA / check / report parts (MobileFaceNet:
+ORL identities, chosen on s31..s40, judged on s3..s30; 10-fold accuracy of pairs); the L1 sensitivity CSV on the SA
+part; then three schedules for "at most DROP points below the unpruned model":
 - seed rule: ``auto_make_yaml``'s closest rule at (SA baseline − DROP), thinned as ``pruning.py --mode prune`` does
   (no BN re-estimation) and, for comparison, with AdaBN;
 - NNI-style iterative greedy: every step re-measures every layer one level further on the current composed model
@@ -42,6 +43,7 @@ from compression_tool.engine.target_true import (  # noqa: E402
 from compression_tool.io.errors import cli_main  # noqa: E402
 from compression_tool.io.files import atomic_write_json  # noqa: E402
 from test_module.classification import evaluate_classifier  # noqa: E402
+from test_module.per_sample import adverse_value  # noqa: E402
 
 log = logging.getLogger("bench_tt")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -49,6 +51,11 @@ MODELS: Dict[str, Dict[str, object]] = {
     "digits_net": dict(ckpt="work_space/checkpoints/digits_net.pth", data="digits", dp=False, split="0.2,0.4,0.4"),
     "resnet20": dict(ckpt=str(SHARED / "resnet_cifar10" / "resnet20-12fca82f.th"),
                      data=f"image_folder:{SHARED / 'cifar10_test'}", dp=True, split="512,1000,rest"),
+    "resnet56": dict(ckpt=str(SHARED / "resnet_cifar10" / "resnet56-4bfd9763.th"),
+                     data=f"image_folder:{SHARED / 'cifar10_test'}", dp=True, split="512,1000,rest"),
+    # chosen on s31..s40 (SA on s31..s35, check on s36..s40), judged on s3..s30: identities it never saw
+    "mobilefacenet": dict(ckpt=str(SHARED / "mobilefacenet_casia" / "068.ckpt"), data=f"orl:{SHARED / 'orl_faces'}",
+                          dp=False, split="s31..s35/s36..s40/s3..s30", metric="lfw_acc", input_size=(3, 112, 96)),
 }
 
 
@@ -76,24 +83,46 @@ def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_eva
     return cur, chk.adabn_for(cur)
 
 
+def evaluators(name: str, model, size, split):
+    """(sa, check, report) evaluators, the SA sweep's evaluate function and metric names, calibration batches."""
+    spec = MODELS[name]
+    data = str(spec["data"])
+    if spec.get("metric"):                      # face embedder: identity-disjoint pair sets
+        from compression_tool.apps.target_true import face_parts
+        from test_module.per_sample import pair_evaluator
+        from test_module.setup import pair_setup
+
+        metric = str(spec["metric"])
+        fp = face_parts(data, size, split)
+        ev = {p: pair_evaluator(fp[p], metric, reference=model) for p in ("sa", "check", "report")}
+        sa_setup = pair_setup(fp["sa"], metric, reference=model)
+        n = {p: len(v) for p, v in fp.items()}
+        return ev, sa_setup.evaluate, sa_setup.metric_names, calibration_batches(data, size, fp["sa"].images, 8), n
+    parts = split_data(data, size, split)
+    ev = {p: classifier_evaluator(*parts[p]) for p in ("sa", "check", "report")}
+    loader = DataLoader(TensorDataset(*parts["sa"]), batch_size=256)
+    return (ev, lambda m: evaluate_classifier(m, loader), ["top1", "top5", "loss"],
+            calibration_batches(data, size, parts["sa"][0], 8, 64), {k: len(v[1]) for k, v in parts.items()})
+
+
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "none") -> List[Dict[str, object]]:
     spec = MODELS[name]
-    model, meta = load_model(spec["ckpt"], name, spec["dp"])
+    model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
     x = example_input(size)
     split = parse_split(split_text or str(spec["split"]), seed)
-    parts = split_data(spec["data"], size, split)
-    calib = calibration_batches(spec["data"], size, parts["sa"][0], 8, 64)
+    ev, sa_evaluate, names, calib, n_parts = evaluators(name, model, size, split)
+    metric = names[0]
     crit = make_criterion("l1")
-    csv = work / f"{name}_l1_{(split_text or spec['split']).replace(',', '-')}_seed{seed}.csv"
-    loader = DataLoader(TensorDataset(*parts["sa"]), batch_size=256)
+    tag = (split_text or str(spec["split"])).replace(",", "-").replace("/", "_")
+    csv = work / f"{name}_l1_{tag}_seed{seed}.csv"
     t = time.perf_counter()
-    sweep(model, GroupIndex(model, x), crit, lambda m: evaluate_classifier(m, loader), csv,
-          [round(0.1 * i, 1) for i in range(10)], ["top1", "top5", "loss"])
+    sweep(model, GroupIndex(model, x), crit, sa_evaluate, csv, [round(0.1 * i, 1) for i in range(10)], names)
     sa_seconds = time.perf_counter() - t
     _, table = load_csv(csv)
-    report = classifier_evaluator(*parts["report"])
+    adverse = adverse_value(metric)
+    report = ev["report"]
     rep_base = report(model).value
     full = params_and_macs(model, x)
     rows = []
@@ -107,23 +136,22 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
                      "macs_removed": round(1 - cost["macs"] / full["macs"], 4),
                      "params_removed": round(1 - cost["params"] / full["params"], 4), "seconds": round(seconds, 1),
                      "sparsities": {k: v for k, v in sp.items() if v > 0}, "sa_seconds": round(sa_seconds, 1),
-                     "n": {k: len(v[1]) for k, v in parts.items()}})
+                     "metric": metric, "n": n_parts})
         log.info("%s seed %d %-22s report %.2f (unpruned %.2f) MACs -%.1f%% %.1fs", name, seed, method,
                  m.value, rep_base, 100 * rows[-1]["macs_removed"], seconds)
 
     t = time.perf_counter()
-    seed_sp = choose_sparsities(table, "top1", baseline(table, "top1") - drop, "closest")
+    seed_sp = choose_sparsities(table, metric, baseline(table, metric) - drop, "closest")
     dt = time.perf_counter() - t
     row("seed rule", seed_sp, dt, False)
     row("seed rule + AdaBN", seed_sp, dt, True)
     t = time.perf_counter()
-    nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, classifier_evaluator(*parts["sa"]), calib, drop,
-                                      max_evals)
+    nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, ev["sa"], calib, drop, max_evals)
     row("NNI-style greedy", nni_sp, time.perf_counter() - t, nni_bn)
     t = time.perf_counter()
-    r = target_true_schedule(model, x, crit, table, classifier_evaluator(*parts["check"]), None, calib,
-                             TargetTrueConfig(drop=drop, bn_recalib_batches=8, seed=seed, max_evals=max_evals,
-                                              multiple_testing=multiple_testing))
+    r = target_true_schedule(model, x, crit, table, ev["check"], None, calib,
+                             TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
+                                              max_evals=max_evals, multiple_testing=multiple_testing, adverse=adverse))
     row("target-true" + (" (Bonferroni)" if multiple_testing == "bonferroni" else ""), r.sparsities,
         time.perf_counter() - t, r.adabn)
     rows[-1]["check_bound"] = round(r.check_bound, 2)

@@ -1,5 +1,6 @@
 """Per-sample face metrics for the target-true search (``compression_tool.engine.target_true``): its check bound
-bootstraps the samples, so each metric is written as a mean over samples.
+bootstraps the samples, so each metric is written as a mean over samples (pairs carry their image indices: the
+bound resamples images, since pairs share them).
 
 - ``lfw_acc``: one outcome per pair (100 = right, 0 = wrong) under the threshold its fold learnt on the other
   folds; the mean is the k-fold accuracy in percent (exactly, when the folds are of equal size).
@@ -64,13 +65,17 @@ def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, f
             raise UserError("--metric fidelity: needs the unpruned reference model")
         ref = embed_images(reference, pairset.images, batch_size, flip)
 
+    pairs = pairset.pairs.numpy()
+    if metric != "fidelity" and metric != "lfw_acc":
+        pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
+
     def evaluate(model: nn.Module) -> Measurement:
         emb = embed_images(model, pairset.images, batch_size, flip)
-        if ref is not None:
+        if ref is not None:                             # one sample per image: no shared images
             s = (emb * ref).sum(1).double().numpy()
-        else:
-            s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
-        return Measurement(float(s.mean()), s, len(s))
+            return Measurement(float(s.mean()), s, len(s))
+        s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
+        return Measurement(float(s.mean()), s, len(s), pairs)
     return evaluate
 
 

@@ -105,3 +105,38 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys):
         assert tt["check"]["n"] == 2 * n_pairs
     else:                                                   # one cosine per image of the check identities
         assert tt["check"]["n"] == 15 and report["check_baseline"] == pytest.approx(1.0)
+
+
+def test_schedule_info_reads_pruners_and_adabn(tmp_path, capsys):
+    from compression_tool.cli.schedule_info import main, schedule_fact
+
+    y = tmp_path / "s.yaml"
+    y.write_text("version: 1\npruners:\n  p1: {class: L1RankedStructureParameterPruner}\n"
+                 "extensions:\n  target_true: {adabn: true, bn_recalib_batches: 8}\n")
+    assert schedule_fact(str(y), "pruners") == 1 and schedule_fact(str(y), "bn_recalib") == 8
+    y.write_text("version: 1\npruners: {}\nextensions:\n  target_true: {adabn: false, bn_recalib_batches: 8}\n")
+    assert schedule_fact(str(y), "pruners") == 0 and schedule_fact(str(y), "bn_recalib") == 0
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "missing.yaml"), "pruners"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "missing.yaml" in err
+
+
+def test_pair_bootstrap_resamples_images():
+    """Pairs that share images are not independent: the image-level bound is wider than the pair-level one when
+    the values carry image effects, and equals the plain one's floor when nothing changed."""
+    from compression_tool.engine.target_true import bootstrap_mean_bound
+
+    rng = np.random.default_rng(0)
+    n = 30
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)])
+    eff = rng.normal(0, 1, n)
+    v = eff[pairs[:, 0]] + eff[pairs[:, 1]] + rng.normal(0, 0.2, len(pairs))
+    plain = bootstrap_mean_bound(v, 0.95, True) - v.mean()
+    images = bootstrap_mean_bound(v, 0.95, True, pairs=pairs) - v.mean()
+    assert images > 3 * plain
+    z = np.zeros(len(pairs))
+    assert bootstrap_mean_bound(z, 0.95, True, adverse=100, pairs=pairs) == pytest.approx(
+        bootstrap_mean_bound(z, 0.95, True, adverse=100), rel=0.2)
+    with pytest.raises(UserError, match="pairs"):
+        bootstrap_mean_bound(v, 0.95, True, pairs=pairs[:10])

@@ -65,10 +65,11 @@ def _loaded(path: str | Path, model: Optional[str], input_size: Optional[Sequenc
 
 def verify(path: str | Path, data: str, model: Optional[str] = None, input_size: Optional[Sequence[int]] = None,
            metric: str = "lfw_acc", batch_size: int = 64, seed: int = 0, flip: bool = False,
-           from_data_parallel: bool = False, trust: bool = False) -> Dict[str, float]:
-    """Verification metrics of one checkpoint on ``data`` (all pairs) plus its params and MACs."""
+           from_data_parallel: bool = False, trust: bool = False, subjects: Optional[str] = None) -> Dict[str, float]:
+    """Verification metrics of one checkpoint on ``data`` (all pairs; identity folders: of ``subjects``) plus its
+    params and MACs."""
     net, size = _loaded(path, model, input_size, from_data_parallel, trust)
-    setup = face_setup(data, size, metric=metric, batch_size=batch_size, seed=seed, flip=flip)
+    setup = face_setup(data, size, metric=metric, batch_size=batch_size, seed=seed, flip=flip, subjects=subjects)
     return {**setup.evaluate(net), **params_and_macs(net, example_input(size))}
 
 
@@ -116,7 +117,8 @@ def report(labelled: Sequence[Tuple[str, str]], data: str, json_path: Optional[s
     rows = [(label, verify(path, data, **load_kw, **verify_kw)) for label, path in labelled]
     add_latency(rows, [path for _, path in labelled], **load_kw)
     if json_path:
-        atomic_write_json(json_path, {"data": data, "threads": torch.get_num_threads(),
+        atomic_write_json(json_path, {"data": data, "subjects": verify_kw.get("subjects"),
+                                      "threads": torch.get_num_threads(),
                                       "rows": [{"stage": label, **m} for label, m in rows]}, force=force)
     return rows
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--flip", action="store_true", help="flip test-time augmentation")
     r.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
     r.add_argument("--seed", type=int, default=0, help="seed of the pair list (default 0)")
+    r.add_argument("--subjects", default=None,
+                   help="identity folders: the identities to pair (orl: default s31..s40), e.g. the report part "
+                        "of a target-true split")
     add_threads_arg(r)
     r.add_argument("--trust_checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (can run code: only your own files)")
@@ -66,8 +69,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     rows = report(labelled, args.data, args.json, args.force, model=args.model,
                   input_size=size(args.input_size, args.model), metric=args.metric,
                   batch_size=args.batch_size, seed=args.seed, flip=args.flip,
-                  from_data_parallel=args.from_data_parallel, trust=args.trust_checkpoint)
-    print(f"{args.data}, {torch.get_num_threads()} torch thread(s); latency: one image")
+                  from_data_parallel=args.from_data_parallel, trust=args.trust_checkpoint, subjects=args.subjects)
+    print(f"{args.data}{' ' + args.subjects if args.subjects else ''}, {torch.get_num_threads()} torch thread(s); "
+          "latency: one image")
     print(format_table(rows))
 
 

@@ -55,6 +55,7 @@ class Measurement:
     value: float
     per_sample: np.ndarray
     n: int
+    pairs: Optional[np.ndarray] = None   # [n, 2] image indices when each sample is a pair of images (faces)
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -82,25 +83,46 @@ def classifier_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
 
 
 def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_boot: int = 2000,
-                         seed: int = 0, adverse: Optional[float] = None) -> float:
+                         seed: int = 0, adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None
+                         ) -> float:
     """One-sided percentile-bootstrap bound of the mean of ``values`` (upper or lower) at ``confidence``.
 
     ``adverse``: one pseudo-sample with this value is added first (e.g. one lost image), so that a split on
     which nothing changed does not claim a zero-width interval (the bootstrap's blind spot with few samples;
-    in the spirit of the rule of three)."""
+    in the spirit of the rule of three).
+
+    ``pairs`` ([n, 2] image indices): the samples are pairs of images that share images (face verification), so
+    the *images* are resampled (the pigeonhole bootstrap of dyadic data): a pair's weight is the product of its two
+    images' multiplicities. Resampling pairs as if independent would understate the spread."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise UserError("bootstrap: no samples")
-    if adverse is not None:
-        v = np.append(v, adverse)
-    if np.all(v == v[0]):
-        return float(v[0])
+    if pairs is not None and len(pairs) != v.size:
+        raise UserError(f"bootstrap: {v.size} samples but {len(pairs)} pairs")
+    probe = v if adverse is None else np.append(v, adverse)
+    if np.all(probe == probe[0]):
+        return float(probe[0])
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // v.size)
-    for i in range(0, n_boot, chunk):
-        j = min(n_boot, i + chunk)
-        means[i:j] = v[rng.integers(0, v.size, size=(j - i, v.size))].mean(axis=1)
+    if pairs is None:
+        if adverse is not None:
+            v = np.append(v, adverse)
+        chunk = max(1, 2_000_000 // v.size)
+        for i in range(0, n_boot, chunk):
+            j = min(n_boot, i + chunk)
+            means[i:j] = v[rng.integers(0, v.size, size=(j - i, v.size))].mean(axis=1)
+    else:
+        used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
+        idx = idx.reshape(-1, 2)
+        extra = 0.0 if adverse is None else float(adverse)
+        chunk = max(1, 2_000_000 // max(v.size, used.size))
+        for i in range(0, n_boot, chunk):
+            j = min(n_boot, i + chunk)
+            m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
+            w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
+            # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
+            wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
+            means[i:j] = ((w * v).sum(axis=1) + wa * extra) / np.maximum(w.sum(axis=1) + wa, 1e-12)
     q = confidence if upper else 1.0 - confidence
     return float(np.quantile(means, q))
 
@@ -304,10 +326,10 @@ class ComposedChecker:
             if len(base.per_sample) != len(m.per_sample):
                 raise UserError("target-true: the check evaluation returned a different number of samples")
             hi = bootstrap_mean_bound(base.per_sample - m.per_sample, cfg.decision_confidence(), True, cfg.n_boot,
-                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None)
+                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=m.pairs)
             return hi, hi <= cfg.drop + 1e-9
         lo = bootstrap_mean_bound(m.per_sample, cfg.decision_confidence(), False, cfg.n_boot, cfg.seed,
-                                  adverse=0.0 if cfg.pseudo_sample else None)
+                                  adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs)
         return lo, lo >= float(cfg.target) - 1e-9
 
 
@@ -368,7 +390,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     if cfg.drop is not None:
         # the smallest bound any schedule that changes no check outcome can get
         floor = bootstrap_mean_bound(np.zeros(base.n), cfg.decision_confidence(), True, cfg.n_boot, cfg.seed,
-                                     adverse=cfg.adverse if cfg.pseudo_sample else None)
+                                     adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
     if not resolvable:
@@ -425,9 +447,10 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         rep_base, rep, rep_n = rb.value, rm.value, rm.n
         if cfg.drop is not None:
             rep_bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot,
-                                             cfg.seed)
+                                             cfg.seed, pairs=rm.pairs)
         else:
-            rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed)
+            rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed,
+                                             pairs=rm.pairs)
     full = chk.cost(model)
     per_layer = [{"layer": layer, "sparsity": best.sparsities[layer],
                   "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(best.sparsities[layer],
