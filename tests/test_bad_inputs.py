@@ -405,13 +405,32 @@ AMY_CASES = {
     "flops_negative": ["sa.csv", "--flops", "-5", "--model", "digits_net", "--best_model_path", "digits_net.pth"],
     "flops_nan": ["sa.csv", "--flops", "nan", "--model", "digits_net", "--best_model_path", "digits_net.pth"],
     "flops_unknown_model": ["sa.csv", "--flops", "0.5", "--model", "nonet", "--best_model_path", "digits_net.pth"],
+    "tt_subject_split_on_classifier_data": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                            "digits_net.pth", "--data", "digits", "--split", "s1..s2/s3..s4/s5..s6"],
+    "tt_overlapping_subject_split": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                     "digits_net.pth", "--data", "orl:faces", "--split", "s1..s3/s3..s4/s5..s6"],
+    "tt_face_metric_not_per_sample": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                      "digits_net.pth", "--data", "identity_folders:faces", "--split", "2,2,2",
+                                      "--metric", "auc"],
+    "tt_classifier_metric_on_faces_csv": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                          "digits_net.pth", "--data", "digits", "--metric", "lfw_acc"],
 }
+AMY_SAYS = {"tt_subject_split_on_classifier_data": "identity-folder", "tt_overlapping_subject_split": "in both",
+            "tt_face_metric_not_per_sample": "lfw_acc, tpr@fpr", "tt_classifier_metric_on_faces_csv": "measure top1"}
 
 
 @pytest.mark.parametrize("case", sorted(AMY_CASES))
 def test_auto_make_yaml_refuses(case, sb, capsys):
     nan_baseline_csv(sb / "nanbase.csv")
-    refused(_amy(), AMY_CASES[case], capsys, sb)
+    from PIL import Image
+
+    for i in range(6):                      # identity folders: 6 identities of 3 tiny images
+        (sb / "faces" / f"s{i + 1}").mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((16, 16), 40 * i + 10 * k, dtype=np.uint8)).save(sb / "faces" / f"s{i + 1}" /
+                                                                                   f"{k}.png")
+    line = refused(_amy(), AMY_CASES[case], capsys, sb)
+    assert AMY_SAYS.get(case, "") in line
 
 
 def test_auto_make_yaml_readonly_output(sb, capsys, readonly):
