@@ -106,7 +106,7 @@ def evaluators(name: str, model, size, split):
 
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
-            multiple_testing: str = "none") -> List[Dict[str, object]]:
+            multiple_testing: str = "none", confirm: float = 0.0) -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -157,6 +157,25 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
     rows[-1]["check_bound"] = round(r.check_bound, 2)
     rows[-1]["check"] = round(r.check, 2)
     rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
+    if confirm:   # the same search on (1 - confirm) of check, its winner re-tested on the rest
+        from compression_tool.apps.target_true import confirm_halves
+        from compression_tool.engine.target_true import Measurement
+
+        keep, held = (v.numpy() for v in confirm_halves(n_parts["check"], confirm, seed))
+
+        def part(idx):
+            def evaluate(m):
+                full = ev["check"](m)
+                pairs = full.pairs[idx] if full.pairs is not None else None
+                return Measurement(float(full.per_sample[idx].mean()), full.per_sample[idx], len(idx), pairs)
+            return evaluate
+        t = time.perf_counter()
+        rc = target_true_schedule(model, x, crit, table, part(keep), None, calib,
+                                  TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
+                                                   max_evals=max_evals, adverse=adverse),
+                                  confirm_eval=part(held))
+        row(f"target-true, confirm {confirm:g}", rc.sparsities, time.perf_counter() - t, rc.adabn)
+        rows[-1]["confirm"] = rc.confirm
     return rows
 
 
@@ -178,6 +197,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--max_evals", type=int, default=60, help="composed models per search (NNI-style and ours)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bonferroni", action="store_true", help="target-true with multiple_testing='bonferroni'")
+    p.add_argument("--confirm", type=float, default=0.0,
+                   help="also run target-true with this fraction of check held back to confirm the winner")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
                    help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
     p.add_argument("--work", default="work_space/bench_target_true")
@@ -194,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             train_default(Path(MODELS[name]["ckpt"]))
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
-                            "bonferroni" if args.bonferroni else "none")
+                            "bonferroni" if args.bonferroni else "none", args.confirm)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

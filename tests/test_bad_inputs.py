@@ -414,8 +414,11 @@ AMY_CASES = {
                                       "--metric", "auc"],
     "tt_classifier_metric_on_faces_csv": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
                                           "digits_net.pth", "--data", "digits", "--metric", "lfw_acc"],
+    "tt_confirm_out_of_range": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                "digits_net.pth", "--data", "digits", "--confirm", "1.5"],
 }
-AMY_SAYS = {"tt_subject_split_on_classifier_data": "identity-folder", "tt_overlapping_subject_split": "in both",
+AMY_SAYS = {"tt_confirm_out_of_range": "--confirm", "tt_subject_split_on_classifier_data": "identity-folder",
+            "tt_overlapping_subject_split": "in both",
             "tt_face_metric_not_per_sample": "lfw_acc, tpr@fpr", "tt_classifier_metric_on_faces_csv": "measure top1"}
 
 

@@ -162,6 +162,29 @@ def test_drop_finer_than_the_check_split_is_said_and_prunes_nothing():
     assert not r.resolvable and not any(r.sparsities.values()) and r.evals == 0
 
 
+def test_confirm_split_retests_the_winner():
+    """A confirm split that agrees keeps the winner; one on which every pruned model fails (here: labels flipped
+    for the images pruning changes) leaves nothing pruned, after at most confirm_tries candidates."""
+    model, x, y = toy_problem(900, seed=3)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
+    table = sensitivity_table(model, *parts["sa"])
+    crit = make_criterion("l1")
+    check = classifier_evaluator(*parts["check"])
+    cfg = TargetTrueConfig(drop=6.0, bn_recalib_batches=0, max_evals=15, confirm_tries=3)
+    r = target_true_schedule(model, x[:1], crit, table, check, None, [], cfg, progress=False,
+                             confirm_eval=classifier_evaluator(*parts["report"]))
+    assert r.confirm["passed"] and r.confirm["tries"] >= 1 and any(r.sparsities.values())
+
+    def hostile(m):                       # every pruned model loses all its images on the confirm split
+        got = check(m)
+        if m is model:
+            return got
+        return type(got)(0.0, np.zeros_like(got.per_sample), got.n)
+    r2 = target_true_schedule(model, x[:1], crit, table, check, None, [], cfg, progress=False, confirm_eval=hostile)
+    assert not r2.confirm["passed"] and 1 <= r2.confirm["tries"] <= 3 and not any(r2.sparsities.values())
+    assert r2.macs == r2.base_macs
+
+
 def test_bonferroni_is_stricter():
     cfg = TargetTrueConfig(drop=1.0, max_evals=50, multiple_testing="bonferroni")
     assert cfg.decision_confidence() == pytest.approx(0.999)

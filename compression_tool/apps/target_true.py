@@ -111,6 +111,7 @@ class TargetTrueJob:
     multiple_testing: str = "none"
     trust: bool = False
     face: FaceOptions = field(default_factory=FaceOptions)
+    confirm: float = 0.0        # fraction of the check split held back to confirm the winner (0: off)
     latency: Optional[LatencySettings] = None   # resource 'latency' predicts candidates' latency with these
 
 
@@ -197,20 +198,44 @@ def one_image_note(n: int, drop: Optional[float], confidence: float, adverse: fl
     return None
 
 
+def confirm_halves(n: int, confirm: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (search, confirm) index sets of the check split; ``confirm`` is the confirm part's fraction."""
+    if not 0.0 < confirm < 1.0:
+        raise UserError(f"--confirm: expected the fraction of the check split to hold back, in (0, 1), got {confirm}")
+    k = int(round(confirm * n))
+    if k < 1 or k >= n:
+        raise UserError(f"--confirm {confirm:g}: a {n}-sample check split leaves no samples on one side")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
 def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[int], metric: str,
-                     model_mean=None, model_std=None) -> Tuple[Evaluator, Evaluator, torch.Tensor]:
-    """(check evaluator, report evaluator, SA images) for the job's data; ``model`` is the unpruned reference."""
+                     model_mean=None, model_std=None
+                     ) -> Tuple[Evaluator, Evaluator, torch.Tensor, Optional[Evaluator]]:
+    """(check evaluator, report evaluator, SA images, confirm evaluator or None) for the job's data; ``model`` is the
+    unpruned reference."""
     if parse_data_spec(job.data).is_face:
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
         parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face)
-        evals = [pair_evaluator(parts[p], metric, job.face.folds, job.face.flip, model, job.batch_size)
-                 for p in ("check", "report")]
-        return evals[0], evals[1], parts["sa"].images
+        check = {"check": parts["check"]}
+        if job.confirm:
+            keep, held = confirm_halves(len(parts["check"]), job.confirm, job.split.seed)
+            check = {"check": parts["check"].select(keep), "confirm": parts["check"].select(held)}
+
+        def ev(ps):
+            return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size)
+        return (ev(check["check"]), ev(parts["report"]), parts["sa"].images,
+                ev(check["confirm"]) if "confirm" in check else None)
     if metric != "top1":
         raise UserError(f"--metric {metric}: target-true schedules on classifier data measure top1")
     parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, model_mean, model_std)
-    return classifier_evaluator(*parts["check"]), classifier_evaluator(*parts["report"]), parts["sa"][0]
+    x, y = parts["check"]
+    confirm = None
+    if job.confirm:
+        keep, held = confirm_halves(len(y), job.confirm, job.split.seed)
+        x, y, confirm = x[keep], y[keep], classifier_evaluator(x[held], y[held])
+    return classifier_evaluator(x, y), classifier_evaluator(*parts["report"]), parts["sa"][0], confirm
 
 
 def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
@@ -227,7 +252,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     metrics, table = load_csv(job.csv)
     metric = job.metric or metrics[0]
     x = example_input(input_size)
-    check_eval, report_eval, xs = split_evaluators(job, model, input_size, metric, spec.mean, spec.std)
+    check_eval, report_eval, xs, confirm_eval = split_evaluators(job, model, input_size, metric, spec.mean, spec.std)
     calib = calibration_batches(job.data, input_size, xs, job.bn_recalib, job.batch_size, job.data_seed)
     crit = make_criterion(job.method, limit=5, cache_dir=str(Path(job.work_space) / "rank_conv"), tag=arch,
                           seed=job.data_seed)
@@ -247,13 +272,13 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     if job.resource == "latency" and latency is None:
         latency = LatencySettings().model_for(model, input_size)
     result = target_true_schedule(model, x, crit, table, check_eval, report_eval, calib, cfg, ignore=job.ignore,
-                                  latency=latency)
+                                  latency=latency, confirm_eval=confirm_eval)
     # measured, side by side at batch 1 on the CPU (the per-layer latency model, when given, predicted the search's)
     measured = interleaved_latency([model, result.model], x) if result.model is not None else None
     doc = build_schedule(result.sparsities, job.method, arch, job.data.split(":")[0], input_size)
     doc["extensions"]["target_true"] = {
         "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
-        "multiple_testing": job.multiple_testing,
+        "multiple_testing": job.multiple_testing, "confirm": job.confirm or None,
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
         "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),

@@ -96,6 +96,10 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bonferroni", action="store_true",
                    help="test every candidate at 1 - (1 - confidence) / max_evals: guards against picking a lucky "
                         "pass among many candidates (needs a larger check split)")
+    g.add_argument("--confirm", type=float, default=0.0,
+                   help="hold back this fraction of the check split (e.g. 0.5) and re-test the search's winner there: "
+                        "guards against the winner's curse of keeping one lucky pass among many candidates, at the "
+                        "cost of check resolution (0: off)")
     g.add_argument("--resource", choices=("macs", "params", "latency"), default="macs",
                    help="what to reduce; latency: predicted from per-layer tables measured on --latency_runtime "
                         "(--latency_threads, --latency_batch; cached in --latency_dir)")
@@ -161,6 +165,9 @@ def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{name}: expected a finite number >= 0, got {v}")
     if not 0.5 <= args.confidence < 1.0:
         raise UserError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    if not 0.0 <= args.confirm < 1.0:      # also NaN
+        raise UserError(f"--confirm: expected the fraction of the check split to hold back, in [0, 1), got "
+                        f"{args.confirm}")
     if args.model:
         model_spec(args.model)
     return args
@@ -183,7 +190,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
                         multiple_testing="bonferroni" if args.bonferroni else "none",
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
-                        latency=latency)
+                        latency=latency, confirm=args.confirm)
     result, out, report = run_target_true(job)
     print(format_result(result))
     print(f"schedule report: {report}")

@@ -146,6 +146,7 @@ class TargetTrueConfig:
     greedy: bool = True
     layer_report: bool = True            # also measure the composed model layer by layer (check and report)
     multiple_testing: str = "none"       # none | bonferroni (see decision_confidence)
+    confirm_tries: int = 5               # with a confirm split: passing candidates tried there, largest cut first
 
     def decision_confidence(self) -> float:
         """The per-candidate level: ``confidence``, or Bonferroni over the ``max_evals`` candidates the search may
@@ -216,6 +217,7 @@ class TargetTrueResult:
     latency: Optional[float] = None      # predicted ms of the schedule / the unpruned model (latency model given)
     base_latency: Optional[float] = None
     model: Optional[nn.Module] = field(default=None, repr=False)   # the thinned (AdaBN'd) model; not serialised
+    confirm: Optional[Dict[str, object]] = None   # confirm split: {n, value, unpruned, bound, tries, passed}
 
     @property
     def reduction(self) -> float:
@@ -345,12 +347,17 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                          table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
                          check_eval: Evaluator, report_eval: Optional[Evaluator], calib_batches: Sequence,
                          cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True,
-                         latency: Optional[LatencyModel] = None) -> TargetTrueResult:
+                         latency: Optional[LatencyModel] = None, confirm_eval: Optional[Evaluator] = None
+                         ) -> TargetTrueResult:
     """Search the schedule (see the module doc). ``table`` is the sensitivity CSV as
     ``compression_tool.engine.sensitivity.load_csv``
     returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
     ``calib_batches`` are input batches from the training side for BN re-estimation; ``latency`` predicts each
-    candidate's latency (needed for ``resource='latency'``). ``model`` is not changed."""
+    candidate's latency (needed for ``resource='latency'``). ``confirm_eval`` (a part of the check data the search
+    never saw): the winner is re-tested there with the same decision rule — the search keeps one candidate among many
+    that passed, so its check margin is optimistic (the winner's curse); when it fails, the next passing candidates
+    (largest reduction first, ``confirm_tries`` in all) are tried, else nothing is pruned. ``model`` is not
+    changed."""
     cfg.validate()
     if cfg.resource == "latency" and latency is None:
         raise UserError("target-true: a latency reduction needs a latency model (auto_make_yaml.py --resource "
@@ -437,6 +444,9 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                     failed.add((layer, s))
     bar.close()
     search_evals = chk.evals
+    confirmed = None
+    if confirm_eval is not None and resolvable:
+        best, confirmed = _confirm(chk, model, best, trace, t_zero, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base)
     rep_base = rep = rep_bound = None
@@ -474,7 +484,26 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_params=full["params"], resource=cfg.resource, adabn=chk.adabn_for(best.sparsities), check_n=base.n,
         report_n=rep_n, evals=search_evals,
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
-        base_latency=full.get("latency"), model=final)
+        base_latency=full.get("latency"), model=final, confirm=confirmed)
+
+
+def _confirm(chk: ComposedChecker, model: nn.Module, best: Trial, trace: Sequence[Trial], zero: Trial,
+             confirm_eval: Evaluator, cfg: TargetTrueConfig) -> Tuple[Trial, Dict[str, object]]:
+    """Re-test passing candidates on the confirm split (largest reduction first); the first that passes wins."""
+    base = confirm_eval(model)
+    passing = sorted({tuple(sorted(t.sparsities.items())): t for t in [best, *trace] if t.passed}.values(),
+                     key=lambda t: getattr(t, cfg.resource))
+    info: Dict[str, object] = {"n": base.n, "unpruned": base.value, "tries": 0, "passed": False}
+    for t in passing[:cfg.confirm_tries]:
+        if t.sparsities == zero.sparsities:
+            break
+        m = confirm_eval(chk.build(t.sparsities))
+        b, ok = chk.bound(m, base)
+        info.update(tries=int(info["tries"]) + 1, value=m.value, bound=b, passed=ok)
+        if ok:
+            return t, info
+    log.warning("target-true: no passing candidate held on the confirm split; nothing is pruned")
+    return zero, info
 
 
 def composed_metric(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
@@ -506,6 +535,12 @@ def format_result(r: TargetTrueResult) -> str:
         lines.append(f"  BN statistics: {adabn}")
     bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
     lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f})")
+    if r.confirm is not None:
+        c = r.confirm
+        lines.append(f"  confirm split ({c['n']} samples): " + (
+            f"{c['value']:.2f} (unpruned {c['unpruned']:.2f}; {bound} {c['bound']:.2f}) after {c['tries']} "
+            f"candidate(s): {'held' if c['passed'] else 'none held: nothing pruned'}" if c["tries"] else
+            "nothing to confirm"))
     if r.report is not None:
         lines.append(f"  composed on report: {r.report:.2f} (unpruned {r.report_baseline:.2f}; {bound} "
                      f"{r.report_bound:.2f}) -> promise kept within 0.5 pt: {'yes' if r.promised() else 'NO'}")
