@@ -64,7 +64,7 @@ class SensitivityConfig:
     use_cache: bool = True
     force: bool = False                             # start the CSV afresh instead of resuming it
     ci: bool = False                                # Wilson confidence-interval columns after Distiller's
-    workers: int = 1                                # > 1: one process per group task (apps.sensitivity_pool)
+    workers: int = 1                                # > 1: one worker per group task (apps.sensitivity_pool)
     pool: str = "process"                           # workers' backend: process (local) | ray (optional extra)
 
 
@@ -251,11 +251,9 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
              cfg.criterion.name, out)
     pool = None
     if cfg.workers > 1:
-        from compression_tool.apps.sensitivity_pool import process_pool, ray_pool
+        from compression_tool.apps.sensitivity_pool import group_pool
 
-        if cfg.pool not in ("process", "ray"):
-            raise UserError(f"--pool {cfg.pool}: expected process or ray")
-        pool = (ray_pool if cfg.pool == "ray" else process_pool)(cfg, cfg.workers)
+        pool = group_pool(cfg, cfg.workers, cfg.pool)
     sweep(model, index, crit, evaluate, out, cfg.sparsities, names, use_cache=cfg.use_cache, meta=run_meta,
           force=cfg.force, pool=pool)
     return out
