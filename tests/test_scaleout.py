@@ -313,3 +313,72 @@ def test_sa_with_a_worker_killed_mid_run_writes_the_serial_csv(trained_digits, t
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "killed").exists()                              # the worker did die
     assert (tmp_path / "two.csv").read_bytes() == serial
+
+
+# ------------------------------------------------------------------ the search's populations on the pool
+
+@pytest.mark.parametrize("algo", ["ga", "pso", "aco", "abc"])
+def test_search_on_two_workers_is_the_serial_search(trained_digits, tmp_path, monkeypatch, capsys, algo):
+    """The same seed gives the same schedule and the same printed candidates with --workers 2 (1 thread each) as in
+    one process (1 thread); a worker is killed once on the way (its candidates re-run), which also proves the
+    workers did evaluate."""
+    from compression_tool.apps.worker_pool import KILL_HOOK
+    from compression_tool.cli import pruning
+
+    def search(out: Path, *extra: str) -> str:
+        pruning.main(["--mode", "search", "--model", "digits_net", "--best_model_path", str(trained_digits),
+                      "--algo", algo, "--flops", "0.5", "--population", "4", "--iterations", "2", "--eval_batches",
+                      "1", "--search_batches", "1", "--output", str(out), *extra])
+        return capsys.readouterr().out.replace(str(out), "OUT")
+
+    serial = search(tmp_path / "serial.yaml", "--threads", "1")
+    monkeypatch.setenv(KILL_HOOK, f"1:{tmp_path / 'killed'}")
+    pooled = search(tmp_path / "pooled.yaml", "--threads", "2", "--workers", "2")
+    assert (tmp_path / "killed").exists()
+    assert pooled == serial and "best_candidates_prune=[" in serial
+    assert (tmp_path / "pooled.yaml").read_bytes() == (tmp_path / "serial.yaml").read_bytes()
+
+
+# ------------------------------------------------------------------ workers start from the decoded subset
+
+def _image_folder(root: Path, classes: int = 4, per_class: int = 10) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / f"c{c}" / f"{k}.png")
+    return root
+
+
+def test_only_the_eval_subset_is_decoded_and_workers_reuse_it(tmp_path, monkeypatch):
+    """--eval_batches 2 x 8 of a 40-image folder: 16 images read (not 40), the very subset a full read then cut
+    gives; the workers' config carries those tensors in shared memory and builds its evaluation without the folder."""
+    from compression_tool.apps.workflow import shared_eval
+    from compression_tool.data import imagefolder
+    from compression_tool.data.spec import classifier_tensors
+    from test_module.setup import EvalConfig, build_setup
+
+    folder = _image_folder(tmp_path / "imgs")
+    reads = []
+    real = imagefolder.read_image
+    monkeypatch.setattr(imagefolder, "read_image", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    cfg = EvalConfig(data=f"image_folder:{folder}", eval_batches=2, batch_size=8, seed=3)
+    setup = build_setup(cfg, "classifier", (1, 8, 8))
+    assert len(reads) == 16
+    x, y = classifier_tensors(cfg.data, (1, 8, 8))                     # the whole folder, then cut
+    pick = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16].sort().values
+    assert torch.equal(setup.decoded.y, y[pick]) and torch.equal(setup.decoded.x, x[pick])
+    assert setup.num_classes == 4
+
+    shared = shared_eval(cfg, setup)
+    assert shared.preloaded.x.is_shared() and shared.preloaded.y.is_shared()
+    import shutil
+
+    shutil.rmtree(folder)
+    reads.clear()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    again = build_setup(shared, "classifier", (1, 8, 8))
+    assert reads == [] and again.num_classes == 4 and again.evaluate(model) == setup.evaluate(model)

@@ -28,9 +28,10 @@ def _init(cfg: Any, threads: int) -> None:
     device = resolve_device(cfg.eval.device)
     model, meta = load_source(cfg.source)
     model.to(device)
-    index, crit, names, evaluate = sweep_parts(cfg, model, meta, device)
-    _STATE = {"groups": {g.name: g for g in index.groups},
-              "measurer": GroupMeasurer(model, index, crit, evaluate, names, cfg.use_cache)}
+    parts = sweep_parts(cfg, model, meta, device)
+    _STATE = {"groups": {g.name: g for g in parts.index.groups},
+              "measurer": GroupMeasurer(model, parts.index, parts.criterion, parts.evaluate, parts.names,
+                                        cfg.use_cache)}
 
 
 def _task(name: str, levels: List[float]) -> List[Dict[str, float]]:
