@@ -240,7 +240,7 @@ def _has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-@pytest.mark.skipif(not _has_ray(), reason="the optional extra: pip install .[ray]")
+@pytest.mark.skipif(not _has_ray(), reason="ray is not installed (pip install -e .[dev] brings it)")
 def test_sa_on_ray_actors_writes_the_serial_csv(trained_digits, tmp_path):
     serial = _sa(trained_digits, tmp_path / "serial.csv", "--sparsities", "0,0.5,0.9")
     cmd = [sys.executable, str(ROOT / "pruning.py"), "--mode", "sa", "--model", "digits_net", "--best_model_path",
@@ -250,6 +250,14 @@ def test_sa_on_ray_actors_writes_the_serial_csv(trained_digits, tmp_path):
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "ray.csv").read_bytes() == serial
+
+
+def test_the_readme_install_brings_ray():
+    """``pip install -e ".[dev]"`` (the README's first command) installs Ray; ``.[ray]`` stays an alias."""
+    tomllib = pytest.importorskip("tomllib")                             # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("ray") for r in extras["dev"]) and any(r.startswith("ray") for r in extras["ray"])
 
 
 def test_the_default_run_never_imports_ray(digits_ckpt, tmp_path):
