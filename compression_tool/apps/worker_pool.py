@@ -143,8 +143,9 @@ class WorkerPool:
         self._executor = None
         self.restarts += 1
         if self.restarts > self.retries:
-            raise UserError(f"--workers: a worker process died {self.restarts} times (the last time with task(s) "
-                            f"{unfinished[:5]} unfinished); giving up. Out of memory? Try fewer --workers")
+            raise UserError(f"--workers: a worker process died (or failed to start) {self.restarts} times (the last "
+                            f"time with task(s) {unfinished[:5]} unfinished); giving up. Out of memory? Try fewer "
+                            "--workers")
         log.warning("a worker process died; restarting the pool and re-running %d unfinished task(s) (restart %d "
                     "of at most %d)", len(unfinished), self.restarts, self.retries)
 
