@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from compression_tool.data.pairs import PairSet
-from compression_tool.data.spec import FACE_KINDS, classifier_tensors, parse_data_spec
+from compression_tool.data.spec import FACE_KINDS, LabelledSubset, classifier_subset, parse_data_spec
 from compression_tool.io.errors import UserError
 from test_module.fidelity import FIDELITY_METRICS, fidelity
 
@@ -31,6 +31,7 @@ class EvalSetup:
     batches: Callable[[], Iterable[torch.Tensor]]   # input batches for data-driven criteria (hrank…)
     dataset: str
     num_classes: Optional[int] = None               # classifier data: highest label + 1
+    decoded: "LabelledSubset | PairSet | None" = None  # the evaluation data as decoded (handed to --workers)
 
 
 @dataclass
@@ -52,37 +53,41 @@ class EvalConfig:
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
     device: str = "cpu"                       # cpu | cuda | cuda:N | auto: where the model runs (batches follow it)
+    preloaded: "LabelledSubset | PairSet | None" = None   # the subset already decoded (--workers: the main
+    #                                           process's, in shared memory); used instead of reading the data
 
 
 def classifier_setup(spec: str, input_size: Sequence[int], batch_size: int = 64,
                      eval_batches: Optional[int] = None, seed: int = 0, mean=None, std=None,
-                     model_mean=None, model_std=None) -> EvalSetup:
+                     model_mean=None, model_std=None, preloaded: Optional[LabelledSubset] = None) -> EvalSetup:
+    """Top-1/top-5/loss on the test split or its seeded subset (``preloaded``: that subset as already decoded)."""
     from test_module.classification import evaluate_classifier
 
-    x, y = classifier_tensors(spec, input_size, "test", seed, mean, std, model_mean, model_std)
-    num_classes = int(y.max()) + 1 if len(y) else None
-    if eval_batches and eval_batches * batch_size < len(y):
-        # a seeded random subset: image folders come sorted by class, so a prefix would be one class
-        pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
-        x, y = x[pick.sort().values], y[pick.sort().values]
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+    data = preloaded or classifier_subset(spec, input_size, eval_batches * batch_size if eval_batches else None,
+                                          seed, mean, std, model_mean, model_std)
+    loader = DataLoader(TensorDataset(data.x, data.y), batch_size=batch_size, shuffle=False)
     return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
-                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0], num_classes=num_classes)
+                     batches=lambda: (b for b, _ in loader), dataset=spec.split(":")[0], num_classes=data.num_classes,
+                     decoded=data)
 
 
 def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", batch_size: int = 64,
                eval_batches: Optional[int] = None, seed: int = 0, test_root: Optional[str] = None,
                folds: int = 10, flip: bool = False, bgr: bool = False,
-               reference: Optional[nn.Module] = None, subjects: Optional[str] = None) -> EvalSetup:
+               reference: Optional[nn.Module] = None, subjects: Optional[str] = None,
+               preloaded: Optional[PairSet] = None) -> EvalSetup:
     """Verification on pairs (``orl:``, ``lfw:``, ``pairs:``, ``bin:``, ``identity_folders:``); with ``metric``
     ``fidelity`` the ``reference`` model's embeddings of the same images are taken now, and every evaluation adds
     the cosine fidelity to them (first) to the verification metrics."""
     from compression_tool.data import readers
 
-    pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr,
-                                   subjects=subjects)
-    if eval_batches:
-        pairset = pairset.subset(eval_batches * batch_size, seed=seed)
+    if preloaded is not None:
+        pairset = preloaded
+    else:
+        pairset = readers.load_pairset(spec, input_size=tuple(input_size), seed=seed, test_root=test_root, bgr=bgr,
+                                       subjects=subjects)
+        if eval_batches:
+            pairset = pairset.subset(eval_batches * batch_size, seed=seed)
     return pair_setup(pairset, metric, batch_size, folds, flip, reference, spec.split(":")[0])
 
 
@@ -113,7 +118,7 @@ def pair_setup(pairset: PairSet, metric: str = "lfw_acc", batch_size: int = 64, 
     return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (pairset.images[i:i + batch_size]
                                       for i in range(0, len(pairset.images), batch_size)),
-                     dataset=dataset)
+                     dataset=dataset, decoded=pairset)
 
 
 def fidelity_setup(folder: str, input_size: Sequence[int], reference: Optional[nn.Module], batch_size: int = 64,
@@ -173,6 +178,6 @@ def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], m
                         f"({', '.join(k + ':…' for k in FACE_KINDS)})")
     if ds.is_face:
         return face_setup(cfg.data, input_size, cfg.metric, cfg.batch_size, cfg.eval_batches, cfg.seed,
-                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects)
+                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects, cfg.preloaded)
     return classifier_setup(cfg.data, input_size, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.mean, cfg.std,
-                            model_mean, model_std)
+                            model_mean, model_std, cfg.preloaded)

@@ -188,6 +188,9 @@ SA_CASES = {
     "output_is_foreign_text": ["--output", "notes.txt"],
     "output_is_latin1": ["--output", "latin1.csv"],
     "output_is_foreign_text_even_with_force": ["--output", "notes.txt", "--force"],
+    "workers_zero": ["--workers", "0"],
+    "workers_not_a_number": ["--workers", "two"],
+    "unknown_pool": ["--workers", "2", "--pool", "spark"],
 }
 
 
@@ -336,6 +339,9 @@ SEARCH_CASES = {
     "population_zero": ["--flops", "0.5", "--population", "0"],
     "max_ratio_nan": ["--flops", "0.5", "--max_ratio", "nan"],
     "output_exists": ["--flops", "0.5", "--output", "notes.txt"],
+    "workers_zero": ["--flops", "0.5", "--workers", "0"],
+    "workers_negative": ["--flops", "0.5", "--workers", "-2"],
+    "unknown_pool": ["--flops", "0.5", "--workers", "2", "--pool", "spark"],
 }
 
 
@@ -360,6 +366,7 @@ FINETUNE_CASES = {
     "bad_head": ["--head", "bogus"],
     "save_dir_is_a_file": ["--save_dir", "a_file"],
     "threads_zero": ["--threads", "0"],
+    "sync_bn_unknown": ["--sync_bn", "maybe"],
 }
 
 

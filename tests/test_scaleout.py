@@ -156,19 +156,20 @@ def trained_digits(tmp_path_factory) -> Path:
     return train_default(tmp_path_factory.mktemp("trained") / "digits_net.pth")
 
 
-@pytest.mark.parametrize("freeze_bn", [True, False])
-def test_torchrun_two_cpu_processes_match_one(trained_digits, tmp_path, freeze_bn):
-    """Two gloo processes, each on half of every batch. With --freeze_bn they are the single process's
-    computation (the gradient of the whole batch's mean loss): metrics within 0.1 point. With BN in training mode
-    each process normalises over its own half-batch (SyncBatchNorm needs CUDA), so the trajectories part slightly:
-    measured 0.28 point (one image of the 359) at step 10, equal at step 20 — allowed 1 point (docs/scaling.md)."""
-    extra = ["--max_iters", "20", "--eval_every", "10", *(["--freeze_bn"] if freeze_bn else [])]
+@pytest.mark.parametrize("freeze_bn,batch", [(True, 32), (False, 32), (False, 31)])
+def test_torchrun_two_cpu_processes_match_one(trained_digits, tmp_path, freeze_bn, batch):
+    """Two gloo processes, each on its share of every batch, are the single process's computation (the gradient of
+    the whole batch's mean loss): metrics within 0.1 point. With BN in training mode that holds because the BN
+    layers normalise over the whole batch (GlooSyncBatchNorm, --sync_bn on by default), also when the batch does
+    not split evenly (31 = 15 + 16: statistics weighted by the counts)."""
+    extra = ["--max_iters", "20", "--eval_every", "10", "--batch_size", str(batch),
+             *(["--freeze_bn"] if freeze_bn else [])]
     one = _evals(_train(trained_digits, tmp_path, "one", 1, *extra))
     two_log = _train(trained_digits, tmp_path, "two", 2, *extra)
     two = _evals(two_log)
     assert one.keys() == two.keys() == {10, 20}
     for step in one:
-        assert abs(one[step] - two[step]) <= (0.1 if freeze_bn else 1.0), (step, one, two)
+        assert abs(one[step] - two[step]) <= 0.1, (step, one, two)
     assert len(list((tmp_path / "two").iterdir())) == 1                # rank 0 alone wrote (one best checkpoint)
     assert two_log.count("checkpoint: ") == 1                           # and rank 0 alone reported
 
@@ -239,7 +240,7 @@ def _has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-@pytest.mark.skipif(not _has_ray(), reason="the optional extra: pip install .[ray]")
+@pytest.mark.skipif(not _has_ray(), reason="ray is not installed (pip install -e .[dev] brings it)")
 def test_sa_on_ray_actors_writes_the_serial_csv(trained_digits, tmp_path):
     serial = _sa(trained_digits, tmp_path / "serial.csv", "--sparsities", "0,0.5,0.9")
     cmd = [sys.executable, str(ROOT / "pruning.py"), "--mode", "sa", "--model", "digits_net", "--best_model_path",
@@ -251,6 +252,14 @@ def test_sa_on_ray_actors_writes_the_serial_csv(trained_digits, tmp_path):
     assert (tmp_path / "ray.csv").read_bytes() == serial
 
 
+def test_the_readme_install_brings_ray():
+    """``pip install -e ".[dev]"`` (the README's first command) installs Ray; ``.[ray]`` stays an alias."""
+    tomllib = pytest.importorskip("tomllib")                             # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("ray") for r in extras["dev"]) and any(r.startswith("ray") for r in extras["ray"])
+
+
 def test_the_default_run_never_imports_ray(digits_ckpt, tmp_path):
     code = ("import sys; from compression_tool.cli import pruning; "
             f"pruning.main(['--mode', 'sa', '--model', 'digits_net', '--best_model_path', {str(digits_ckpt)!r}, "
@@ -260,3 +269,125 @@ def test_the_default_run_never_imports_ray(digits_ckpt, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().endswith("NO_RAY")
+
+
+# ------------------------------------------------------------------ a worker killed mid-run
+
+def _square(v: int) -> int:
+    return v * v
+
+
+def _always_dies(v: int) -> int:
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return v
+
+
+def test_a_killed_process_worker_has_its_task_rerun_once(tmp_path, monkeypatch):
+    """SIGKILL breaks a ProcessPoolExecutor entirely; the pool is rebuilt and only the unfinished tasks rerun."""
+    from compression_tool.apps.worker_pool import KILL_HOOK, WorkerPool
+
+    monkeypatch.setenv(KILL_HOOK, f"3:{tmp_path / 'killed'}")
+    with WorkerPool(os.getpid, (), 2) as pool:
+        got = list(pool.run(_square, [(v,) for v in range(8)]))
+        assert pool.restarts == 1
+    assert (tmp_path / "killed").exists()
+    assert sorted(got) == [(i, i * i) for i in range(8)]            # each task once: nothing lost or duplicated
+
+
+def test_a_worker_that_keeps_dying_is_one_line(monkeypatch):
+    from compression_tool.apps.worker_pool import WorkerPool
+
+    with WorkerPool(os.getpid, (), 1, retries=1) as pool:
+        with pytest.raises(UserError, match=r"died \(or failed to start\) 2 times") as exc:
+            list(pool.run(_always_dies, [(1,)]))
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("backend", ["process", pytest.param("ray", marks=pytest.mark.skipif(
+    not _has_ray(), reason="ray is not installed"))])
+def test_sa_with_a_worker_killed_mid_run_writes_the_serial_csv(trained_digits, tmp_path, backend):
+    """The worker measuring the second group SIGKILLs itself once (a marker file makes the retry run normally): the
+    CSV is still the serial run's, byte for byte: no row lost, none twice."""
+    from compression_tool.apps.worker_pool import KILL_HOOK
+
+    levels = ["--sparsities", "0,0.3,0.6,0.9", "--method", "l1"]
+    serial = _sa(trained_digits, tmp_path / "serial.csv", *levels)
+    cmd = [sys.executable, str(ROOT / "pruning.py"), "--mode", "sa", "--model", "digits_net", "--best_model_path",
+           str(trained_digits), *SA_FAST, *levels, "--output", str(tmp_path / "two.csv"), "--workers", "2",
+           "--pool", backend]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), KILL_HOOK: f"1:{tmp_path / 'killed'}"}
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "killed").exists()                              # the worker did die
+    assert (tmp_path / "two.csv").read_bytes() == serial
+
+
+# ------------------------------------------------------------------ the search's populations on the pool
+
+@pytest.mark.parametrize("algo", ["ga", "pso", "aco", "abc"])
+def test_search_on_two_workers_is_the_serial_search(trained_digits, tmp_path, monkeypatch, capsys, algo):
+    """The same seed gives the same schedule and the same printed candidates with --workers 2 (1 thread each) as in
+    one process (1 thread); a worker is killed once on the way (its candidates re-run), which also proves the
+    workers did evaluate."""
+    from compression_tool.apps.worker_pool import KILL_HOOK
+    from compression_tool.cli import pruning
+
+    def search(out: Path, *extra: str) -> str:
+        pruning.main(["--mode", "search", "--model", "digits_net", "--best_model_path", str(trained_digits),
+                      "--algo", algo, "--flops", "0.5", "--population", "4", "--iterations", "2", "--eval_batches",
+                      "1", "--search_batches", "1", "--output", str(out), *extra])
+        return capsys.readouterr().out.replace(str(out), "OUT")
+
+    serial = search(tmp_path / "serial.yaml", "--threads", "1")
+    monkeypatch.setenv(KILL_HOOK, f"1:{tmp_path / 'killed'}")
+    pooled = search(tmp_path / "pooled.yaml", "--threads", "2", "--workers", "2")
+    assert (tmp_path / "killed").exists()
+    assert pooled == serial and "best_candidates_prune=[" in serial
+    assert (tmp_path / "pooled.yaml").read_bytes() == (tmp_path / "serial.yaml").read_bytes()
+
+
+# ------------------------------------------------------------------ workers start from the decoded subset
+
+def _image_folder(root: Path, classes: int = 4, per_class: int = 10) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / f"c{c}" / f"{k}.png")
+    return root
+
+
+def test_only_the_eval_subset_is_decoded_and_workers_reuse_it(tmp_path, monkeypatch):
+    """--eval_batches 2 x 8 of a 40-image folder: 16 images read (not 40), the very subset a full read then cut
+    gives; the workers' config carries those tensors in shared memory and builds its evaluation without the folder."""
+    from compression_tool.apps.workflow import shared_eval
+    from compression_tool.data import imagefolder
+    from compression_tool.data.spec import classifier_tensors
+    from test_module.setup import EvalConfig, build_setup
+
+    folder = _image_folder(tmp_path / "imgs")
+    reads = []
+    real = imagefolder.read_image
+    monkeypatch.setattr(imagefolder, "read_image", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    cfg = EvalConfig(data=f"image_folder:{folder}", eval_batches=2, batch_size=8, seed=3)
+    setup = build_setup(cfg, "classifier", (1, 8, 8))
+    assert len(reads) == 16
+    x, y = classifier_tensors(cfg.data, (1, 8, 8))                     # the whole folder, then cut
+    pick = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16].sort().values
+    assert torch.equal(setup.decoded.y, y[pick]) and torch.equal(setup.decoded.x, x[pick])
+    assert setup.num_classes == 4
+
+    shared = shared_eval(cfg, setup)
+    assert shared.preloaded.x.is_shared() and shared.preloaded.y.is_shared()
+    import shutil
+
+    shutil.rmtree(folder)
+    reads.clear()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    again = build_setup(shared, "classifier", (1, 8, 8))
+    assert reads == [] and again.num_classes == 4 and again.evaluate(model) == setup.evaluate(model)

@@ -53,6 +53,7 @@ class FinetuneConfig:
     distill: Optional[str] = None          # 'cosine' | 'mse' (needs a teacher)
     alpha: float = 1.0                     # weight of the distillation term
     freeze_bn: bool = False                # keep BN running statistics fixed (small fine-tuning sets)
+    sync_bn: bool = True                   # under torchrun: BN statistics over the whole batch, not each share
     eval_every: int = 0                    # iterations between evaluations; 0 = at the end of every epoch
     save_dir: Optional[str] = None         # where best_<metric>=<value>_step=<n>.pth go; None = no files
     force: bool = False                    # allow overwriting an existing checkpoint file
@@ -372,7 +373,7 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
               meta, resume, trust_resume, ddp) -> FinetuneResult:
     device = ddp.device if ddp is not None else resolve_device(cfg.device)
     optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device)
-    train_model, train_loss = ddp.wrap(model, loss_fn) if ddp is not None else (model, loss_fn)
+    train_model, train_loss = ddp.wrap(model, loss_fn, cfg.sync_bn) if ddp is not None else (model, loss_fn)
     if ddp is not None and not ddp.is_main:    # rank 0 alone writes checkpoints
         cfg = dataclasses.replace(cfg, save_dir=None, progress=False)
     keeper = _BestKeeper(cfg, meta, best)

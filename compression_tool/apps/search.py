@@ -9,14 +9,22 @@ schedule to ``yaml_file/<model>_search_<algo>_<flops>.yaml``, ready for ``prunin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch.nn as nn
 
-from compression_tool.apps.workflow import CriterionConfig, ModelSource, eval_setup, load_source, prepared_criterion
+from compression_tool.apps.worker_pool import check_pool_args
+from compression_tool.apps.workflow import (
+    CriterionConfig,
+    ModelSource,
+    eval_setup,
+    load_source,
+    prepared_criterion,
+    shared_eval,
+)
 from compression_tool.engine.checkpoint import example_input
 from compression_tool.engine.device import resolve_device
 from compression_tool.engine.groups import GroupIndex
@@ -53,6 +61,8 @@ class SearchConfig:
     output: Optional[str] = None                    # default yaml_file/<model>_search_<algo>_<budget>.yaml
     force: bool = False
     seed: int = 0
+    workers: int = 1                                # > 1: populations evaluated by N workers (apps.search_pool)
+    pool: str = "process"                           # workers' backend: process (local) | ray
 
 
 def schedule_ratio(pruned: int, channels: int) -> float:
@@ -117,6 +127,7 @@ def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
     for name, v in (("--population", cfg.population), ("--iterations", cfg.iterations)):
         if v < 1:
             raise UserError(f"{name} must be at least 1, got {v}")
+    check_pool_args(cfg.workers, cfg.pool)
     model, meta = load_source(cfg.source)
     model.to(device)
     name = meta["model"]
@@ -130,7 +141,15 @@ def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
                              high=cfg.max_ratio)
     log.info("searching %d groups with %s (population %d, %d iterations) for %s <= %.3g of the model",
              fitness.n_groups, cfg.algo, cfg.population, cfg.iterations, cfg.resource, cfg.fraction)
-    outcome = search(fitness, searcher, cfg.fraction)
+    if cfg.workers > 1:
+        from compression_tool.apps.search_pool import PlanPool
+
+        fitness.pool = PlanPool(replace(cfg, eval=shared_eval(cfg.eval, setup)), cfg.workers, cfg.pool)
+    try:
+        outcome = search(fitness, searcher, cfg.fraction)
+    finally:
+        if fitness.pool is not None:
+            fitness.pool.close()
     lines = outcome.lines(cfg.algo)
     doc = build_schedule({g.name: r for g, r in zip(fitness.groups, outcome.ratios())}, method, name, setup.dataset,
                          meta["input_size"])
@@ -143,10 +162,15 @@ def run_search(cfg: SearchConfig) -> Tuple[Path, List[str]]:
     return out, lines
 
 
+def calibration_batches(setup: EvalSetup, n: int) -> List:
+    """The first ``n`` batches of the evaluation data: each candidate's BN re-calibration set."""
+    return [b for _, b in zip(range(n), setup.batches())]
+
+
 def build_fitness(model: nn.Module, x, setup: EvalSetup, cfg: SearchConfig, tag: str) -> PruningFitness:
     index = GroupIndex(model, x, ignore=cfg.ignore, round_to=cfg.round_to)
     crit = prepared_criterion(cfg.criterion, model, index, setup, tag)
-    calib: List = [b for _, b in zip(range(cfg.search_batches), setup.batches())]
+    calib = calibration_batches(setup, cfg.search_batches)
     latency = None
     if cfg.resource == "latency_ms":
         from compression_tool.engine.latency import LatencyModel, LatencyTable

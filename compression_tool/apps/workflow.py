@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -64,7 +64,7 @@ class SensitivityConfig:
     use_cache: bool = True
     force: bool = False                             # start the CSV afresh instead of resuming it
     ci: bool = False                                # Wilson confidence-interval columns after Distiller's
-    workers: int = 1                                # > 1: one process per group task (apps.sensitivity_pool)
+    workers: int = 1                                # > 1: one worker per group task (apps.sensitivity_pool)
     pool: str = "process"                           # workers' backend: process (local) | ray (optional extra)
 
 
@@ -217,10 +217,18 @@ def sensitivity_meta(cfg: SensitivityConfig, meta: Dict[str, Any]) -> Dict[str, 
             **({"device": resolve_device(e.device).type} if resolve_device(e.device).type != "cpu" else {})}
 
 
-def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], device: torch.device
-                ) -> Tuple[GroupIndex, Criterion, List[str], Callable[[nn.Module], Dict[str, float]]]:
-    """What a sweep measures with: the groups, the prepared criterion, the metric names and ``evaluate`` (the same
-    in the main process and in every ``--workers`` process)."""
+@dataclass
+class SweepParts:
+    """What a sweep measures with (the same in the main process and in every ``--workers`` worker)."""
+    index: GroupIndex
+    criterion: Criterion
+    names: List[str]
+    evaluate: Callable[[nn.Module], Dict[str, float]]
+    setup: EvalSetup
+
+
+def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], device: torch.device) -> SweepParts:
+    """The groups, the prepared criterion, the metric names, ``evaluate`` and the evaluation setup of a sweep."""
     setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
     check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, example_input(meta["input_size"]).to(device), ignore=cfg.ignore)
@@ -228,7 +236,19 @@ def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], 
     names, evaluate = setup.metric_names, setup.evaluate
     if cfg.ci:
         names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
-    return index, crit, names, evaluate
+    return SweepParts(index, crit, names, evaluate, setup)
+
+
+def shared_eval(cfg: EvalConfig, setup: EvalSetup) -> EvalConfig:
+    """``cfg`` carrying the evaluation data this process decoded, moved to shared memory: ``--workers`` start from
+    it instead of reading and decoding the data again (a split evaluation is rebuilt by each worker)."""
+    data = setup.decoded
+    if data is None or cfg.split:
+        return cfg
+    for value in vars(data).values():
+        if isinstance(value, torch.Tensor):
+            value.share_memory_()
+    return replace(cfg, preloaded=data)
 
 
 def run_sensitivity(cfg: SensitivityConfig) -> Path:
@@ -243,18 +263,16 @@ def run_sensitivity(cfg: SensitivityConfig) -> Path:
     run_meta = sensitivity_meta(cfg, meta)
     check_resume(out, run_meta, cfg.force)          # a CSV we may not touch is refused before the data is read
     check_writable(out, force=True)                 # and an unwritable place before the sweep, not after it
-    index, crit, names, evaluate = sweep_parts(cfg, model, meta, device)
-    log.info("sweeping %d groups x %d levels with %s -> %s", len(index.groups), len(cfg.sparsities),
+    parts = sweep_parts(cfg, model, meta, device)
+    log.info("sweeping %d groups x %d levels with %s -> %s", len(parts.index.groups), len(cfg.sparsities),
              cfg.criterion.name, out)
     pool = None
     if cfg.workers > 1:
-        from compression_tool.apps.sensitivity_pool import process_pool, ray_pool
+        from compression_tool.apps.sensitivity_pool import group_pool
 
-        if cfg.pool not in ("process", "ray"):
-            raise UserError(f"--pool {cfg.pool}: expected process or ray")
-        pool = (ray_pool if cfg.pool == "ray" else process_pool)(cfg, cfg.workers)
-    sweep(model, index, crit, evaluate, out, cfg.sparsities, names, use_cache=cfg.use_cache, meta=run_meta,
-          force=cfg.force, pool=pool)
+        pool = group_pool(replace(cfg, eval=shared_eval(cfg.eval, parts.setup)), cfg.workers, cfg.pool)
+    sweep(model, parts.index, parts.criterion, parts.evaluate, out, cfg.sparsities, parts.names,
+          use_cache=cfg.use_cache, meta=run_meta, force=cfg.force, pool=pool)
     return out
 
 

@@ -86,6 +86,10 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--warmup_iters", type=int, default=0, help="linear LR warm-up iterations (default 0)")
     p.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm running statistics fixed (small fine-tuning sets)")
+    p.add_argument("--sync_bn", choices=("on", "off"), default="on",
+                   help="under torchrun: BatchNorm in training mode normalises over the whole batch across the "
+                        "processes (on, the default: nn.SyncBatchNorm on CUDA, an all-reduce over gloo on the CPU) "
+                        "or over each process's share (off); one process: no effect")
     p.add_argument("--eval_every", type=int, default=0,
                    help="evaluate every N iterations (default 0: at the end of every epoch)")
     p.add_argument("--eval_at_start", action="store_true",
@@ -119,6 +123,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, freeze_bn=args.freeze_bn,
+                           sync_bn=args.sync_bn == "on",
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
                            force=args.force, seed=args.seed, device=args.device)
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,

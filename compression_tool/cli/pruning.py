@@ -70,14 +70,19 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
                         "Distiller's columns: the measurement noise of every row")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the unchanged prefix of the network instead of reusing its activations")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="measure the groups in N local processes, one task per group (--threads split among them); "
-                        "the CSV is the serial run's, row for row (default 1: in this process)")
-    p.add_argument("--pool", choices=("process", "ray"), default="process",
-                   help="where --workers run: process (local processes) or ray (Ray actors: a local Ray, or the "
-                        "cluster RAY_ADDRESS names; needs the optional extra: pip install .[ray])")
+    add_worker_args(p, "measure the groups in N workers, one task per group (--threads split among them); the CSV "
+                       "is the serial run's, row for row")
     add_output_args(p, "CSV path (default work_space/sensitivity_data/<model>_<method>.csv)")
     return p
+
+
+def add_worker_args(p, what: str) -> None:
+    """--workers N and --pool process|ray (apps.worker_pool): ``what`` says what the workers do."""
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help=f"{what} (default 1: in this process); a worker that dies has its tasks re-run")
+    p.add_argument("--pool", choices=("process", "ray"), default="process",
+                   help="where --workers run: process (local processes) or ray (Ray actors: a local Ray, or the "
+                        "cluster RAY_ADDRESS names, sharing a file system)")
 
 
 def add_round_to(p) -> None:
@@ -134,6 +139,8 @@ def search_parser() -> argparse.ArgumentParser:
                    help="batches used to re-estimate each candidate's BatchNorm statistics")
     g.add_argument("--max_ratio", type=float, default=0.9, help="upper bound of every group's pruning ratio")
     add_round_to(g)
+    add_worker_args(g, "evaluate each population's candidates in N workers, each holding a model replica and the "
+                       "evaluation data (--threads split among them); the same search as in one process")
     add_output_args(p, "schedule path (default yaml_file/<model>_search_<algo>_<budget>.yaml)")
     return p
 
@@ -196,7 +203,8 @@ def run_search(argv: List[str]) -> None:
                        iterations=args.iterations, search_batches=args.search_batches, max_ratio=args.max_ratio,
                        ignore=args.ignore, round_to=args.round_to, output=args.output, force=args.force,
                        seed=args.seed, latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
-                       latency_batch=args.latency_batch, latency_dir=args.latency_dir)
+                       latency_batch=args.latency_batch, latency_dir=args.latency_dir, workers=args.workers,
+                       pool=args.pool)
     out, lines = search(cfg)
     print("\n".join(lines))
     print(f"schedule: {out}")

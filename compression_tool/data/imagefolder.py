@@ -63,13 +63,17 @@ def read_image(path: Path, size: Optional[Tuple[int, int]] = None, channels: int
 
 def load_image_folder(root: str | Path, size: Optional[Sequence[int]] = None, mean: Stats = None,
                       std: Stats = None, per_class: Optional[int] = None, seed: int = 0, channels: int = 3,
-                      progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+                      progress: bool = True, pick: Optional[Sequence[int]] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """All images under ``root/<class>/`` as (x float (N, C, H, W), y long (N,), class_names).
 
     ``size`` is (H, W) (a (C, H, W) triple is accepted, its C ignored in favour of ``channels``); None keeps
-    each image's own size, which must then agree. Pixels become ``(v / 255 - mean) / std``.
+    each image's own size, which must then agree. Pixels become ``(v / 255 - mean) / std``. ``pick``: only these
+    positions of the listing are read and decoded (an evaluation subset).
     """
     paths, labels, classes = list_image_folder(root, per_class, seed)
+    if pick is not None:
+        paths, labels = [paths[int(i)] for i in pick], [labels[int(i)] for i in pick]
     hw = (int(size[-2]), int(size[-1])) if size is not None else None
     arrays = [read_image(p, hw, channels) for p in tqdm(paths, desc=f"reading {Path(root).name}",
                                                         disable=not progress, leave=False)]

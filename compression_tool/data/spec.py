@@ -75,12 +75,48 @@ def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def seeded_subset(count: int, n: Optional[int], seed: int = 0) -> Optional[torch.Tensor]:
+    """Sorted positions of a seeded random subset of ``n`` of ``count`` examples; None (all of them) when ``n`` is
+    None or not below ``count``. Sorted: image folders come sorted by class, so a prefix would be one class."""
+    if not n or n >= count:
+        return None
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+@dataclass
+class LabelledSubset:
+    """A classifier evaluation set as decoded: images, labels, and the number of classes of the whole split."""
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: Optional[int]
+
+
+def classifier_subset(spec: "str | DataSpec", input_size: Sequence[int], n: Optional[int], seed: int = 0,
+                      mean: Stats = None, std: Stats = None, model_mean: Stats = None, model_std: Stats = None
+                      ) -> LabelledSubset:
+    """The test split of a classifier spec, or its seeded subset of ``n`` examples (``seeded_subset``); an image
+    folder reads and decodes only the picked images."""
+    ds = parse_data_spec(spec)
+    if ds.kind == "image_folder":
+        from compression_tool.data.imagefolder import list_image_folder
+
+        labels = list_image_folder(ds.path)[1]
+        pick = seeded_subset(len(labels), n, seed)
+        x, y = classifier_tensors(ds, input_size, "test", seed, mean, std, model_mean, model_std, pick=pick)
+        return LabelledSubset(x, y, max(labels) + 1)
+    x, y = classifier_tensors(ds, input_size, "test", seed, mean, std, model_mean, model_std)
+    pick = seeded_subset(len(y), n, seed)
+    return LabelledSubset(x if pick is None else x[pick], y if pick is None else y[pick],
+                          int(y.max()) + 1 if len(y) else None)
+
+
 def classifier_tensors(spec: "str | DataSpec", input_size: Sequence[int], split: str = "test", seed: int = 0,
-                       mean: Stats = None, std: Stats = None, model_mean: Stats = None, model_std: Stats = None
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+                       mean: Stats = None, std: Stats = None, model_mean: Stats = None, model_std: Stats = None,
+                       pick: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of a classifier data spec, resized to ``input_size`` (C, H, W) and normalised (``--mean/--std``, else
     the model's registry entry, else the data kind's default). ``split`` is train or test; an image folder is one
-    split (give a train folder and a test folder)."""
+    split (give a train folder and a test folder). ``pick``: only those positions (an image folder reads and decodes
+only them)."""
     from compression_tool.data import readers
 
     ds = parse_data_spec(spec)
@@ -96,7 +132,7 @@ def classifier_tensors(spec: "str | DataSpec", input_size: Sequence[int], split:
     elif ds.kind == "image_folder":
         from compression_tool.data.imagefolder import load_image_folder
 
-        x, y, _ = load_image_folder(ds.path, size=(h, w), channels=c)
+        x, y, _ = load_image_folder(ds.path, size=(h, w), channels=c, pick=pick)
     else:
         x, y = {"mnist": lambda: readers.read_mnist(ds.path, split),
                 "cifar10": lambda: readers.read_cifar(ds.path, split),
@@ -108,6 +144,8 @@ def classifier_tensors(spec: "str | DataSpec", input_size: Sequence[int], split:
                 x = x.repeat(1, c, 1, 1)
             else:
                 raise UserError(f"--data {ds}: images have {x.shape[1]} channels, the model takes {c}")
+    if pick is not None and ds.kind != "image_folder":
+        x, y = x[pick], y[pick]
     m, s = default_stats(ds.kind, c, mean, std, model_mean, model_std)
     return normalise(x, m, s), y.long()
 

@@ -3,7 +3,9 @@
 A searcher maximises ``fitness(ratios) -> float`` over the box ``[low, high] ** n_groups`` with a seeded RNG
 and returns the best ratio vector found. A fitness may also have ``project(ratios) -> ratios`` (e.g. the
 pruning fitness scales a candidate onto the FLOPs budget); searchers then keep the projected candidate
-(a Lamarckian repair), so the population always holds feasible schedules.
+(a Lamarckian repair), so the population always holds feasible schedules. A fitness may have
+``prefetch(points)``: a whole population is handed to it before it is scored one by one (the pruning fitness then
+evaluates the population on its worker pool).
 
 ``budget`` is the fraction of the cost to keep (e.g. 0.5 FLOPs); it only places one member of the first
 population at the uniform ratio ``1 - sqrt(budget)`` (a conv's cost scales with the square of its width), so
@@ -68,19 +70,32 @@ class Searcher:
             pop[0] = self.clip(np.full(n_groups, 1.0 - math.sqrt(min(max(budget, 0.0), 1.0))))
         return pop
 
-    def evaluate(self, fitness: Fitness, x: np.ndarray) -> Tuple[np.ndarray, float]:
-        """Project (when the fitness can), score, and remember the best; returns (point, score)."""
+    def projected(self, fitness: Fitness, x: np.ndarray) -> np.ndarray:
+        """``x`` projected (when the fitness can) and clipped: the point the searcher keeps."""
         project = getattr(fitness, "project", None)
-        x = self.clip(np.asarray(project(x) if project is not None else x, dtype=float))
+        return self.clip(np.asarray(project(x) if project is not None else x, dtype=float))
+
+    def score(self, fitness: Fitness, x: np.ndarray) -> float:
+        """Score a projected point and remember the best."""
         score = float(fitness(x))
         self.trace.evaluations += 1
         if score > self.best_score:
             self.best_score, self.best_x = score, x.copy()
-        return x, score
+        return score
+
+    def evaluate(self, fitness: Fitness, x: np.ndarray) -> Tuple[np.ndarray, float]:
+        """Project (when the fitness can), score, and remember the best; returns (point, score)."""
+        x = self.projected(fitness, x)
+        return x, self.score(fitness, x)
 
     def evaluate_all(self, fitness: Fitness, xs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        pairs = [self.evaluate(fitness, x) for x in xs]
-        return np.stack([p for p, _ in pairs]), np.array([s for _, s in pairs])
+        """A population: projected, handed to the fitness's ``prefetch`` when it has one (``--workers``: evaluated
+        in parallel into its cache), then scored in order, so the search is the serial one whatever the pool."""
+        points = [self.projected(fitness, x) for x in xs]
+        prefetch = getattr(fitness, "prefetch", None)
+        if prefetch is not None:
+            prefetch(points)
+        return np.stack(points), np.array([self.score(fitness, x) for x in points])
 
     # ------------------------------------------------------------------ the interface
 

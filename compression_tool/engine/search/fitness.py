@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from compression_tool.io.errors import UserError
 log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
+Plan = Dict[str, List[int]]                          # {group name: root channels to remove}
+PlanPool = Callable[[List[Plan]], Iterator[Tuple[int, Mapping[str, float]]]]
 
 
 # ---------------------------------------------------------------------------- BN re-calibration
@@ -64,6 +66,14 @@ def bn_recalibrate(model: nn.Module, batches: Iterable, max_batches: Optional[in
     return used
 
 
+def recalibrated_copy(model: nn.Module, x: torch.Tensor, plan: Plan, ignore: Sequence[str],
+                      calib_batches: Iterable) -> nn.Module:
+    """A candidate as the fitness evaluates it: ``model`` thinned by ``plan``, its BN statistics re-estimated."""
+    thin = thinned_copy(model, x, plan, ignore)
+    bn_recalibrate(thin, calib_batches)
+    return thin
+
+
 # ---------------------------------------------------------------------------- fitness
 
 @dataclass
@@ -87,9 +97,12 @@ class PruningFitness:
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion, evaluate: EvalFn,
                  calib_batches: Sequence, budget: float, resource: str = "macs", tolerance: float = 0.02,
                  high: float = 0.9, ignore: Sequence[str] = (), loss_weight: float = 1.0,
-                 index: Optional[GroupIndex] = None, latency=None):
+                 index: Optional[GroupIndex] = None, latency=None, pool: Optional[PlanPool] = None):
         """``latency``: an ``engine.latency.LatencyModel`` — required for ``resource='latency_ms'`` (the budget
-        is then a fraction of the latency measured on its runtime)."""
+        is then a fraction of the latency measured on its runtime). ``pool`` (``--workers``): evaluates
+        ``[plan…]`` elsewhere (each worker: ``recalibrated_copy`` of its replica, then the same evaluation) and
+        yields ``(index, metrics)`` in any order; ``prefetch`` hands it whole populations."""
+        self.pool = pool
         if resource not in RESOURCES + ("latency_ms",) or (resource == "latency_ms") != (latency is not None):
             raise UserError(f"unknown budget resource {resource!r}; expected one of {RESOURCES + ('latency_ms',)} "
                             "(latency_ms needs a latency model)")
@@ -219,15 +232,13 @@ class PruningFitness:
 
     # -------------------------------------------------------------- evaluation
 
-    def plan(self, pruned: Sequence[int]) -> Dict[str, List[int]]:
+    def plan(self, pruned: Sequence[int]) -> Plan:
         """{group name: root channels to remove} for channel counts ``pruned``."""
         return {g.name: sorted(order[:int(n)]) for g, order, n in zip(self.groups, self.orders, pruned) if n > 0}
 
     def build(self, pruned: Sequence[int]) -> nn.Module:
         """The thinned, BN-recalibrated copy for channel counts ``pruned``."""
-        model = thinned_copy(self.model, self.x, self.plan(pruned), self.ignore)
-        bn_recalibrate(model, self.calib_batches)
-        return model
+        return recalibrated_copy(self.model, self.x, self.plan(pruned), self.ignore, self.calib_batches)
 
     def exact_costs(self, pruned: Sequence[int]) -> Dict[str, float]:
         """Params and MACs counted on the really thinned model (the cost model's check); with a latency
@@ -265,9 +276,24 @@ class PruningFitness:
         """Thin, re-calibrate and evaluate for channel counts ``pruned`` as given (cached)."""
         key = tuple(int(v) for v in pruned)
         if key not in self.cache:
-            metrics = dict(self.evaluate_fn(self.build(pruned)))
-            self.cache[key] = Candidate(key, self.cost(pruned), default_score(metrics, self.loss_weight), metrics)
+            self._remember(key, dict(self.evaluate_fn(self.build(pruned))))
         return self.cache[key]
+
+    def _remember(self, key: Tuple[int, ...], metrics: Dict[str, float]) -> None:
+        self.cache[key] = Candidate(key, self.cost(np.array(key)), default_score(metrics, self.loss_weight), metrics)
+
+    def prefetch(self, points: Sequence[np.ndarray]) -> None:
+        """With a ``pool``: the candidates of ``points`` not yet evaluated, evaluated on it (each distinct one once)
+        and cached in the order the serial search would have evaluated them, so scoring them is a cache hit."""
+        if self.pool is None:
+            return
+        keys = list(dict.fromkeys(tuple(int(v) for v in self.repair(p)) for p in points))
+        keys = [k for k in keys if k not in self.cache]
+        if not keys:
+            return
+        results = dict(self.pool([self.plan(k) for k in keys]))
+        for i, key in enumerate(keys):
+            self._remember(key, dict(results[i]))
 
     def __call__(self, ratios: np.ndarray) -> float:
         return float(self.candidate(ratios).score)
