@@ -29,8 +29,9 @@ test on per-image correctness against FastNAS.
 
 ModelOpt is a benchmark-only dependency, never imported by the package or the tests:
 ``pip install --no-deps nvidia-modelopt==0.47.0 torchprofile==0.0.4`` (torchprofile 0.1.0 breaks it), then the
-few modules it imports unconditionally (``requests huggingface_hub omegaconf pulp``), or ``pip install -e
-".[fastnas]"`` for the same pins.
+few modules it imports unconditionally: ``pip install requests huggingface_hub omegaconf pulp``. The optional extra
+``fastnas`` in pyproject.toml records the same pins; do not install it with the resolver (it may replace the CPU
+torch). The README's install does not include it.
 """
 from __future__ import annotations
 
