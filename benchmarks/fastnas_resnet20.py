@@ -19,6 +19,9 @@ schedules) and BN-calibration batches. Arms:
 - ``ours_selected``: the same budget route for several criteria (``--criteria``) and both orderings of the moves
   (by SA top-1 and by SA loss, the finer signal on a small SA part); each candidate is thinned + AdaBN and the one
   with the best top-1 on the selection part is kept (EagleEye-style selection, training half only).
+- ``ours_ftproxy``: the same candidates, each given a ``--proxy_epochs`` run of the same fine-tune recipe on the
+  training half minus the selection part and measured on the selection part; the chosen candidate's *pruned*
+  weights (not the proxy's) then get the fine-tune every arm gets.
 - ``uniform_l1``: one L1 ratio over every group (``engine.strategies.ChannelPruner.prune_to_budget``) + AdaBN.
 
 Each arm then gets the identical fine-tune (``train_module.finetune.finetune_classifier``, ``--epochs`` over the
@@ -133,6 +136,9 @@ def budget_candidates(model: nn.Module, x0: torch.Tensor, keep: float, criteria:
     out = {}
     for name in criteria:
         crit = make_criterion(name)
+        if crit.needs_data:   # taylor, thinet, hrank…: statistics from the SA part (with labels)
+            crit.prepare(model, [(sa[0][i:i + 100], sa[1][i:i + 100]) for i in range(0, len(sa[1]), 100)],
+                         {g.root_name: g.root for g in GroupIndex(model, x0).groups})
         csv = work / f"resnet20_{name}_sa.csv"
         t = time.perf_counter()
         sweep(model, GroupIndex(model, x0), crit, lambda m: evaluate_classifier(m, sa_loader), csv, LEVELS,
@@ -153,6 +159,18 @@ def budget_candidates(model: nn.Module, x0: torch.Tensor, keep: float, criteria:
     return out
 
 
+def fine_tune(m: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, args: argparse.Namespace,
+              teacher: Optional[nn.Module]) -> None:
+    """The one fine-tune recipe of every arm (and of ours_ftproxy's short proxy runs)."""
+    loader = DataLoader(CropFlip(x, y), batch_size=args.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed))
+    cfg = finetune_config(epochs, len(loader), args.lr, args.seed)
+    cfg.progress = False
+    if teacher is not None:
+        cfg.distill, cfg.alpha = args.distill, args.alpha
+    finetune_classifier(m, loader, cfg, teacher=teacher)
+
+
 def uniform_l1(model: nn.Module, x0: torch.Tensor, keep: float, calib) -> nn.Module:
     m = copy.deepcopy(model).eval()
     ChannelPruner(m, x0, "l1").prune_to_budget(flops=keep)
@@ -167,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=shared_data_dir(),
                    help="folder holding cifar10_test/ and resnet_cifar10/ (default ../shared/data)")
     p.add_argument("--keep_macs", type=float, default=0.5, help="fraction of the MACs to keep")
-    p.add_argument("--arms", default="fastnas,sa_budget,ours_selected,uniform_l1")
-    p.add_argument("--criteria", default="l1,fpgm", help="ours_selected: criteria of the candidate schedules")
+    p.add_argument("--arms", default="fastnas,sa_budget,ours_selected,ours_ftproxy,uniform_l1")
+    p.add_argument("--criteria", default="l1,fpgm",
+                   help="ours_selected / ours_ftproxy: criteria of the candidate schedules")
+    p.add_argument("--proxy_epochs", type=int, default=1, help="ours_ftproxy: epochs of each candidate's proxy run")
     p.add_argument("--sa_images", type=int, default=1000, help="training-half images for SA and FastNAS's score")
     p.add_argument("--train_images", type=int, default=5000,
                    help="the training half: the first part of the seeded split (the rest is the evaluation half)")
@@ -203,6 +223,7 @@ def run(args: argparse.Namespace) -> Dict:
     x_tr, y_tr = torch.cat([parts["sa"][0], parts["check"][0]]), torch.cat([parts["sa"][1], parts["check"][1]])
     perm = torch.randperm(len(parts["check"][1]), generator=torch.Generator().manual_seed(args.seed))
     sel = tuple(t[perm[:args.select_images]] for t in parts["check"])
+    proxy_train = tuple(torch.cat([a, c[perm[args.select_images:]]]) for a, c in zip(parts["sa"], parts["check"]))
     perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(args.seed + 1))
     b = args.calib_batch_size
     calib = [x_tr[perm[(i * b) % len(perm):][:b]] for i in range(args.calib_batches)]
@@ -213,6 +234,7 @@ def run(args: argparse.Namespace) -> Dict:
           f"calibration {args.calib_batches}x{b}), evaluation half {len(y_ev)}; seed {args.seed}; "
           f"unpruned top-1 {100 * base_correct.double().mean():.2f} %, {full['macs'] / 1e6:.2f}M MACs", flush=True)
 
+    teacher = copy.deepcopy(model).eval() if args.distill != "none" else None
     pruned: Dict[str, nn.Module] = {}
     notes: Dict[str, Dict] = {}
     seconds: Dict[str, float] = {}
@@ -220,49 +242,55 @@ def run(args: argparse.Namespace) -> Dict:
         t = time.perf_counter()
         pruned["fastnas"] = fastnas(model, x0, args.keep_macs, calib, *sa, args.divisor)
         seconds["fastnas"] = time.perf_counter() - t
-    if "sa_budget" in arms or "ours_selected" in arms:
+    ours = {"sa_budget", "ours_selected", "ours_ftproxy"} & set(arms)
+    searching = bool({"ours_selected", "ours_ftproxy"} & set(arms))
+    if ours:
         t = time.perf_counter()
         args.work.mkdir(parents=True, exist_ok=True)
-        criteria = [c.strip() for c in args.criteria.split(",") if c.strip()] if "ours_selected" in arms else []
+        criteria = [c.strip() for c in args.criteria.split(",") if c.strip()] if searching else []
         criteria = list(dict.fromkeys(["l1", *criteria]))
-        metrics = ("top1", "loss") if "ours_selected" in arms else ("top1",)
-        scopes = ("all", "inner") if "ours_selected" in arms else ("all",)
+        metrics = ("top1", "loss") if searching else ("top1",)
+        scopes = ("all", "inner") if searching else ("all",)
         cands = budget_candidates(model, x0, args.keep_macs, criteria, sa, calib, args.work, metrics, scopes)
         seconds["sa_budget"] = time.perf_counter() - t
         if "sa_budget" in arms:
-            pruned["sa_budget"] = cands["l1/top1/all"][0]
+            pruned["sa_budget"] = copy.deepcopy(cands["l1/top1/all"][0])
             notes["sa_budget"] = {"schedule": cands["l1/top1/all"][1]}
-        if "ours_selected" in arms:
-            sel_eval = classifier_evaluator(*sel)
-            scores = {k: sel_eval(m).value for k, (m, _) in cands.items()}
+        sel_eval = classifier_evaluator(*sel)
+        t_cands = time.perf_counter() - t
+        for arm in ("ours_selected", "ours_ftproxy"):
+            if arm not in arms:
+                continue
+            t = time.perf_counter()
+            scores = {}
+            for k, (m, _) in cands.items():
+                if arm == "ours_ftproxy":      # a short run of the same recipe on the training half minus selection
+                    m = copy.deepcopy(m)
+                    fine_tune(m, *proxy_train, args.proxy_epochs, args, teacher)
+                scores[k] = sel_eval(m).value
             best = max(scores, key=scores.get)
+            print(f"{arm}: top-1 on the selection part " + ("after AdaBN" if arm == "ours_selected" else
+                  f"after a {args.proxy_epochs}-epoch proxy fine-tune on the other {len(proxy_train[1])} images"))
             for k, v in scores.items():
                 kept = params_and_macs(cands[k][0], x0)["macs"] / full["macs"]
-                print(f"  candidate {k:<18} selection top-1 {v:6.2f}  MACs kept {kept:.3f}"
-                      f"{'  <- chosen' if k == best else ''}")
-            pruned["ours_selected"] = cands[best][0]
-            notes["ours_selected"] = {"chosen": best, "selection_top1": scores, "schedule": cands[best][1]}
-            seconds["ours_selected"] = time.perf_counter() - t
+                print(f"  candidate {k:<18} {v:6.2f}  MACs kept {kept:.3f}{'  <- chosen' if k == best else ''}",
+                      flush=True)
+            pruned[arm] = copy.deepcopy(cands[best][0])       # the pruned weights, not the proxy's
+            notes[arm] = {"chosen": best, "selection_top1": scores, "schedule": cands[best][1]}
+            seconds[arm] = t_cands + time.perf_counter() - t
     if "uniform_l1" in arms:
         t = time.perf_counter()
         pruned["uniform_l1"] = uniform_l1(model, x0, args.keep_macs, calib)
         seconds["uniform_l1"] = time.perf_counter() - t
 
-    teacher = copy.deepcopy(model).eval() if args.distill != "none" else None
     rows: List[Dict] = []
     correct: Dict[str, torch.Tensor] = {}
     for name in arms:
         m = pruned[name]
         c = params_and_macs(m, x0)
         before = float(correct_per_sample(m, x_ev, y_ev).mean())
-        loader = DataLoader(CropFlip(x_tr, y_tr), batch_size=args.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(args.seed))
-        cfg = finetune_config(args.epochs, len(loader), args.lr, args.seed)
-        cfg.progress = False
-        if teacher is not None:
-            cfg.distill, cfg.alpha = args.distill, args.alpha
         t = time.perf_counter()
-        finetune_classifier(m, loader, cfg, teacher=teacher)
+        fine_tune(m, x_tr, y_tr, args.epochs, args, teacher)
         ft_s = time.perf_counter() - t
         correct[name] = torch.from_numpy(correct_per_sample(m, x_ev, y_ev) > 0)
         rows.append({"arm": name, "macs_kept": c["macs"] / full["macs"], "params_kept": c["params"] / full["params"],
@@ -278,7 +306,8 @@ def run(args: argparse.Namespace) -> Dict:
             r.update({"vs_fastnas_points": r["top1"] - rows[arms.index(ref)]["top1"], "mcnemar_only_this": n10,
                       "mcnemar_only_fastnas": n01, "mcnemar_p": p})
     result = {"args": {k: str(v) for k, v in vars(args).items()},
-              "baseline": {"top1": 100 * float(base_correct.double().mean()), **full}, "rows": rows,
+              "baseline": {"top1": 100 * float(base_correct.double().mean()), "n_eval": len(y_ev), **full},
+              "rows": rows,
               "wall_seconds": time.perf_counter() - t_start}
     print_table(result, args)
     return result
@@ -286,8 +315,9 @@ def run(args: argparse.Namespace) -> Dict:
 
 def print_table(result: Dict, args: argparse.Namespace) -> None:
     fin = f"{args.epochs}-epoch fine-tune" + (f" + {args.distill} distillation" if args.distill != "none" else "")
-    print(f"\nResNet-20, {args.keep_macs:.0%} MACs, {fin} on the 5,000-image training half; top-1 % on the "
-          f"5,000-image evaluation half (seed {args.seed}); McNemar: exact, two-sided, vs fastnas")
+    n_ev = result["baseline"]["n_eval"]
+    print(f"\nResNet-20, {args.keep_macs:.0%} MACs, {fin} on the {10000 - n_ev}-image training half; top-1 % on the "
+          f"{n_ev}-image evaluation half (seed {args.seed}); McNemar: exact, two-sided, vs fastnas")
     print(f"| arm | MACs kept | params kept | top-1 pruned | top-1 fine-tuned | vs FastNAS | only this / only FastNAS "
           f"right | McNemar p |\n|---|---|---|---|---|---|---|---|\n"
           f"| unpruned | 1.000 | 1.000 | | {result['baseline']['top1']:.2f} | | | |")
