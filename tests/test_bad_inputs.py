@@ -361,6 +361,8 @@ FINETUNE_CASES = {
     "lr_nan": ["--lr", "nan"],
     "missing_teacher": ["--teacher_path", "nope.pth", "--distill", "cosine"],
     "distill_without_teacher": ["--distill", "cosine"],
+    "kd_without_teacher": ["--distill", "kd"],
+    "kd_temperature_zero": ["--teacher_path", "digits_net.pth", "--distill", "kd", "--temperature", "0"],
     "missing_resume": ["--resume", "nope.pth"],
     "unknown_data": ["--data", "tape:x"],
     "bad_head": ["--head", "bogus"],
@@ -377,6 +379,11 @@ def test_finetune_refuses(case, sb, capsys):
 
 def test_pruning_finetune_mode_refuses(sb, capsys):
     refused(_pruning(), ["--mode", "finetune", *ckpt_args(), "--epochs", "-1"], capsys, sb)
+
+
+def test_pruning_finetune_mode_refuses_kd_without_teacher(sb, capsys):
+    assert "teacher" in refused(_pruning(), ["--mode", "finetune", *ckpt_args(), "--max_iters", "1",
+                                             "--distill", "kd"], capsys, sb)
 
 # ---------------------------------------------------------------------------------------- auto_make_yaml / plot
 

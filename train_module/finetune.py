@@ -34,7 +34,7 @@ from train_module.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
-DISTILL_KINDS = ("cosine", "mse")
+DISTILL_KINDS = ("cosine", "mse", "kd")
 TASKS = ("classifier", "embedder")
 _SEED_MUL = 2_654_435_761
 
@@ -50,8 +50,9 @@ class FinetuneConfig:
     milestones: Tuple[int, ...] = ()       # iterations at which the LR is multiplied by gamma
     gamma: float = 0.1
     warmup_iters: int = 0                  # linear warm-up from lr/warmup_iters to lr
-    distill: Optional[str] = None          # 'cosine' | 'mse' (needs a teacher)
+    distill: Optional[str] = None          # 'cosine' | 'mse' | 'kd' (needs a teacher; 'kd': classifier logits)
     alpha: float = 1.0                     # weight of the distillation term
+    temperature: float = 4.0               # 'kd': softmax temperature T (the term is scaled by T**2)
     freeze_bn: bool = False                # keep BN running statistics fixed (small fine-tuning sets)
     sync_bn: bool = True                   # under torchrun: BN statistics over the whole batch, not each share
     eval_every: int = 0                    # iterations between evaluations; 0 = at the end of every epoch
@@ -86,8 +87,11 @@ def split_batch(batch: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     raise UserError(f"the training data must yield tensors or (inputs, labels) pairs, got {type(batch).__name__}")
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """'cosine': mean (1 - cos) between rows; 'mse': mean squared error. Both 0 when student == teacher."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine",
+                      temperature: float = 4.0) -> torch.Tensor:
+    """'cosine': mean (1 - cos) between rows; 'mse': mean squared error; 'kd' (Hinton et al. 2015, logits of
+    shape (N, classes)): ``T**2 * KL(softmax(teacher / T) || softmax(student / T))`` averaged over the batch, so
+    its gradients keep the size of a cross-entropy's whatever ``T``. All three are 0 when student == teacher."""
     if student.shape != teacher.shape:
         raise UserError(f"student output {tuple(student.shape)} and teacher output {tuple(teacher.shape)} differ; "
                         "the embedding/logit layer must not be pruned for distillation")
@@ -95,6 +99,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = 
         return (1.0 - F.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=1)).mean()
     if kind == "mse":
         return F.mse_loss(student, teacher)
+    if kind == "kd":
+        if student.dim() != 2:
+            raise UserError(f"--distill kd compares class logits of shape (batch, classes); the model outputs "
+                            f"{tuple(student.shape)}")
+        t = float(temperature)
+        return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                        log_target=True) * (t * t)
     raise UserError(f"unknown distill {kind!r}; expected one of: {', '.join(DISTILL_KINDS)}")
 
 
@@ -102,18 +113,23 @@ class FinetuneLoss:
     """``(model, x, labels) -> (loss, parts)``: task loss (CE on logits or on a margin head) + alpha * distill."""
 
     def __init__(self, task: str, head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
-                 distill: Optional[str] = None, alpha: float = 1.0):
+                 distill: Optional[str] = None, alpha: float = 1.0, temperature: float = 4.0):
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
         if task == "classifier" and head is not None:
             raise UserError("a margin head is for embedders; a classifier is fine-tuned with cross-entropy")
         if (teacher is None) != (distill is None):
-            raise UserError("distillation needs both a teacher model and --distill cosine|mse")
+            raise UserError("distillation needs both a teacher model and --distill cosine|mse|kd")
         if distill is not None and distill not in DISTILL_KINDS:
             raise UserError(f"unknown distill {distill!r}; expected one of: {', '.join(DISTILL_KINDS)}")
+        if distill == "kd" and task != "classifier":
+            raise UserError("--distill kd softens class logits; for an embedder use --distill cosine or mse")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise UserError(f"--temperature must be a positive number, got {temperature}")
         if task == "embedder" and head is None and teacher is None:
             raise UserError("an embedder needs a margin head (identity labels) or a teacher (distillation)")
         self.task, self.head, self.teacher, self.distill, self.alpha = task, head, teacher, distill, alpha
+        self.temperature = temperature
 
     @property
     def needs_labels(self) -> bool:
@@ -139,7 +155,7 @@ class FinetuneLoss:
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher(x)
-            d = distillation_loss(out, target.detach(), self.distill)
+            d = distillation_loss(out, target.detach(), self.distill, self.temperature)
             loss = loss + self.alpha * d
             parts["distill"] = d.item()
         return loss, parts
@@ -353,7 +369,7 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
     end; its first entry is maximised and each new best is saved as ``cfg.save_dir/best_<m>=<v>_step=<n>.pth``
     with ``meta`` (model name, keep-arrays…) merged into the checkpoint's metadata.
     """
-    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha)
+    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature)
     try:
         iters_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError:

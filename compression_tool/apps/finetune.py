@@ -156,7 +156,7 @@ def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad", sub
 def run_finetune(job: FinetuneJob) -> FinetuneResult:
     """Fine-tune ``job.source``; checkpoints keep the thinned format, so every tool reloads them."""
     if (job.teacher is None) != (job.train.distill is None):
-        raise UserError("distillation needs both --teacher_path and --distill cosine|mse")
+        raise UserError("distillation needs both --teacher_path and --distill cosine|mse|kd")
     if job.unlabeled and (job.teacher is None or job.head not in (None, "none")):
         raise UserError("--unlabeled: label-free fine-tuning distills the teacher: give --teacher_path and "
                         "--distill, and no --head")

@@ -6,6 +6,8 @@ optionally distilling the unpruned teacher's outputs.
     python -m train_module --model mobilefacenet --best_model_path pruned.pth --data orl:../shared/data/orl_faces \\
         --head arcface --teacher_path ../shared/data/mobilefacenet_casia/068.ckpt --distill cosine --alpha 1
     python -m train_module ... --head none --distill cosine --teacher_path T.pth   # pure distillation, no labels
+    python -m train_module --model resnet56 --best_model_path pruned.pth --data image_folder:DIR \\
+        --teacher_path resnet56.th --teacher_from_data_parallel --distill kd --temperature 4 --alpha 1
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_t
 from compression_tool.data.preprocess import FITS
 from compression_tool.io.errors import UserError, cli_main
 from test_module.setup import EvalConfig
-from train_module.finetune import FinetuneConfig
+from train_module.finetune import DISTILL_KINDS, FinetuneConfig
 from train_module.heads import HEADS
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,16 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--teacher_path", help="unpruned teacher checkpoint (same --model) for distillation")
     p.add_argument("--teacher_from_data_parallel", action="store_true",
                    help="--teacher_path keys carry DataParallel's 'module.' prefix; strip it")
-    p.add_argument("--distill", choices=("cosine", "mse"),
-                   help="distillation loss to the teacher's outputs (needs --teacher_path)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of the distillation loss (default 1)")
+    p.add_argument("--distill", choices=DISTILL_KINDS,
+                   help="distillation loss to the teacher's outputs (needs --teacher_path): cosine or mse on the "
+                        "outputs (embedders or logits); kd = Hinton's knowledge distillation for classifiers, "
+                        "KL divergence between the teacher's and the student's logits softened by --temperature, "
+                        "times T^2")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="weight of the distillation loss; the loss is cross-entropy (or the margin head) + alpha * "
+                        "distillation (default 1)")
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="--distill kd: softmax temperature T of both logits (default 4)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--max_iters", type=int, help="stop after this many iterations in total (overrides --epochs)")
     p.add_argument("--batch_size", type=int, default=64, help="batch size (default 64)")
@@ -122,8 +131,8 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
         if eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
-                           distill=args.distill, alpha=args.alpha, freeze_bn=args.freeze_bn,
-                           sync_bn=args.sync_bn == "on",
+                           distill=args.distill, alpha=args.alpha, temperature=args.temperature,
+                           freeze_bn=args.freeze_bn, sync_bn=args.sync_bn == "on",
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
                            force=args.force, seed=args.seed, device=args.device)
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
