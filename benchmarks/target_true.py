@@ -106,7 +106,8 @@ def evaluators(name: str, model, size, split):
 
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
-            multiple_testing: str = "none", confirm: float = 0.0) -> List[Dict[str, object]]:
+            multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False
+            ) -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -140,23 +141,26 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         log.info("%s seed %d %-22s report %.2f (unpruned %.2f) MACs -%.1f%% %.1fs", name, seed, method,
                  m.value, rep_base, 100 * rows[-1]["macs_removed"], seconds)
 
-    t = time.perf_counter()
-    seed_sp = choose_sparsities(table, metric, baseline(table, metric) - drop, "closest")
-    dt = time.perf_counter() - t
-    row("seed rule", seed_sp, dt, False)
-    row("seed rule + AdaBN", seed_sp, dt, True)
-    t = time.perf_counter()
-    nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, ev["sa"], calib, drop, max_evals)
-    row("NNI-style greedy", nni_sp, time.perf_counter() - t, nni_bn)
-    t = time.perf_counter()
-    r = target_true_schedule(model, x, crit, table, ev["check"], None, calib,
-                             TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
-                                              max_evals=max_evals, multiple_testing=multiple_testing, adverse=adverse))
-    row("target-true" + (" (Bonferroni)" if multiple_testing == "bonferroni" else ""), r.sparsities,
-        time.perf_counter() - t, r.adabn)
-    rows[-1]["check_bound"] = round(r.check_bound, 2)
-    rows[-1]["check"] = round(r.check, 2)
-    rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
+    if not confirm_only:
+        t = time.perf_counter()
+        seed_sp = choose_sparsities(table, metric, baseline(table, metric) - drop, "closest")
+        dt = time.perf_counter() - t
+        row("seed rule", seed_sp, dt, False)
+        row("seed rule + AdaBN", seed_sp, dt, True)
+        t = time.perf_counter()
+        nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, ev["sa"], calib, drop, max_evals)
+        row("NNI-style greedy", nni_sp, time.perf_counter() - t, nni_bn)
+    if not confirm_only:
+        t = time.perf_counter()
+        r = target_true_schedule(model, x, crit, table, ev["check"], None, calib,
+                                 TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
+                                                  max_evals=max_evals, multiple_testing=multiple_testing,
+                                                  adverse=adverse))
+        row("target-true" + (" (Bonferroni)" if multiple_testing == "bonferroni" else ""), r.sparsities,
+            time.perf_counter() - t, r.adabn)
+        rows[-1]["check_bound"] = round(r.check_bound, 2)
+        rows[-1]["check"] = round(r.check, 2)
+        rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
     if confirm:   # the same search on (1 - confirm) of check, its winner re-tested on the rest
         from compression_tool.apps.target_true import confirm_halves
         from compression_tool.engine.target_true import Measurement
@@ -199,6 +203,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--bonferroni", action="store_true", help="target-true with multiple_testing='bonferroni'")
     p.add_argument("--confirm", type=float, default=0.0,
                    help="also run target-true with this fraction of check held back to confirm the winner")
+    p.add_argument("--confirm_only", action="store_true", help="with --confirm: run only that row")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
                    help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
     p.add_argument("--work", default="work_space/bench_target_true")
@@ -215,7 +220,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             train_default(Path(MODELS[name]["ckpt"]))
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
-                            "bonferroni" if args.bonferroni else "none", args.confirm)
+                            "bonferroni" if args.bonferroni else "none", args.confirm, args.confirm_only)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")
