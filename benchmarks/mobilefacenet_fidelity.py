@@ -10,7 +10,15 @@ Steps (all on 068.ckpt at 112x96, one torch thread):
   2. from each CSV, the FLOPs-budget schedule (``auto_make_yaml.py --flops``: least sensitive layers first);
   3. thin; judge on pairs of s3..s30 (unseen identities; 10-fold accuracy, TPR@FPR=1e-2, fidelity);
   4. label-free distillation of each thinned model on the *unlabeled* images of s31..s40 (the unpruned model as
-     teacher, cosine loss), judged again on s3..s30.
+     teacher, cosine loss), judged again on s3..s30;
+  5. the label-free route (``--route_iters N``, 0 skips it), on the fidelity-driven model: AdaBN (BN statistics
+     re-estimated on the s31..s40 images and their mirror images), then distillation on those images augmented
+     (``--augment --hflip``: a fresh rotation/scale/shift/brightness/contrast draw each time), N iterations of 20
+     images, BN statistics kept at their AdaBN values (``--route_bn train``: updated, then AdaBN again); ``--other
+     DIR`` mixes in other unlabeled images (``--other_per_class`` per class, e.g. CIFAR-10 upsampled). Judged on
+     s3..s30 like every other row.
+
+    python benchmarks/mobilefacenet_fidelity.py --epochs 20 --lr 0.01 --metrics fidelity --route_iters 300
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from compression_tool.apps.finetune import FinetuneJob, run_finetune  # noqa: E402
+from compression_tool.apps.finetune import FinetuneJob, run_finetune, unlabeled_images  # noqa: E402
 from compression_tool.apps.workflow import (  # noqa: E402
     CriterionConfig,
     ModelSource,
@@ -35,7 +43,8 @@ from compression_tool.apps.workflow import (  # noqa: E402
     run_sensitivity,
 )
 from compression_tool.engine.budget import schedule_for_budget, write_budget_schedule  # noqa: E402
-from compression_tool.engine.checkpoint import example_input  # noqa: E402
+from compression_tool.engine.checkpoint import example_input, save_pruned  # noqa: E402
+from compression_tool.engine.search.fitness import bn_recalibrate  # noqa: E402
 from compression_tool.engine.sensitivity import parse_sparsities  # noqa: E402
 from model_define.pretrained import MOBILEFACENET_FILE, shared_data_dir  # noqa: E402
 from test_module.setup import EvalConfig  # noqa: E402
@@ -50,6 +59,49 @@ def judge(model, source_meta, reference, orl: str, subjects: str):
     return eval_setup(cfg, source_meta, reference=reference).evaluate(model)
 
 
+def adabn(model, images: torch.Tensor, batch: int = 20):
+    """Re-estimate the BN statistics on ``images`` and their mirror images (in place); the model is returned."""
+    both = torch.cat([images, images.flip(-1)])
+    bn_recalibrate(model, [both[i:i + batch] for i in range(0, len(both), batch)])
+    return model
+
+
+def subset_folder(root: Path, per_class: int, out: Path) -> Path:
+    """A folder of symbolic links to the first ``per_class`` images (sorted) of each class folder of ``root``."""
+    for cls in sorted(d for d in root.iterdir() if d.is_dir()):
+        (out / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            link = out / cls.name / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+    return out
+
+
+def label_free_route(pr, meta, base, source, orl: str, args) -> list:
+    """AdaBN -> distillation on augmented s31..s40 (+ other images); rows judged on s3..s30."""
+    faces = unlabeled_images(f"orl:{orl}", SIZE, subjects="s31..s40")
+    model, kept = adabn(pr.model, faces), pr.after["macs"] / pr.before["macs"]
+    rows = [("fidelity-driven, thinned + AdaBN", judge(model, meta, base, orl, "s3..s30"), kept)]
+    start = save_pruned(args.work / "route_adabn.pth", model, pr.meta, force=True)
+    other = subset_folder(Path(args.other), args.other_per_class, args.work / "other") if args.other else None
+    unlabeled = [f"orl:{orl}"] + ([f"image_folder:{other}"] if other else [])
+    t0 = time.process_time()
+    job = FinetuneJob(source=ModelSource(str(start)), unlabeled=unlabeled, subjects="s31..s40", augment=True,
+                      hflip=True, teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE), batch_size=20,
+                      train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
+                                           freeze_bn=args.route_bn == "frozen",
+                                           save_dir=str(args.work / "route_distill"), force=True, progress=False))
+    out = run_finetune(job)
+    tuned, _ = load_source(ModelSource(str(out.last_path)))
+    what = "augmented s31..s40" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
+    rows.append((f"fidelity-driven, AdaBN + distillation on {what} ({args.route_iters} it, "
+                 f"{time.process_time() - t0:.0f} CPU-s)", judge(tuned, meta, base, orl, "s3..s30"), kept))
+    if args.route_bn == "train":
+        rows.append(("  ... + AdaBN on s31..s40 again", judge(adabn(tuned, faces), meta, base, orl, "s3..s30"),
+                     kept))
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=shared_data_dir(), help="folder with mobilefacenet_casia/, orl_faces/")
@@ -58,6 +110,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5, help="label-free distillation epochs (100 images each)")
     p.add_argument("--lr", type=float, default=0.005, help="distillation learning rate")
     p.add_argument("--sparsities", default="0,0.2,0.4,0.6,0.8", help="sensitivity levels")
+    p.add_argument("--metrics", default="fidelity,tpr@fpr=1e-2", help="SA metrics, one schedule each")
+    p.add_argument("--route_iters", type=int, default=300,
+                   help="iterations (20 images) of the label-free route's distillation; 0 skips the route")
+    p.add_argument("--route_bn", choices=("frozen", "train"), default="frozen",
+                   help="route: BN statistics kept from AdaBN during distillation (frozen) or updated (train)")
+    p.add_argument("--other", default="", help="route: other unlabeled images mixed in (an image folder, e.g. "
+                                               "DATA/cifar10_test; default none: the s31..s40 faces only)")
+    p.add_argument("--other_per_class", type=int, default=100, help="images taken from each class of --other")
     p.add_argument("--work", type=Path, default=Path("work_space/bench_fidelity"), help="outputs")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -67,7 +127,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     crit = CriterionConfig(args.method, cache_dir=str(args.work / "rank_conv"))
     rows, t0 = [("unpruned", judge(base, meta, base, orl, "s3..s30"), 1.0)], time.time()
-    for metric in ("fidelity", "tpr@fpr=1e-2"):
+    for metric in args.metrics.split(","):
         tag = metric.replace("@", "_").replace("=", "")
         csv = args.work / f"sa_{tag}.csv"
         run_sensitivity(SensitivityConfig(source, EvalConfig(data=f"orl:{orl}", metric=metric), crit,
@@ -88,6 +148,8 @@ def main() -> None:
         out = run_finetune(job)
         tuned, _ = load_source(ModelSource(str(out.last_path)))
         rows.append((f"{metric}-driven, + label-free distillation", judge(tuned, meta, base, orl, "s3..s30"), kept))
+        if metric == "fidelity" and args.route_iters > 0:
+            rows += label_free_route(pr, meta, base, source, orl, args)
     print(f"\nMobileFaceNet 068.ckpt 112x96, keep {args.flops:.0%} of the MACs ({args.method}); schedules chosen on "
           f"ORL s31..s40, judged on s3..s30 pairs (unseen identities); {time.time() - t0:.0f} s")
     print("| model | MACs kept | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS))

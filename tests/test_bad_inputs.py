@@ -369,12 +369,22 @@ FINETUNE_CASES = {
     "save_dir_is_a_file": ["--save_dir", "a_file"],
     "threads_zero": ["--threads", "0"],
     "sync_bn_unknown": ["--sync_bn", "maybe"],
+    "unlabeled_not_a_folder": ["--unlabeled", "digits", "image_folder:out_dir", "--teacher_path", "digits_net.pth",
+                               "--distill", "cosine"],
+    "unlabeled_missing_folder": ["--unlabeled", "image_folder:nope", "--teacher_path", "digits_net.pth",
+                                 "--distill", "cosine"],
 }
 
 
 @pytest.mark.parametrize("case", sorted(FINETUNE_CASES))
 def test_finetune_refuses(case, sb, capsys):
     refused(_finetune(), [*ckpt_args(), "--max_iters", "1", *FINETUNE_CASES[case]], capsys, sb)
+
+
+@pytest.mark.parametrize("case, names", [("unlabeled_not_a_folder", "--unlabeled digits"),
+                                         ("unlabeled_missing_folder", "nope")])
+def test_finetune_unlabeled_error_names_the_spec(case, names, sb, capsys):
+    assert names in refused(_finetune(), [*ckpt_args(), "--max_iters", "1", *FINETUNE_CASES[case]], capsys, sb)
 
 
 def test_pruning_finetune_mode_refuses(sb, capsys):

@@ -81,3 +81,33 @@ def test_label_free_distillation_raises_fidelity(tmp_path):
     assert setup.evaluate(student)["fidelity"] > before + 0.01
     with pytest.raises(UserError, match="--unlabeled"):
         run_finetune(FinetuneJob(source=ModelSource(str(tmp_path / "student.pth")), unlabeled=data))
+
+
+def test_unlabeled_mixes_several_folders_and_subjects_pick_identities_only(tmp_path):
+    from compression_tool.apps.finetune import unlabeled_images
+
+    ids = faces(tmp_path / "ids", ids=4, per=3)
+    other = faces(tmp_path / "other", ids=2, per=5, seed=1)
+    one = unlabeled_images(f"identity_folders:{ids}", (1, 16, 16), subjects="p1..p2")
+    assert one.shape == (6, 1, 16, 16)
+    both = unlabeled_images([f"identity_folders:{ids}", f"image_folder:{other}"], (1, 16, 16), subjects="p1..p2")
+    assert both.shape == (16, 1, 16, 16)          # 2 identities x 3 + the whole image folder (10)
+    assert torch.equal(both[:6], one)
+    with pytest.raises(UserError, match="--unlabeled"):
+        unlabeled_images([f"image_folder:{other}", "digits"], (1, 16, 16))
+    with pytest.raises(UserError, match="at least one"):
+        unlabeled_images([], (1, 16, 16))
+
+
+def test_augment_varies_images_and_is_the_identity_at_zero_strength():
+    from compression_tool.data.augment import AugmentConfig, RandomAugment, augment_image
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 24, 20) * 2 - 1
+    still = augment_image(x, AugmentConfig(rotate=0, scale=0, shift=0, brightness=0, contrast=0))
+    assert torch.allclose(still, x, atol=1e-5)
+    a, b = augment_image(x), augment_image(x)
+    assert a.shape == x.shape and not torch.allclose(a, b) and not torch.allclose(a, x, atol=1e-2)
+    ds = RandomAugment(torch.utils.data.TensorDataset(x[None].repeat(4, 1, 1, 1), torch.arange(4)))
+    img, label = ds[2]
+    assert img.shape == x.shape and int(label) == 2 and len(ds) == 4

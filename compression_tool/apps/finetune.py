@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from compression_tool.apps.workflow import ModelSource, eval_setup, load_source
+from compression_tool.data.augment import RandomAugment
 from compression_tool.data.spec import parse_data_spec, train_tensors
 from compression_tool.engine.checkpoint import FORMAT, load_model
 from compression_tool.engine.device import resolve_device
@@ -39,7 +40,8 @@ class FinetuneJob:
     milestones: Sequence[float] = ()                # epochs at which the LR drops (train.milestones is set from it)
     train: FinetuneConfig = field(default_factory=FinetuneConfig)   # distill/alpha/lr/epochs… live here
     resume: Optional[str] = None
-    unlabeled: Optional[str] = None                 # label-free distillation: images only (image/identity folders)
+    unlabeled: Union[None, str, Sequence[str]] = None   # label-free distillation: images only, one or more specs
+    augment: bool = False                           # random rotation/scale/shift + brightness/contrast per image
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
 
@@ -102,6 +104,8 @@ def build_loader(job: FinetuneJob, input_size: Sequence[int], model_mean=None, m
         x, y = train_tensors(job.data, input_size, job.train.seed, job.subjects, job.fit, job.mean, job.std,
                              model_mean, model_std)
         dataset = TensorDataset(x, y)
+    if job.augment:
+        dataset = RandomAugment(dataset)
     if job.hflip:
         dataset = RandomHFlip(dataset)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=True,
@@ -136,21 +140,30 @@ def build_eval_fn(job: FinetuneJob, kind: str, input_size: Sequence[int], model_
                        reference=reference).evaluate
 
 
-def unlabeled_images(spec: str, input_size: Sequence[int], fit: str = "pad", subjects: Optional[str] = None
-                     ) -> torch.Tensor:
-    """Images of any folder of face images (``image_folder:DIR``, ``identity_folders:DIR``, ``orl:DIR``:
-    ``DIR/<any>/<img>``), face-preprocessed; identities, if any, are ignored."""
+def unlabeled_images(specs: Union[str, Sequence[str]], input_size: Sequence[int], fit: str = "pad",
+                     subjects: Optional[str] = None) -> torch.Tensor:
+    """Images of one or more folders (``image_folder:DIR``, ``identity_folders:DIR``, ``orl:DIR``:
+    ``DIR/<any>/<img>``), face-preprocessed and concatenated; identities, if any, are ignored. ``subjects``
+    selects the identity folders of ``orl:`` / ``identity_folders:`` specs; an ``image_folder:`` is read whole
+    (so ``--unlabeled orl:ORL image_folder:OTHER --subjects s31..s40`` mixes ten identities with other images)."""
     from compression_tool.data import readers
     from compression_tool.data.preprocess import ImageTransform
 
-    ds = parse_data_spec(spec, "--unlabeled")
-    if ds.kind not in ("image_folder", "identity_folders", "orl"):
-        raise UserError(f"--unlabeled {spec}: expected a folder of images (image_folder:DIR, identity_folders:DIR)")
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise UserError("--unlabeled: give at least one folder of images")
     c, h, w = (int(v) for v in input_size)
-    images = readers.read_identity_dataset(ds.path, ImageTransform(size=(h, w), channels=c, fit=fit),
-                                           readers.parse_subjects(subjects))[0]
-    log.info("%d unlabeled images from %s", len(images), ds.path)
-    return images
+    transform = ImageTransform(size=(h, w), channels=c, fit=fit)
+    parts = []
+    for spec in specs:
+        ds = parse_data_spec(spec, "--unlabeled")
+        if ds.kind not in ("image_folder", "identity_folders", "orl"):
+            raise UserError(f"--unlabeled {spec}: expected a folder of images (image_folder:DIR, "
+                            "identity_folders:DIR, orl:DIR)")
+        chosen = None if ds.kind == "image_folder" else readers.parse_subjects(subjects)
+        parts.append(readers.read_identity_dataset(ds.path, transform, chosen)[0])
+        log.info("%d unlabeled images from %s", len(parts[-1]), ds.path)
+    return torch.cat(parts)
 
 
 def run_finetune(job: FinetuneJob) -> FinetuneResult:

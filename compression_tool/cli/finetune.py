@@ -44,10 +44,11 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                         "mnist:/cifar10:/cifar100:/json: their train files, image_folder:DIR all its images), or "
                         "for embedders identity_folders:DIR (DIR/<identity>/<image>, see --subjects) or orl:DIR "
                         "(subjects s3..s30 by default)")
-    p.add_argument("--unlabeled", metavar="DATA",
-                   help="label-free distillation: fine-tune on these images only (image_folder:DIR or "
-                        "identity_folders:DIR; identities ignored), matching the --teacher_path embeddings "
-                        "(needs --distill; no --head)")
+    p.add_argument("--unlabeled", metavar="DATA", nargs="+",
+                   help="label-free distillation: fine-tune on these images only, matching the --teacher_path "
+                        "embeddings (needs --distill; no --head); one or more of image_folder:DIR (read whole), "
+                        "identity_folders:DIR or orl:DIR (--subjects applies to these two; identities ignored), "
+                        "e.g. --unlabeled orl:ORL image_folder:OTHER_IMAGES --subjects s31..s40")
     p.add_argument("--mean", type=floats, default=None, help="classifier data: per-channel mean on the [0,1] scale")
     p.add_argument("--std", type=floats, default=None, help="classifier data: per-channel std on the [0,1] scale")
     p.add_argument("--trust_checkpoint", action="store_true",
@@ -64,6 +65,10 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--fit", default="pad", choices=FITS,
                    help="how face images of another aspect ratio reach the model input (default pad)")
     p.add_argument("--hflip", action="store_true", help="augment training images with random horizontal flips")
+    p.add_argument("--augment", action="store_true",
+                   help="augment training images: random rotation (±10°), scale (±10 %%), shift (±6 %%), "
+                        "brightness and contrast (±0.2), drawn per image and batch from --seed (with --hflip: "
+                        "flips too)")
     p.add_argument("--head", choices=sorted(HEADS) + ["none"],
                    help="margin head for embedders (default arcface); 'none' = pure distillation, no labels "
                         "used; classifiers are trained with plain cross-entropy and take no head")
@@ -136,7 +141,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
                            force=args.force, seed=args.seed, device=args.device)
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
-                       hflip=args.hflip, head=args.head, s=args.s, m=args.m, teacher=teacher,
+                       hflip=args.hflip, augment=args.augment, head=args.head, s=args.s, m=args.m, teacher=teacher,
                        batch_size=args.batch_size, milestones=parse_milestones(args.milestones), train=train,
                        resume=args.resume, unlabeled=args.unlabeled, mean=args.mean, std=args.std)
 
