@@ -44,6 +44,30 @@ def check_pool_args(workers: int, backend: str) -> None:
         raise UserError(f"--pool {backend}: expected {' or '.join(BACKENDS)}")
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # glibc mallopt parameters
+
+
+def keep_freed_memory(mmap_bytes: int = 256 << 20) -> bool:
+    """Let glibc keep freed tensor memory for reuse instead of returning it to the OS at every free. Its mmap
+    threshold starts at 128 KiB and only grows after large freed blocks; a worker that starts from decoded data (no
+    image decoding to grow it) gave every activation tensor fresh pages: 10x the page faults, 13 s of system time
+    in a 30 s two-worker ResNet-20 sweep. No-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                        2 * mmap_bytes))
+    except (OSError, AttributeError):
+        return False
+
+
+def _init_worker(init: Callable[..., None], *init_args: Any) -> None:
+    keep_freed_memory()
+    init(*init_args)
+
+
 def _maybe_die(i: int) -> None:
     """The test hook: SIGKILL this worker while it runs task ``i``, once (see the module docstring)."""
     spec = os.environ.get(KILL_HOOK)
@@ -108,7 +132,7 @@ class WorkerPool:
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=self.init, initargs=self.init_args)
+                                                 initializer=_init_worker, initargs=(self.init, *self.init_args))
         return self._executor
 
     def _run_processes(self, fn: Callable[..., Any], tasks: Sequence[Sequence[Any]]) -> Iterator[Tuple[int, Any]]:
@@ -154,7 +178,7 @@ class _RayWorker:
     """A Ray actor: ``init(*init_args)`` once (again after a restart), then ``call`` runs tasks."""
 
     def __init__(self, init: Callable[..., None], init_args: Tuple[Any, ...]):
-        init(*init_args)
+        _init_worker(init, *init_args)
 
     def call(self, fn: Callable[..., Any], i: int, args: Sequence[Any]) -> Tuple[int, Any]:
         return _call(fn, i, args)
