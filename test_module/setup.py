@@ -53,6 +53,7 @@ class EvalConfig:
     mean: Optional[Sequence[float]] = None    # classifier data: --mean/--std override the model's and the kind's
     std: Optional[Sequence[float]] = None
     device: str = "cpu"                       # cpu | cuda | cuda:N | auto: where the model runs (batches follow it)
+    amp: bool = False                         # CUDA only: float16 autocast during evaluation
     preloaded: "LabelledSubset | PairSet | None" = None   # the subset already decoded (--workers: the main
     #                                           process's, in shared memory); used instead of reading the data
 

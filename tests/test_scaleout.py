@@ -126,6 +126,50 @@ def test_evaluate_prune_and_finetune_on_cuda(digits_ckpt, tmp_path, capsys):
     assert list((tmp_path / "ft").glob("best_top1=*_step=2.pth"))
 
 
+@pytest.mark.parametrize("which", ["sa", "evaluate", "finetune"])
+def test_amp_on_the_cpu_is_refused_in_one_line(which, digits_ckpt, tmp_path, capsys):
+    """--amp is CUDA's: on the CPU (the exact path) it is one line, exit code 2, nothing written."""
+    from compression_tool.cli import evaluate, finetune, pruning
+
+    src = ["--model", "digits_net", "--best_model_path", str(digits_ckpt)]
+    main, argv = {
+        "sa": (pruning.main, ["--mode", "sa", *src, *SA_FAST, "--output", str(tmp_path / "sa.csv")]),
+        "evaluate": (evaluate.main, [*src, "--data", "digits"]),
+        "finetune": (finetune.main, [*src, "--max_iters", "1", "--save_dir", str(tmp_path / "ft")]),
+    }[which]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--amp"])
+    assert exc.value.code == 2
+    assert "--amp" in _one_line_error(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_amp_helpers_change_nothing_when_off():
+    from compression_tool.engine.device import amp_context, with_amp
+
+    f = lambda x: x * 2
+    assert with_amp(f, torch.device("cpu"), False) is f
+    with amp_context(torch.device("cpu"), False):
+        assert torch.ones(2).dtype == torch.float32
+    with pytest.raises(UserError, match="CUDA only"):
+        amp_context(torch.device("cpu"), True)
+
+
+@needs_cuda
+def test_amp_evaluate_and_finetune_on_cuda(digits_ckpt, tmp_path, capsys):
+    from compression_tool.cli import evaluate, finetune
+
+    src = ["--model", "digits_net", "--best_model_path", str(digits_ckpt), "--device", "cuda"]
+    evaluate.main([*src, "--data", "digits"])
+    fp32 = capsys.readouterr().out
+    evaluate.main([*src, "--data", "digits", "--amp"])
+    fp16 = capsys.readouterr().out
+    top1 = [float(next(ln for ln in o.splitlines() if ln.startswith("top1")).split()[1]) for o in (fp32, fp16)]
+    assert abs(top1[0] - top1[1]) <= 0.5
+    finetune.main([*src, "--max_iters", "2", "--eval_every", "2", "--save_dir", str(tmp_path / "ft"), "--amp"])
+    assert list((tmp_path / "ft").glob("best_top1=*_step=2.pth"))
+
+
 # ------------------------------------------------------------------ data-parallel fine-tuning under torchrun
 
 def _train(ckpt: Path, cwd: Path, save_dir: str, nproc: int, *extra: str) -> str:
@@ -391,3 +435,25 @@ def test_only_the_eval_subset_is_decoded_and_workers_reuse_it(tmp_path, monkeypa
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
     again = build_setup(shared, "classifier", (1, 8, 8))
     assert reads == [] and again.num_classes == 4 and again.evaluate(model) == setup.evaluate(model)
+
+
+def test_ray_address_reaches_the_ray_pool(monkeypatch):
+    """--ray_address is handed to ray.init (joining that cluster instead of starting a local Ray)."""
+    from compression_tool.apps import worker_pool
+
+    seen = {}
+
+    class Fake:
+        def __init__(self, init, init_args, workers, retries, address=None):
+            seen["address"] = address
+
+        def run(self, fn, tasks):
+            return iter([(i, None) for i in range(len(tasks))])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(worker_pool, "_RayActors", Fake)
+    with worker_pool.WorkerPool(lambda: None, (), 2, "ray", address="HOST:6379") as pool:
+        assert [i for i, _ in pool.run(len, [("a",), ("b",)])] == [0, 1]
+    assert seen["address"] == "HOST:6379"

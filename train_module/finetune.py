@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from compression_tool.engine.device import resolve_device
+from compression_tool.engine.device import amp_context, check_amp, resolve_device
 from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
@@ -63,6 +63,7 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True                  # tqdm progress bar
     device: str = "cpu"
+    amp: bool = False                      # CUDA only: float16 autocast + gradient scaler (refused on the CPU)
 
 
 @dataclass
@@ -388,7 +389,9 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
 def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_training, head, teacher, eval_fn,
               meta, resume, trust_resume, ddp) -> FinetuneResult:
     device = ddp.device if ddp is not None else resolve_device(cfg.device)
+    check_amp(str(device), cfg.amp)
     optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     train_model, train_loss = ddp.wrap(model, loss_fn, cfg.sync_bn) if ddp is not None else (model, loss_fn)
     if ddp is not None and not ddp.is_main:    # rank 0 alone writes checkpoints
         cfg = dataclasses.replace(cfg, save_dir=None, progress=False)
@@ -410,7 +413,7 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
     set_train_mode(model, cfg.freeze_bn)
     with tqdm(total=total, initial=step, desc="finetune", disable=not cfg.progress, dynamic_ncols=True) as bar:
         for batch in replay_batches(train_loader, cfg, step, total, iters_per_epoch):
-            loss = train_step(train_model, batch, train_loss, optimizer, scheduler, device, step)
+            loss = train_step(train_model, batch, train_loss, optimizer, scheduler, device, step, scaler)
             step += 1
             result.losses.append((step, loss))
             bar.update(1)
@@ -431,17 +434,25 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
 
 
 def train_step(model: nn.Module, batch: Any, loss_fn: FinetuneLoss, optimizer: torch.optim.Optimizer,
-               scheduler: Any, device: torch.device, step: int = 0) -> float:
-    """One SGD update (and one scheduler step); returns the loss before the update."""
+               scheduler: Any, device: torch.device, step: int = 0,
+               scaler: Optional["torch.amp.GradScaler"] = None) -> float:
+    """One SGD update (and one scheduler step); returns the loss before the update. ``scaler`` (``--amp`` on
+    CUDA): the forward pass runs under float16 autocast and the loss is scaled for the backward pass."""
     x, y = split_batch(batch)
     x = x.to(device)
     y = y.to(device) if y is not None else None
     optimizer.zero_grad(set_to_none=True)
-    loss, _ = loss_fn(model, x, y)
+    with amp_context(device, scaler is not None):
+        loss, _ = loss_fn(model, x, y)
     if not torch.isfinite(loss):
         raise UserError(f"the loss became {loss.item()} at step {step + 1}; lower --lr or check the data")
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     scheduler.step()
     return loss.item()
 

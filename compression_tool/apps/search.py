@@ -63,6 +63,7 @@ class SearchConfig:
     seed: int = 0
     workers: int = 1                                # > 1: populations evaluated by N workers (apps.search_pool)
     pool: str = "process"                           # workers' backend: process (local) | ray
+    ray_address: Optional[str] = None               # --pool ray: join this cluster (else RAY_ADDRESS, else local)
 
 
 def schedule_ratio(pruned: int, channels: int) -> float:

@@ -45,7 +45,7 @@ class PlanPool:
 
     def __init__(self, cfg: Any, workers: int, backend: str = "process", threads: Optional[int] = None):
         self.workers = WorkerPool(_init, (cfg, per_worker_threads(threads or torch.get_num_threads(), workers)),
-                                  workers, backend)
+                                  workers, backend, address=getattr(cfg, "ray_address", None))
 
     def __call__(self, plans: List[Plan]) -> Iterator[Tuple[int, Dict[str, float]]]:
         return self.workers.run(_task, [(p,) for p in plans])

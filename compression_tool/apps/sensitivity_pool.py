@@ -46,7 +46,8 @@ def group_pool(cfg: Any, workers: int, backend: str = "process", threads: Option
     per_worker = per_worker_threads(threads or torch.get_num_threads(), workers)
 
     def run(tasks: List[Tuple[str, List[float]]]) -> Iterator[Tuple[int, List[Dict[str, float]]]]:
-        with WorkerPool(_init, (cfg, per_worker), min(workers, len(tasks)), backend) as pool:
+        with WorkerPool(_init, (cfg, per_worker), min(workers, len(tasks)), backend,
+                        address=getattr(cfg, "ray_address", None)) as pool:
             yield from pool.run(_task, tasks)
 
     return run

@@ -96,6 +96,7 @@ class WorkerPool:
     workers: int
     backend: str = "process"
     retries: int = DEFAULT_RETRIES
+    address: Optional[str] = None                      # Ray: the cluster to join (else RAY_ADDRESS, else local)
     restarts: int = 0                                  # how many times a dead worker was replaced (for tests, logs)
     _executor: Optional[ProcessPoolExecutor] = field(default=None, repr=False)
     _ray: Any = field(default=None, repr=False)
@@ -123,7 +124,7 @@ class WorkerPool:
             return iter(())
         if self.backend == "ray":
             if self._ray is None:
-                self._ray = _RayActors(self.init, self.init_args, self.workers, self.retries)
+                self._ray = _RayActors(self.init, self.init_args, self.workers, self.retries, self.address)
             return self._ray.run(fn, tasks)
         return self._run_processes(fn, tasks)
 
@@ -188,7 +189,8 @@ class _RayActors:
     """Ray actors (one CPU each) restarted, with their task retried, when they die; a Ray already initialised, or
     ``RAY_ADDRESS``'s cluster, is used, else a local Ray is started for the run (and stopped by ``close``)."""
 
-    def __init__(self, init: Callable[..., None], init_args: Tuple[Any, ...], workers: int, retries: int):
+    def __init__(self, init: Callable[..., None], init_args: Tuple[Any, ...], workers: int, retries: int,
+                 address: Optional[str] = None):
         try:
             import ray
             from ray.util import ActorPool
@@ -197,8 +199,14 @@ class _RayActors:
                             "--pool process") from None
         self.ray, self.started = ray, not ray.is_initialized()
         if self.started:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,   # workers inherit env
-                     **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers}))
+            address = address or os.environ.get("RAY_ADDRESS")
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,  # workers inherit env
+                         **({"address": address} if address else {"num_cpus": workers}))
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"--ray_address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
+                                if address else f"--pool ray: cannot start a local Ray ({exc.__class__.__name__})"
+                                ) from None
         actor = ray.remote(num_cpus=1, max_restarts=retries, max_task_retries=retries)(_RayWorker)
         self.pool = ActorPool([actor.remote(init, init_args) for _ in range(workers)])
 

@@ -16,7 +16,7 @@ from compression_tool.engine.checkpoint import example_input, load_model, save_p
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
 from compression_tool.engine.criteria import Criterion, make_criterion
 from compression_tool.engine.criteria.weight import DEFAULT_REDUCTION
-from compression_tool.engine.device import resolve_device, to_model_device
+from compression_tool.engine.device import check_amp, resolve_device, to_model_device, with_amp
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.latency import LatencyModel, LatencyTable, layer_lines
 from compression_tool.engine.report import format_report
@@ -66,6 +66,7 @@ class SensitivityConfig:
     ci: bool = False                                # Wilson confidence-interval columns after Distiller's
     workers: int = 1                                # > 1: one worker per group task (apps.sensitivity_pool)
     pool: str = "process"                           # workers' backend: process (local) | ray (optional extra)
+    ray_address: Optional[str] = None               # --pool ray: join this cluster (else RAY_ADDRESS, else local)
 
 
 @dataclass
@@ -128,12 +129,16 @@ def eval_setup(cfg: EvalConfig, meta: Dict[str, Any], reference: Optional[nn.Mod
     """The evaluation for this model: its kind picks the metrics, its registry entry the normalisation;
     ``reference`` (the unpruned model) backs the label-free ``fidelity`` metric of embedders."""
     spec = model_spec(meta["model"])
+    check_amp(cfg.device, cfg.amp)
     if cfg.split:  # target-true splits: sa measures the SA part, search the check part, prune the report part
         from compression_tool.apps.target_true import split_setup
 
-        return split_setup(cfg, meta["input_size"], spec.mean, spec.std, reference)
-    return build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
-                       reference=reference)
+        setup = split_setup(cfg, meta["input_size"], spec.mean, spec.std, reference)
+    else:
+        setup = build_setup(cfg, spec.kind, meta["input_size"], model_mean=spec.mean, model_std=spec.std,
+                            reference=reference)
+    setup.evaluate = with_amp(setup.evaluate, resolve_device(cfg.device), cfg.amp)
+    return setup
 
 
 def configured_criterion(cfg: CriterionConfig, tag: str, name: Optional[str] = None) -> Criterion:

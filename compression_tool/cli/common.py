@@ -90,6 +90,9 @@ def add_face_args(g) -> None:
 def add_device_arg(p) -> None:
     p.add_argument("--device", default="cpu",
                    help="where the model runs: cpu (default) | cuda | cuda:N | auto (cuda when available)")
+    p.add_argument("--amp", action="store_true",
+                   help="CUDA only: mixed precision (float16 autocast) for evaluation and fine-tuning (with a "
+                        "gradient scaler); refused on the CPU, which stays exact float32")
 
 
 def add_criterion_args(p: argparse.ArgumentParser, default: Optional[str] = "l1") -> None:
@@ -130,7 +133,7 @@ def eval_config(args: argparse.Namespace, split_part: str = "sa") -> EvalConfig:
                       metric=args.metric, test_root=args.test_root_path, folds=args.folds, flip=args.flip,
                       bgr=args.bgr, subjects=args.subjects, split=args.split, split_seed=args.split_seed,
                       split_part=split_part, mean=args.mean, std=args.std,
-                      device=getattr(args, "device", "cpu"))
+                      device=getattr(args, "device", "cpu"), amp=getattr(args, "amp", False))
 
 
 def criterion_name(args: argparse.Namespace, default: Optional[str] = "l1") -> Optional[str]:

@@ -17,7 +17,7 @@ from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_t
 from compression_tool.data import readers
 from compression_tool.data.preprocess import FITS
 from compression_tool.data.spec import parse_data_spec
-from compression_tool.engine.device import resolve_device
+from compression_tool.engine.device import check_amp, resolve_device, with_amp
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
 from test_module.setup import EvalConfig
@@ -92,6 +92,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     apply_threads(args.threads)
     device = resolve_device(args.device)
+    check_amp(args.device, args.amp)
     resolve_metric(args.metric, metric_names())
     if args.roc:
         check_writable(args.roc, args.force)   # before the evaluation, not after it
@@ -103,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not parse_data_spec(spec).is_face:
         cfg = EvalConfig(data=spec, batch_size=args.batch_size, eval_batches=args.eval_batches, seed=args.seed,
                          mean=args.mean, std=args.std, split=args.split, split_seed=args.split_seed,
-                         split_part=args.split_part)
+                         split_part=args.split_part, device=args.device, amp=args.amp)
         setup = eval_setup(cfg, meta)   # the model's registry normalisation; --split: one part of the splits
         for k, v in setup.evaluate(model).items():
             print(f"{k:<16} {v:.6g}")
@@ -113,7 +114,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     log.info("%d pairs (%d same), %d images %s", len(pairset), int(pairset.issame.sum()),
              pairset.images.shape[0], tuple(pairset.images.shape[1:]))
     fold_indices(len(pairset), args.folds)          # a bad --folds fails before the embedding pass
-    result = evaluate_pairs(model, pairset, args.folds, args.flip, args.batch_size, args.roc)
+    result = with_amp(evaluate_pairs, device, args.amp)(model, pairset, args.folds, args.flip, args.batch_size,
+                                                         args.roc)
     for k, v in ordered_metrics(result, args.metric).items():
         print(f"{k:<16} {v:.6g}")
 

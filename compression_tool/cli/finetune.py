@@ -132,14 +132,15 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
         if args.teacher_path else None
     eval_data = args.eval_data or (args.data if args.split else None)
     eval_cfg = EvalConfig(data=eval_data, batch_size=args.batch_size, seed=args.seed, metric=args.metric,
-                          device=args.device, split=args.split, split_seed=args.split_seed, split_part="check") \
+                          device=args.device, amp=args.amp, split=args.split, split_seed=args.split_seed,
+                          split_part="check") \
         if eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, temperature=args.temperature,
                            freeze_bn=args.freeze_bn, sync_bn=args.sync_bn == "on",
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
-                           force=args.force, seed=args.seed, device=args.device)
+                           force=args.force, seed=args.seed, device=args.device, amp=args.amp)
     return FinetuneJob(source=source, data=args.data, subjects=args.subjects, eval=eval_cfg, fit=args.fit,
                        hflip=args.hflip, augment=args.augment, head=args.head, s=args.s, m=args.m, teacher=teacher,
                        batch_size=args.batch_size, milestones=parse_milestones(args.milestones), train=train,

@@ -82,7 +82,10 @@ def add_worker_args(p, what: str) -> None:
                    help=f"{what} (default 1: in this process); a worker that dies has its tasks re-run")
     p.add_argument("--pool", choices=("process", "ray"), default="process",
                    help="where --workers run: process (local processes) or ray (Ray actors: a local Ray, or the "
-                        "cluster RAY_ADDRESS names, sharing a file system)")
+                        "cluster --ray_address / RAY_ADDRESS names, sharing a file system)")
+    p.add_argument("--ray_address", default=None,
+                   help="--pool ray: join this existing Ray cluster (e.g. HOST:6379 or ray://HOST:10001) instead of "
+                        "starting a local Ray (default: RAY_ADDRESS, else local)")
 
 
 def add_round_to(p) -> None:
@@ -153,7 +156,7 @@ def run_sa(argv: List[str], prog: str = "pruning.py --mode sa") -> None:
     cfg = SensitivityConfig(source=model_source(args), eval=eval_config(args), criterion=criterion_config(args),
                             sparsities=args.sparsities, output=args.output, work_space=args.work_space,
                             ignore=args.ignore, use_cache=not args.no_cache, force=args.force, ci=args.ci,
-                            workers=args.workers, pool=args.pool)
+                            workers=args.workers, pool=args.pool, ray_address=args.ray_address)
     print(f"sensitivity CSV: {run_sensitivity(cfg)}")
 
 
@@ -204,7 +207,7 @@ def run_search(argv: List[str]) -> None:
                        ignore=args.ignore, round_to=args.round_to, output=args.output, force=args.force,
                        seed=args.seed, latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
                        latency_batch=args.latency_batch, latency_dir=args.latency_dir, workers=args.workers,
-                       pool=args.pool)
+                       pool=args.pool, ray_address=args.ray_address)
     out, lines = search(cfg)
     print("\n".join(lines))
     print(f"schedule: {out}")

@@ -4,7 +4,8 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.nn as nn
@@ -12,6 +13,34 @@ import torch.nn as nn
 from compression_tool.io.errors import UserError
 
 DEVICE_CHOICES = "cpu | cuda | cuda:N | auto"
+T = TypeVar("T")
+
+
+def check_amp(spec: Optional[str], amp: bool) -> None:
+    """``--amp`` (float16 autocast) runs on CUDA only: the CPU path stays exact float32."""
+    if amp and resolve_device(spec).type != "cuda":
+        raise UserError(f"--amp: mixed precision runs on CUDA only (--device cuda|cuda:N|auto with a GPU), got "
+                        f"--device {spec}; the CPU path stays exact float32")
+
+
+def amp_context(device: torch.device, amp: bool):
+    """float16 autocast on CUDA when ``amp``; otherwise nothing changes."""
+    if not amp:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise UserError("--amp: mixed precision runs on CUDA only; the CPU path stays exact float32")
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def with_amp(fn: Callable[..., T], device: torch.device, amp: bool) -> Callable[..., T]:
+    """``fn`` run under :func:`amp_context` (evaluation functions: ``--amp`` on CUDA)."""
+    if not amp:
+        return fn
+
+    def run(*args, **kwargs) -> T:
+        with amp_context(device, amp):
+            return fn(*args, **kwargs)
+    return run
 
 
 def resolve_device(spec: Optional[str] = "cpu") -> torch.device:
