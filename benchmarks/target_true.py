@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from compression_tool.apps.target_true import calibration_batches, split_data  # noqa: E402
+from compression_tool.apps.target_true import calibration_batches, held_back, split_data  # noqa: E402
 from compression_tool.cli.auto_make_yaml import baseline, choose_sparsities  # noqa: E402
 from compression_tool.data.splits import parse_split  # noqa: E402
 from compression_tool.engine.checkpoint import example_input, load_model  # noqa: E402
@@ -83,8 +83,9 @@ def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_eva
     return cur, chk.adabn_for(cur)
 
 
-def evaluators(name: str, model, size, split):
-    """(sa, check, report) evaluators, the SA sweep's evaluate function and metric names, calibration batches."""
+def evaluators(name: str, model, size, split, confirm: float = 0.0):
+    """(sa, check, report) evaluators — with ``confirm``, also ``searched`` / ``confirm``: the check split's two parts
+    (``apps.target_true.held_back``) — the SA sweep's evaluate function and metric names, calibration batches."""
     spec = MODELS[name]
     data = str(spec["data"])
     if spec.get("metric"):                      # face embedder: identity-disjoint pair sets
@@ -94,12 +95,16 @@ def evaluators(name: str, model, size, split):
 
         metric = str(spec["metric"])
         fp = face_parts(data, size, split)
-        ev = {p: pair_evaluator(fp[p], metric, reference=model) for p in ("sa", "check", "report")}
+        if confirm:
+            fp["searched"], fp["confirm"] = held_back(fp["check"], confirm, split.seed)
+        ev = {p: pair_evaluator(v, metric, reference=model) for p, v in fp.items()}
         sa_setup = pair_setup(fp["sa"], metric, reference=model)
         n = {p: len(v) for p, v in fp.items()}
         return ev, sa_setup.evaluate, sa_setup.metric_names, calibration_batches(data, size, fp["sa"].images, 8), n
     parts = split_data(data, size, split)
-    ev = {p: classifier_evaluator(*parts[p]) for p in ("sa", "check", "report")}
+    if confirm:
+        parts["searched"], parts["confirm"] = held_back(parts["check"], confirm, split.seed)
+    ev = {p: classifier_evaluator(*v) for p, v in parts.items()}
     loader = DataLoader(TensorDataset(*parts["sa"]), batch_size=256)
     return (ev, lambda m: evaluate_classifier(m, loader), ["top1", "top5", "loss"],
             calibration_batches(data, size, parts["sa"][0], 8, 64), {k: len(v[1]) for k, v in parts.items()})
@@ -113,7 +118,7 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
     size = meta["input_size"]
     x = example_input(size)
     split = parse_split(split_text or str(spec["split"]), seed)
-    ev, sa_evaluate, names, calib, n_parts = evaluators(name, model, size, split)
+    ev, sa_evaluate, names, calib, n_parts = evaluators(name, model, size, split, confirm)
     metric = names[0]
     crit = make_criterion("l1")
     tag = (split_text or str(spec["split"])).replace(",", "-").replace("/", "_")
@@ -162,22 +167,11 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         rows[-1]["check"] = round(r.check, 2)
         rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
     if confirm:   # the same search on (1 - confirm) of check, its winner re-tested on the rest
-        from compression_tool.apps.target_true import confirm_halves
-        from compression_tool.engine.target_true import Measurement
-
-        keep, held = (v.numpy() for v in confirm_halves(n_parts["check"], confirm, seed))
-
-        def part(idx):
-            def evaluate(m):
-                full = ev["check"](m)
-                pairs = full.pairs[idx] if full.pairs is not None else None
-                return Measurement(float(full.per_sample[idx].mean()), full.per_sample[idx], len(idx), pairs)
-            return evaluate
         t = time.perf_counter()
-        rc = target_true_schedule(model, x, crit, table, part(keep), None, calib,
+        rc = target_true_schedule(model, x, crit, table, ev["searched"], None, calib,
                                   TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
                                                    max_evals=max_evals, adverse=adverse),
-                                  confirm_eval=part(held))
+                                  confirm_eval=ev["confirm"])
         row(f"target-true, confirm {confirm:g}", rc.sparsities, time.perf_counter() - t, rc.adabn)
         rows[-1]["confirm"] = rc.confirm
     return rows

@@ -140,3 +140,17 @@ def test_pair_bootstrap_resamples_images():
         bootstrap_mean_bound(z, 0.95, True, adverse=100), rel=0.2)
     with pytest.raises(UserError, match="pairs"):
         bootstrap_mean_bound(v, 0.95, True, pairs=pairs[:10])
+
+
+def test_held_back_splits_check_data_of_both_kinds():
+    from compression_tool.apps.target_true import held_back
+
+    x, y = torch.arange(20.0).reshape(20, 1), torch.arange(20)
+    (xs, ys), (xc, yc) = held_back((x, y), 0.25, seed=0)
+    assert len(yc) == 5 and len(ys) == 15 and not set(ys.tolist()) & set(yc.tolist())
+    assert torch.equal(xs[:, 0].long(), ys)
+    ps = PairSet(torch.zeros(40, 1, 2, 2), torch.arange(40).reshape(20, 2), torch.arange(20) % 2 == 0)
+    searched, confirm = held_back(ps, 0.5, seed=0)
+    assert len(searched) == len(confirm) == 10
+    with pytest.raises(UserError, match="--confirm"):
+        held_back(ps, 0.01, seed=0)

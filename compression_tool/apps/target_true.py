@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from compression_tool.data.face_splits import split_pairsets
+from compression_tool.data.pairs import PairSet
 from compression_tool.data.spec import classifier_tensors, parse_data_spec
 from compression_tool.data.splits import SplitSpec, split_tensors
 from compression_tool.engine.checkpoint import example_input, load_model
@@ -35,7 +35,6 @@ from compression_tool.engine.target_true import (
     Evaluator,
     TargetTrueConfig,
     TargetTrueResult,
-    bootstrap_mean_bound,
     classifier_evaluator,
     target_true_schedule,
 )
@@ -184,20 +183,6 @@ def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, mod
                      batches=lambda: (b for b, _ in loader), dataset=cfg.data.split(":")[0])
 
 
-def one_image_note(n: int, drop: Optional[float], confidence: float, adverse: float = 100.0) -> Optional[str]:
-    """One line when even a schedule that changes no check outcome cannot be promised within ``drop``: the
-    check bound carries one adverse pseudo-sample (``compression_tool.engine.target_true``), so its floor is about
-    3 x ``adverse`` / n."""
-    if drop is None or n <= 0:
-        return None
-    floor = bootstrap_mean_bound(np.zeros(n), confidence, upper=True, adverse=adverse)
-    if floor > drop:
-        return (f"note: a {drop:g}-point drop is finer than the {n}-sample check split resolves (the smallest "
-                f"{confidence:.0%} bound it can give is {floor:.3g}): nothing can be promised; use a larger "
-                "check split or a larger drop")
-    return None
-
-
 def confirm_halves(n: int, confirm: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Seeded (search, confirm) index sets of the check split; ``confirm`` is the confirm part's fraction."""
     if not 0.0 < confirm < 1.0:
@@ -209,6 +194,16 @@ def confirm_halves(n: int, confirm: float, seed: int) -> Tuple[torch.Tensor, tor
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+def held_back(check, confirm: float, seed: int):
+    """(search part, confirm part) of the check data — classifier ``(x, y)`` or a face ``PairSet`` (split by pair)."""
+    if isinstance(check, PairSet):
+        keep, held = confirm_halves(len(check), confirm, seed)
+        return check.select(keep), check.select(held)
+    x, y = check
+    keep, held = confirm_halves(len(y), confirm, seed)
+    return (x[keep], y[keep]), (x[held], y[held])
+
+
 def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[int], metric: str,
                      model_mean=None, model_std=None
                      ) -> Tuple[Evaluator, Evaluator, torch.Tensor, Optional[Evaluator]]:
@@ -218,24 +213,20 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
         parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face)
-        check = {"check": parts["check"]}
-        if job.confirm:
-            keep, held = confirm_halves(len(parts["check"]), job.confirm, job.split.seed)
-            check = {"check": parts["check"].select(keep), "confirm": parts["check"].select(held)}
 
         def ev(ps):
             return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size)
-        return (ev(check["check"]), ev(parts["report"]), parts["sa"].images,
-                ev(check["confirm"]) if "confirm" in check else None)
-    if metric != "top1":
-        raise UserError(f"--metric {metric}: target-true schedules on classifier data measure top1")
-    parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, model_mean, model_std)
-    x, y = parts["check"]
-    confirm = None
-    if job.confirm:
-        keep, held = confirm_halves(len(y), job.confirm, job.split.seed)
-        x, y, confirm = x[keep], y[keep], classifier_evaluator(x[held], y[held])
-    return classifier_evaluator(x, y), classifier_evaluator(*parts["report"]), parts["sa"][0], confirm
+        sa = parts["sa"].images
+    else:
+        if metric != "top1":
+            raise UserError(f"--metric {metric}: target-true schedules on classifier data measure top1")
+        parts = split_data(job.data, input_size, job.split, job.data_seed, job.mean, job.std, model_mean, model_std)
+
+        def ev(xy):
+            return classifier_evaluator(*xy)
+        sa = parts["sa"][0]
+    check, confirm = held_back(parts["check"], job.confirm, job.split.seed) if job.confirm else (parts["check"], None)
+    return ev(check), ev(parts["report"]), sa, ev(confirm) if confirm is not None else None
 
 
 def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
@@ -264,10 +255,6 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
                            bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
                            max_evals=job.max_evals, multiple_testing=job.multiple_testing,
                            adverse=adverse_value(metric))
-    base_check = check_eval(model)
-    note = one_image_note(base_check.n, job.drop, cfg.decision_confidence(), cfg.adverse)
-    if note:
-        log.warning(note)
     latency = job.latency.model_for(model, input_size) if job.latency is not None else None
     if job.resource == "latency" and latency is None:
         latency = LatencySettings().model_for(model, input_size)

@@ -24,7 +24,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -232,12 +232,8 @@ class TargetTrueResult:
         return self.report >= self.threshold - 0.5
 
     def to_dict(self) -> Dict[str, object]:
-        model, self.model = self.model, None
-        try:
-            d = asdict(self)
-        finally:
-            self.model = model
-        d.pop("model", None)
+        d = asdict(replace(self, model=None))       # asdict would deep-copy the model
+        d.pop("model")
         d["reduction"] = self.reduction
         d["promised_within_0.5"] = self.promised()
         return d
@@ -402,7 +398,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     best = t_zero
     if not resolvable:
         log.warning("target-true: the %s target is finer than the %d-sample check split can resolve at %.2f%% "
-                    "(its best possible bound: %.3g); nothing is pruned", cfg.metric, base.n,
+                    "(its best possible bound: %.3g); nothing is pruned: use a larger check split or a larger drop",
+                    cfg.metric, base.n,
                     100 * cfg.decision_confidence(),
                     floor if cfg.drop is not None else t_zero.bound)
     else:
