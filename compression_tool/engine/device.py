@@ -16,20 +16,20 @@ DEVICE_CHOICES = "cpu | cuda | cuda:N | auto"
 T = TypeVar("T")
 
 
-def check_amp(spec: Optional[str], amp: bool) -> None:
-    """``--amp`` (float16 autocast) runs on CUDA only: the CPU path stays exact float32."""
-    if amp and resolve_device(spec).type != "cuda":
-        raise UserError(f"--amp: mixed precision runs on CUDA only (--device cuda|cuda:N|auto with a GPU), got "
-                        f"--device {spec}; the CPU path stays exact float32")
-
-
 def amp_context(device: torch.device, amp: bool):
-    """float16 autocast on CUDA when ``amp``; otherwise nothing changes."""
+    """float16 autocast on CUDA when ``amp``; otherwise nothing changes. ``--amp`` off CUDA is refused: the CPU path
+    stays exact float32."""
     if not amp:
         return contextlib.nullcontext()
     if device.type != "cuda":
-        raise UserError("--amp: mixed precision runs on CUDA only; the CPU path stays exact float32")
+        raise UserError(f"--amp: mixed precision runs on CUDA only (--device cuda|cuda:N|auto with a GPU), got "
+                        f"--device {device.type}; the CPU path stays exact float32")
     return torch.autocast("cuda", dtype=torch.float16)
+
+
+def check_amp(spec: Optional[str], amp: bool) -> None:
+    """Refuse ``--amp`` for ``--device spec`` before any work (see :func:`amp_context`)."""
+    amp_context(resolve_device(spec), amp)
 
 
 def with_amp(fn: Callable[..., T], device: torch.device, amp: bool) -> Callable[..., T]:
