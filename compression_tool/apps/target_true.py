@@ -18,11 +18,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from compression_tool.data.face_splits import split_pairsets
 from compression_tool.data.pairs import PairSet
-from compression_tool.data.spec import classifier_tensors, parse_data_spec
+from compression_tool.data.spec import LabelledSubset, classifier_tensors, parse_data_spec, seeded_subset
 from compression_tool.data.splits import SplitSpec, split_tensors
 from compression_tool.engine.checkpoint import example_input, load_model
 from compression_tool.engine.cost import interleaved_latency
@@ -42,7 +41,7 @@ from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_write_json, check_writable
 from model_define import model_spec
 from test_module.per_sample import adverse_value, pair_evaluator
-from test_module.setup import CLASSIFIER_METRICS, EvalConfig, EvalSetup, pair_setup
+from test_module.setup import EvalConfig, EvalSetup, classifier_setup, pair_setup
 from test_module.verification import metric_fpr
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,6 @@ def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, mod
     measures the SA part; ``eval_batches`` keeps a seeded random subset of the SA part (never images of the other
     parts). Classifiers: top1, top5, loss; face data: the verification metrics (``cfg.metric`` first)."""
     from compression_tool.data.splits import parse_split
-    from test_module.classification import evaluate_classifier
 
     split = parse_split(cfg.split, cfg.split_seed)
     eval_batches = cfg.eval_batches if cfg.split_part == "sa" else None
@@ -174,13 +172,10 @@ def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, mod
                           cfg.data.split(":")[0])
     xs, ys = split_data(cfg.data, input_size, split, cfg.seed, cfg.mean, cfg.std, model_mean,
                         model_std)[cfg.split_part]
-    if eval_batches and eval_batches * cfg.batch_size < len(ys):
-        pick = torch.randperm(len(ys), generator=torch.Generator().manual_seed(cfg.seed))
-        pick = pick[: eval_batches * cfg.batch_size].sort().values
+    pick = seeded_subset(len(ys), eval_batches * cfg.batch_size if eval_batches else None, cfg.seed)
+    if pick is not None:
         xs, ys = xs[pick], ys[pick]
-    loader = DataLoader(TensorDataset(xs, ys), batch_size=cfg.batch_size, shuffle=False)
-    return EvalSetup(evaluate=lambda m: evaluate_classifier(m, loader), metric_names=list(CLASSIFIER_METRICS),
-                     batches=lambda: (b for b, _ in loader), dataset=cfg.data.split(":")[0])
+    return classifier_setup(cfg.data, input_size, cfg.batch_size, preloaded=LabelledSubset(xs, ys, None))
 
 
 def confirm_halves(n: int, confirm: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
