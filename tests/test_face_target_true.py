@@ -14,6 +14,7 @@ from compression_tool.data.splits import parse_split
 from compression_tool.engine.checkpoint import save_pruned
 from compression_tool.io.errors import UserError
 from model_define import model_spec
+from model_define.pretrained import shared_data_dir
 from test_module.per_sample import accepted_at_fpr, pair_outcomes
 from test_module.verification import kfold_verification, roc_metrics
 from tests.test_fidelity import faces
@@ -154,3 +155,29 @@ def test_held_back_splits_check_data_of_both_kinds():
     assert len(searched) == len(confirm) == 10
     with pytest.raises(UserError, match="--confirm"):
         held_back(ps, 0.01, seed=0)
+
+
+SHARED = shared_data_dir()
+REAL = SHARED / "orl_faces", SHARED / "mobilefacenet_casia" / "068.ckpt"
+
+
+@pytest.mark.skipif(not all(p.exists() for p in REAL), reason=f"ORL faces / 068.ckpt not found under {SHARED}")
+def test_real_orl_split_and_mobilefacenet_per_pair_outcomes():
+    """Real faces, the real CASIA MobileFaceNet: the benchmark's identity split (chosen on s31..s40, judged on
+    s3..s30) is disjoint and balanced, and the per-pair outcomes the check bound bootstraps average to the 10-fold
+    accuracy the evaluation reports, on the check identities."""
+    from compression_tool.engine.checkpoint import load_model
+    from test_module.per_sample import pair_evaluator
+    from test_module.setup import pair_setup
+
+    parts = split_pairsets(f"orl:{REAL[0]}", (3, 112, 96), parse_split("s31..s35/s36..s40/s3..s30"))
+    ids = {p: {path.split("/")[-2] for path in ps.paths} for p, ps in parts.items()}
+    assert ids["sa"] == {f"s{i}" for i in range(31, 36)} and ids["check"] == {f"s{i}" for i in range(36, 41)}
+    assert len(ids["report"]) == 28 and not ids["report"] & (ids["sa"] | ids["check"])
+    assert {p: len(v) for p, v in parts.items()} == {"sa": 450, "check": 450, "report": 2520}
+    assert all(int(v.issame.sum()) * 2 == len(v) for v in parts.values())
+    model, _ = load_model(str(REAL[1]), "mobilefacenet", input_size=(3, 112, 96))
+    m = pair_evaluator(parts["check"], "lfw_acc", reference=model)(model)
+    reported = pair_setup(parts["check"], "lfw_acc").evaluate(model)["lfw_acc"]
+    assert m.n == 450 and m.pairs.shape == (450, 2)
+    assert m.value == pytest.approx(reported, abs=1e-6) and 90.0 < m.value <= 100.0
