@@ -85,7 +85,8 @@ def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_eva
 
 def evaluators(name: str, model, size, split, confirm: float = 0.0):
     """(sa, check, report) evaluators — with ``confirm``, also ``searched`` / ``confirm``: the check split's two parts
-    (``apps.target_true.held_back``) — the SA sweep's evaluate function and metric names, calibration batches."""
+    (``apps.target_true.held_back``; faces: by identity) — the SA sweep's evaluate function and metric names,
+    calibration batches."""
     spec = MODELS[name]
     data = str(spec["data"])
     if spec.get("metric"):                      # face embedder: identity-disjoint pair sets
@@ -95,8 +96,9 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 
         metric = str(spec["metric"])
         fp = face_parts(data, size, split)
-        if confirm:
-            fp["searched"], fp["confirm"] = held_back(fp["check"], confirm, split.seed)
+        if confirm:                             # the check identities split once more (no face on both sides)
+            halves = face_parts(data, size, split, confirm=confirm)
+            fp["searched"], fp["confirm"] = halves["check"], halves["confirm"]
         ev = {p: pair_evaluator(v, metric, reference=model) for p, v in fp.items()}
         sa_setup = pair_setup(fp["sa"], metric, reference=model)
         n = {p: len(v) for p, v in fp.items()}

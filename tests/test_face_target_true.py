@@ -143,18 +143,32 @@ def test_pair_bootstrap_resamples_images():
         bootstrap_mean_bound(v, 0.95, True, pairs=pairs[:10])
 
 
-def test_held_back_splits_check_data_of_both_kinds():
+def test_held_back_splits_classifier_images_and_face_identities(tmp_path, monkeypatch):
+    """--confirm splits a classifier's check images, but a face check part by identity (identity folders) or by
+    fold (pair lists): no face is on both sides."""
     from compression_tool.apps.target_true import held_back
 
     x, y = torch.arange(20.0).reshape(20, 1), torch.arange(20)
     (xs, ys), (xc, yc) = held_back((x, y), 0.25, seed=0)
     assert len(yc) == 5 and len(ys) == 15 and not set(ys.tolist()) & set(yc.tolist())
     assert torch.equal(xs[:, 0].long(), ys)
-    ps = PairSet(torch.zeros(40, 1, 2, 2), torch.arange(40).reshape(20, 2), torch.arange(20) % 2 == 0)
-    searched, confirm = held_back(ps, 0.5, seed=0)
-    assert len(searched) == len(confirm) == 10
     with pytest.raises(UserError, match="--confirm"):
-        held_back(ps, 0.01, seed=0)
+        held_back((x, y), 0.01, seed=0)
+    root = faces(tmp_path / "f", ids=8, per=3)
+    parts = split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("2,4,2"), confirm=0.5)
+    assert set(parts) == {"sa", "check", "confirm", "report"}
+    ids = {p: {path.split("/")[-2] for path in ps.paths} for p, ps in parts.items()}
+    assert len(ids["check"]) == len(ids["confirm"]) == 2 and not ids["check"] & ids["confirm"]
+    assert not (ids["check"] | ids["confirm"]) & (ids["sa"] | ids["report"])
+    with pytest.raises(UserError, match="--confirm 0.2: a check split of 4 identities"):
+        split_pairsets(f"identity_folders:{root}", (1, 16, 16), parse_split("2,4,2"), confirm=0.2)
+    images = torch.arange(40.0).reshape(40, 1, 1, 1).expand(40, 1, 4, 4)     # each image tells its index
+    ps = PairSet(images, torch.arange(40).reshape(20, 2), torch.arange(20) % 2 == 0)
+    monkeypatch.setattr("compression_tool.data.face_splits.load_pairset", lambda *a, **k: ps)
+    folds = split_pairsets("bin:x.bin", (1, 4, 4), parse_split("0.3,0.4,0.3"), confirm=0.5)
+    assert len(folds["check"]) == len(folds["confirm"]) == 4      # 2 pairs per fold, two whole folds each
+    seen = {p: set(v.images[:, 0, 0, 0].long().tolist()) for p, v in folds.items()}
+    assert not seen["check"] & seen["confirm"] and not (seen["check"] | seen["confirm"]) & seen["sa"]
 
 
 SHARED = shared_data_dir()

@@ -1,5 +1,6 @@
 """Target-true schedules (issue 12): splits, the composed check, the per-layer rule's failure, bad inputs."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -183,6 +184,37 @@ def test_confirm_split_retests_the_winner():
     r2 = target_true_schedule(model, x[:1], crit, table, check, None, [], cfg, progress=False, confirm_eval=hostile)
     assert not r2.confirm["passed"] and 1 <= r2.confirm["tries"] <= 3 and not any(r2.sparsities.values())
     assert r2.macs == r2.base_macs
+
+
+def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
+    """The confirm split tests the search's nested chain least pruned first (a fixed-sequence test): the result is
+    the last link that holds before the first that fails, and nothing after that failure is tested."""
+    from compression_tool.engine.target_true import Measurement, Trial, _confirm, chain_points
+
+    links = list(range(10))
+    assert chain_points(links, 3) == [3, 6, 9] and chain_points(links, 20) == links[1:]
+    chain = [Trial("baseline", {"a": 0.0}, 90.0, 0.0, True, 100.0, 10.0)] + [
+        Trial("greedy", {"a": k / 10}, 90.0, 0.5, True, 100.0 - 10 * k, 10.0) for k in range(1, 8)]
+    drops = {0.0: 0.0, 0.1: 0.2, 0.2: 0.4, 0.3: 3.0, 0.4: 3.0, 0.5: 3.0, 0.6: 0.1, 0.7: 0.1}  # 0.3-0.5 fail
+
+    class FakeChecker:                  # the model "is" its level; the bound is the drop looked up for it
+        def build(self, sp):
+            return sp["a"]
+
+        def bound(self, m, base):
+            return m.value, m.value <= 1.0
+
+    def confirm_eval(m):
+        v = 0.0 if not isinstance(m, float) else drops[m]
+        return Measurement(v, np.zeros(4), 4)
+    cfg = TargetTrueConfig(drop=1.0, confirm_tries=20)
+    held, info = _confirm(FakeChecker(), None, chain, confirm_eval, cfg)
+    assert held is chain[2] and info["tries"] == 3 and info["passed"] and info["chain"] == 7
+    assert [r["passed"] for r in info["tested"]] == [True, True, False]
+    assert [round(r["reduction"], 2) for r in info["tested"]] == [0.1, 0.2, 0.3]
+    held, info = _confirm(FakeChecker(), None, chain, confirm_eval, replace(cfg, confirm_tries=3))
+    assert [round(r["reduction"], 2) for r in info["tested"]] == [0.2, 0.5]    # links 2, 5 (fails); 7 untested
+    assert held is chain[2]
 
 
 def test_bonferroni_is_stricter():

@@ -20,9 +20,8 @@ import torch
 import torch.nn as nn
 
 from compression_tool.data.face_splits import split_pairsets
-from compression_tool.data.pairs import PairSet
 from compression_tool.data.spec import LabelledSubset, classifier_tensors, parse_data_spec, seeded_subset
-from compression_tool.data.splits import SplitSpec, split_tensors
+from compression_tool.data.splits import SplitSpec, confirm_halves, split_tensors
 from compression_tool.engine.checkpoint import example_input, load_model
 from compression_tool.engine.cost import interleaved_latency
 from compression_tool.engine.criteria import make_criterion
@@ -123,10 +122,11 @@ def split_data(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed
 
 
 def face_parts(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0,
-               face: Optional[FaceOptions] = None):
-    """{sa, check, report: PairSet}, identity-disjoint (``compression_tool.data.face_splits``)."""
+               face: Optional[FaceOptions] = None, confirm: float = 0.0):
+    """{sa, check, report: PairSet}, identity-disjoint (``compression_tool.data.face_splits``); with ``confirm``
+    the check identities (folds) are split once more and a ``confirm`` part is added."""
     f = face or FaceOptions()
-    return split_pairsets(spec, input_size, split, data_seed, f.test_root, f.bgr, f.subjects, f.folds)
+    return split_pairsets(spec, input_size, split, data_seed, f.test_root, f.bgr, f.subjects, f.folds, confirm)
 
 
 def sa_images(spec: str, input_size: Sequence[int], split: SplitSpec, data_seed: int = 0, mean=None, std=None,
@@ -178,22 +178,9 @@ def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, mod
     return classifier_setup(cfg.data, input_size, cfg.batch_size, preloaded=LabelledSubset(xs, ys, None))
 
 
-def confirm_halves(n: int, confirm: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Seeded (search, confirm) index sets of the check split; ``confirm`` is the confirm part's fraction."""
-    if not 0.0 < confirm < 1.0:
-        raise UserError(f"--confirm: expected the fraction of the check split to hold back, in (0, 1), got {confirm}")
-    k = int(round(confirm * n))
-    if k < 1 or k >= n:
-        raise UserError(f"--confirm {confirm:g}: a {n}-sample check split leaves no samples on one side")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-    return perm[k:].sort().values, perm[:k].sort().values
-
-
-def held_back(check, confirm: float, seed: int):
-    """(search part, confirm part) of the check data — classifier ``(x, y)`` or a face ``PairSet`` (split by pair)."""
-    if isinstance(check, PairSet):
-        keep, held = confirm_halves(len(check), confirm, seed)
-        return check.select(keep), check.select(held)
+def held_back(check: Tuple[torch.Tensor, torch.Tensor], confirm: float, seed: int):
+    """(search part, confirm part) of a classifier's check data ``(x, y)``, split by image. (Face data is split by
+    identity or fold instead: ``face_parts(..., confirm=F)``.)"""
     x, y = check
     keep, held = confirm_halves(len(y), confirm, seed)
     return (x[keep], y[keep]), (x[held], y[held])
@@ -207,7 +194,7 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
     if parse_data_spec(job.data).is_face:
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
-        parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face)
+        parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face, job.confirm)
 
         def ev(ps):
             return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size)
@@ -220,8 +207,10 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
         def ev(xy):
             return classifier_evaluator(*xy)
         sa = parts["sa"][0]
-    check, confirm = held_back(parts["check"], job.confirm, job.split.seed) if job.confirm else (parts["check"], None)
-    return ev(check), ev(parts["report"]), sa, ev(confirm) if confirm is not None else None
+        if job.confirm:
+            parts["check"], parts["confirm"] = held_back(parts["check"], job.confirm, job.split.seed)
+    confirm = parts.get("confirm")
+    return ev(parts["check"]), ev(parts["report"]), sa, ev(confirm) if confirm is not None else None
 
 
 def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:

@@ -21,7 +21,7 @@ from compression_tool.data.readers import (
     parse_subjects,
     read_identity_pairs,
 )
-from compression_tool.data.splits import SplitSpec, split_indices
+from compression_tool.data.splits import SplitSpec, confirm_halves, split_indices
 from compression_tool.io.errors import UserError
 
 
@@ -36,14 +36,19 @@ def identity_parts(root: str, split: SplitSpec, subjects: Optional[Sequence[str]
 
 def split_pairsets(spec: str, input_size: Sequence[int], split: SplitSpec, seed: int = 0,
                    test_root: Optional[str] = None, bgr: bool = False, subjects: Optional[str] = None,
-                   folds: int = 10) -> Dict[str, PairSet]:
-    """{sa, check, report: PairSet}, identity-disjoint (see the module doc)."""
+                   folds: int = 10, confirm: float = 0.0) -> Dict[str, PairSet]:
+    """{sa, check, report: PairSet}, identity-disjoint (see the module doc); with ``confirm`` also ``confirm``,
+    cut from the check part's identities (folds)."""
     kind, _, path = spec.partition(":")
     if kind in ("orl", "identity_folders"):
         c, h, w = (int(v) for v in input_size)
         chosen = parse_subjects(subjects if subjects is not None else
                                 (ORL_VERIFY_SUBJECTS if kind == "orl" else None))
         parts = identity_parts(path, split, chosen)
+        if confirm:
+            names = parts["check"]
+            keep, held = confirm_halves(len(names), confirm, split.seed, "identities", least=2)
+            parts["check"], parts["confirm"] = [names[i] for i in keep], [names[i] for i in held]
         transform = ImageTransform(size=(h, w), channels=c, bgr=bgr)
         out = {}
         for part, names in parts.items():
@@ -60,5 +65,10 @@ def split_pairsets(spec: str, input_size: Sequence[int], split: SplitSpec, seed:
     if n < folds:
         raise UserError(f"--data {spec}: {n} pairs cannot be cut into {folds} folds")
     fold_of = torch.arange(n) * folds // n          # contiguous folds in list order (LFW: its ten sets)
+    fold_parts = split_indices(folds, split)
+    if confirm:
+        ix = fold_parts["check"]
+        keep, held = confirm_halves(len(ix), confirm, split.seed, "folds")
+        fold_parts["check"], fold_parts["confirm"] = ix[keep.numpy()], ix[held.numpy()]
     return {part: pairset.select(torch.nonzero(torch.isin(fold_of, torch.from_numpy(ix))).flatten())
-            for part, ix in split_indices(folds, split).items()}
+            for part, ix in fold_parts.items()}

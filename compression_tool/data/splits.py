@@ -132,3 +132,17 @@ def split_tensors(x: torch.Tensor, y: torch.Tensor, spec: SplitSpec
         raise UserError(f"split: {len(x)} inputs but {len(y)} labels")
     return {part: (x[torch.from_numpy(idx)], y[torch.from_numpy(idx)])
             for part, idx in split_indices(len(y), spec).items()}
+
+
+def confirm_halves(n: int, confirm: float, seed: int, what: str = "samples", least: int = 1
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (search, confirm) index sets of the check split's ``n`` items (images, identities or folds);
+    ``confirm`` is the confirm part's fraction; each side keeps at least ``least`` items."""
+    if not 0.0 < confirm < 1.0:
+        raise UserError(f"--confirm: expected the fraction of the check split to hold back, in (0, 1), got {confirm}")
+    k = int(round(confirm * n))
+    if k < least or n - k < least:
+        raise UserError(f"--confirm {confirm:g}: a check split of {n} {what} leaves fewer than {least} on one side "
+                        "(use a larger check part or another fraction)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return perm[k:].sort().values, perm[:k].sort().values

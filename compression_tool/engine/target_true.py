@@ -146,7 +146,7 @@ class TargetTrueConfig:
     greedy: bool = True
     layer_report: bool = True            # also measure the composed model layer by layer (check and report)
     multiple_testing: str = "none"       # none | bonferroni (see decision_confidence)
-    confirm_tries: int = 5               # with a confirm split: passing candidates tried there, largest cut first
+    confirm_tries: int = 8               # with a confirm split: points of the search's chain tested there (at most)
 
     def decision_confidence(self) -> float:
         """The per-candidate level: ``confidence``, or Bonferroni over the ``max_evals`` candidates the search may
@@ -350,10 +350,12 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
     ``calib_batches`` are input batches from the training side for BN re-estimation; ``latency`` predicts each
     candidate's latency (needed for ``resource='latency'``). ``confirm_eval`` (a part of the check data the search
-    never saw): the winner is re-tested there with the same decision rule — the search keeps one candidate among many
-    that passed, so its check margin is optimistic (the winner's curse); when it fails, the next passing candidates
-    (largest reduction first, ``confirm_tries`` in all) are tried, else nothing is pruned. ``model`` is not
-    changed."""
+    never saw): the search keeps one candidate among many that passed, so its check margin is optimistic (the
+    winner's curse). Its accepted schedules form a nested chain (each adds moves to the last); ``confirm_tries``
+    points of that chain, fixed before the confirm data is looked at, are tested there least pruned first with the
+    same rule, and the last to pass before the first failure wins (a fixed-sequence test: the chance that the
+    winner breaks the promise stays at 1 − ``confidence``, with no correction for the number tested). ``model`` is
+    not changed."""
     cfg.validate()
     if cfg.resource == "latency" and latency is None:
         raise UserError("target-true: a latency reduction needs a latency model (auto_make_yaml.py --resource "
@@ -389,6 +391,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     zero = schedule_after(moves, 0, layers)
     t_zero = trial("baseline", zero)
     trace.insert(0, t_zero)
+    chain: List[Trial] = [t_zero]        # the accepted schedules, each a superset of the one before
     resolvable = t_zero.passed
     if cfg.drop is not None:
         # the smallest bound any schedule that changes no check outcome can get
@@ -410,6 +413,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
             t = trial("bisect", schedule_after(moves, mid, layers))
             if t.passed:
                 lo, best = mid, t
+                chain.append(t)
             else:
                 hi = mid - 1
         # 2. greedy: raise single layers by one level on top of the best schedule, least sensitive first
@@ -437,13 +441,15 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                 t = trial("greedy", sp)
                 if t.passed and getattr(t, cfg.resource) <= getattr(best, cfg.resource):
                     best, improved = t, True
+                    chain.append(t)
                 else:
                     failed.add((layer, s))
     bar.close()
     search_evals = chk.evals
     confirmed = None
     if confirm_eval is not None and resolvable:
-        best, confirmed = _confirm(chk, model, best, trace, t_zero, confirm_eval, cfg)
+        chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
+        best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base)
     rep_base = rep = rep_bound = None
@@ -484,23 +490,37 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_latency=full.get("latency"), model=final, confirm=confirmed)
 
 
-def _confirm(chk: ComposedChecker, model: nn.Module, best: Trial, trace: Sequence[Trial], zero: Trial,
-             confirm_eval: Evaluator, cfg: TargetTrueConfig) -> Tuple[Trial, Dict[str, object]]:
-    """Re-test passing candidates on the confirm split (largest reduction first); the first that passes wins."""
+def chain_points(chain: Sequence[Trial], k: int) -> List[Trial]:
+    """At most ``k`` links of the nested chain (the unpruned start excluded), evenly spaced along it, the last (the
+    search's winner) always included; least pruned first."""
+    links = list(chain[1:])
+    if len(links) <= k:
+        return links
+    picks = sorted({round((i + 1) * len(links) / k) - 1 for i in range(k)})
+    return [links[i] for i in picks]
+
+
+def _confirm(chk: ComposedChecker, model: nn.Module, chain: Sequence[Trial], confirm_eval: Evaluator,
+             cfg: TargetTrueConfig) -> Tuple[Trial, Dict[str, object]]:
+    """Fixed-sequence test of the chain on the confirm split: least pruned first, stop at the first failure."""
     base = confirm_eval(model)
-    passing = sorted({tuple(sorted(t.sparsities.items())): t for t in [best, *trace] if t.passed}.values(),
-                     key=lambda t: getattr(t, cfg.resource))
-    info: Dict[str, object] = {"n": base.n, "unpruned": base.value, "tries": 0, "passed": False}
-    for t in passing[:cfg.confirm_tries]:
-        if t.sparsities == zero.sparsities:
-            break
+    info: Dict[str, object] = {"n": base.n, "unpruned": base.value, "tries": 0, "passed": False,
+                               "chain": len(chain) - 1, "tested": []}
+    held = chain[0]
+    for t in chain_points(chain, cfg.confirm_tries):
         m = confirm_eval(chk.build(t.sparsities))
         b, ok = chk.bound(m, base)
-        info.update(tries=int(info["tries"]) + 1, value=m.value, bound=b, passed=ok)
-        if ok:
-            return t, info
-    log.warning("target-true: no passing candidate held on the confirm split; nothing is pruned")
-    return zero, info
+        info["tries"] = int(info["tries"]) + 1
+        info["tested"].append({"reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource),
+                               "value": m.value, "bound": b, "passed": ok})
+        if not ok:
+            break
+        held = t
+        info.update(value=m.value, bound=b, passed=True)
+    if held is chain[0] and info["tries"]:
+        log.warning("target-true: the least pruned schedule of the search did not hold on the confirm split; "
+                    "nothing is pruned")
+    return held, info
 
 
 def composed_metric(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
@@ -534,10 +554,13 @@ def format_result(r: TargetTrueResult) -> str:
     lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f})")
     if r.confirm is not None:
         c = r.confirm
-        lines.append(f"  confirm split ({c['n']} samples): " + (
-            f"{c['value']:.2f} (unpruned {c['unpruned']:.2f}; {bound} {c['bound']:.2f}) after {c['tries']} "
-            f"candidate(s): {'held' if c['passed'] else 'none held: nothing pruned'}" if c["tries"] else
-            "nothing to confirm"))
+        lines.append(f"  confirm split ({c['n']} samples, unpruned {c['unpruned']:.2f}): {c['tries']} of the search's "
+                     f"{c.get('chain', c['tries'])} accepted schedules tested, least pruned first")
+        for row in c.get("tested", []):
+            lines.append(f"    {100 * row['reduction']:5.1f}% {r.resource} removed: {row['value']:.2f} ({bound} "
+                         f"{row['bound']:.2f}) {'holds' if row['passed'] else 'fails: stop'}")
+        if not c["passed"]:
+            lines.append("    nothing held: nothing pruned" if c["tries"] else "    nothing to confirm")
     if r.report is not None:
         lines.append(f"  composed on report: {r.report:.2f} (unpruned {r.report_baseline:.2f}; {bound} "
                      f"{r.report_bound:.2f}) -> promise kept within 0.5 pt: {'yes' if r.promised() else 'NO'}")
