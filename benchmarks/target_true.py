@@ -20,7 +20,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -113,8 +113,8 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
-            multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False
-            ) -> List[Dict[str, object]]:
+            multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
+            search_levels: Sequence[Optional[float]] = (None,)) -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -168,13 +168,15 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         rows[-1]["check_bound"] = round(r.check_bound, 2)
         rows[-1]["check"] = round(r.check, 2)
         rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
-    if confirm:   # the same search on (1 - confirm) of check, its winner re-tested on the rest
+    for level in search_levels if confirm else ():
+        # the same search on (1 - confirm) of check; its chain re-tested on the rest
         t = time.perf_counter()
         rc = target_true_schedule(model, x, crit, table, ev["searched"], None, calib,
                                   TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
-                                                   max_evals=max_evals, adverse=adverse),
+                                                   max_evals=max_evals, adverse=adverse, search_confidence=level),
                                   confirm_eval=ev["confirm"])
-        row(f"target-true, confirm {confirm:g}", rc.sparsities, time.perf_counter() - t, rc.adabn)
+        name = f"target-true, confirm {confirm:g}" + (f", search at {level:g}" if level is not None else "")
+        row(name, rc.sparsities, time.perf_counter() - t, rc.adabn)
         rows[-1]["confirm"] = rc.confirm
     return rows
 
@@ -200,6 +202,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--confirm", type=float, default=0.0,
                    help="also run target-true with this fraction of check held back to confirm the winner")
     p.add_argument("--confirm_only", action="store_true", help="with --confirm: run only that row")
+    p.add_argument("--search_confidence", default="",
+                   help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
                    help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
     p.add_argument("--work", default="work_space/bench_target_true")
@@ -216,7 +220,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             train_default(Path(MODELS[name]["ckpt"]))
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
-                            "bonferroni" if args.bonferroni else "none", args.confirm, args.confirm_only)
+                            "bonferroni" if args.bonferroni else "none", args.confirm, args.confirm_only,
+                            [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
+                            else [None])
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

@@ -440,8 +440,15 @@ AMY_CASES = {
                                           "digits_net.pth", "--data", "digits", "--metric", "lfw_acc"],
     "tt_confirm_out_of_range": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
                                 "digits_net.pth", "--data", "digits", "--confirm", "1.5"],
+    "tt_search_confidence_without_confirm": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                             "digits_net.pth", "--data", "digits", "--search_confidence", "0.5"],
+    "tt_search_confidence_out_of_range": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                          "digits_net.pth", "--data", "digits", "--confirm", "0.5",
+                                          "--search_confidence", "0.2"],
 }
-AMY_SAYS = {"tt_confirm_out_of_range": "--confirm", "tt_subject_split_on_classifier_data": "identity-folder",
+AMY_SAYS = {"tt_confirm_out_of_range": "--confirm", "tt_search_confidence_without_confirm": "only with --confirm",
+            "tt_search_confidence_out_of_range": "--search_confidence: expected a level",
+            "tt_subject_split_on_classifier_data": "identity-folder",
             "tt_overlapping_subject_split": "in both",
             "tt_face_metric_not_per_sample": "lfw_acc, tpr@fpr", "tt_classifier_metric_on_faces_csv": "measure top1"}
 

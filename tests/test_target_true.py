@@ -201,7 +201,8 @@ def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
         def build(self, sp):
             return sp["a"]
 
-        def bound(self, m, base):
+        def bound(self, m, base, level=None):
+            assert level == 0.95                 # the confirm level is never Bonferroni-corrected
             return m.value, m.value <= 1.0
 
     def confirm_eval(m):
@@ -215,6 +216,28 @@ def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
     held, info = _confirm(FakeChecker(), None, chain, confirm_eval, replace(cfg, confirm_tries=3))
     assert [round(r["reduction"], 2) for r in info["tested"]] == [0.2, 0.5]    # links 2, 5 (fails); 7 untested
     assert held is chain[2]
+
+
+def test_search_confidence_only_loosens_the_search_under_confirm():
+    """With a confirm split the search may propose at a lower level (the confirm part re-tests at ``confidence``);
+    without one, ``search_confidence`` is ignored."""
+    cfg = TargetTrueConfig(drop=1.0, search_confidence=0.5)
+    assert cfg.search_level(True) == 0.5 and cfg.search_level(False) == cfg.confidence
+    with pytest.raises(UserError, match="search confidence"):
+        TargetTrueConfig(drop=1.0, search_confidence=0.2).validate()
+    model, x, y = toy_problem(900, seed=3)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
+    table = sensitivity_table(model, *parts["sa"])
+    check, confirm = classifier_evaluator(*parts["check"]), classifier_evaluator(*parts["report"])
+    runs = {lvl: target_true_schedule(model, x[:1], make_criterion("l1"), table, check, None, [],
+                                      TargetTrueConfig(drop=6.0, bn_recalib_batches=0, max_evals=15,
+                                                       search_confidence=lvl), progress=False, confirm_eval=confirm)
+            for lvl in (None, 0.5)}
+    assert runs[0.5].confirm["chain"] >= runs[None].confirm["chain"]
+    assert all(t.bound <= r.trace[0].bound + 100 for r in runs.values() for t in r.trace)   # both ran
+    loose = [t for t in runs[0.5].trace if t.step == "bisect"]
+    tight = [t for t in runs[None].trace if t.step == "bisect"]
+    assert loose[0].sparsities == tight[0].sparsities and loose[0].bound < tight[0].bound   # same candidate, lower level
 
 
 def test_bonferroni_is_stricter():

@@ -109,6 +109,7 @@ class TargetTrueJob:
     trust: bool = False
     face: FaceOptions = field(default_factory=FaceOptions)
     confirm: float = 0.0        # fraction of the check split held back to confirm the winner (0: off)
+    search_confidence: Optional[float] = None   # with confirm: the search's own level (None: confidence)
     latency: Optional[LatencySettings] = None   # resource 'latency' predicts candidates' latency with these
 
 
@@ -238,7 +239,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     cfg = TargetTrueConfig(target=job.target, drop=job.drop, metric=metric, resource=job.resource,
                            bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
                            max_evals=job.max_evals, multiple_testing=job.multiple_testing,
-                           adverse=adverse_value(metric))
+                           adverse=adverse_value(metric), search_confidence=job.search_confidence)
     latency = job.latency.model_for(model, input_size) if job.latency is not None else None
     if job.resource == "latency" and latency is None:
         latency = LatencySettings().model_for(model, input_size)
@@ -250,6 +251,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     doc["extensions"]["target_true"] = {
         "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
         "multiple_testing": job.multiple_testing, "confirm": job.confirm or None,
+        "search_confidence": job.search_confidence if job.confirm else None,
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
         "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),

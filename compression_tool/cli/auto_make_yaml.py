@@ -97,9 +97,15 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                    help="test every candidate at 1 - (1 - confidence) / max_evals: guards against picking a lucky "
                         "pass among many candidates (needs a larger check split)")
     g.add_argument("--confirm", type=float, default=0.0,
-                   help="hold back this fraction of the check split (e.g. 0.5) and re-test the search's winner there: "
-                        "guards against the winner's curse of keeping one lucky pass among many candidates, at the "
-                        "cost of check resolution (0: off)")
+                   help="hold back this fraction of the check split (e.g. 0.5; face data: of its identities or "
+                        "folds): the search runs on the rest, and the schedules it accepted (each a superset of the "
+                        "last) are tested there least pruned first; the last to hold before the first failure is "
+                        "kept. Guards against the winner's curse of keeping one lucky pass among many candidates, "
+                        "at the cost of check resolution (0: off)")
+    g.add_argument("--search_confidence", type=float, default=None,
+                   help="with --confirm: the level of the search's own decisions (default: --confidence). The "
+                        "confirm part re-tests at --confidence, so a lower level (e.g. 0.5) lets the search propose "
+                        "further without weakening the promise")
     g.add_argument("--resource", choices=("macs", "params", "latency"), default="macs",
                    help="what to reduce; latency: predicted from per-layer tables measured on --latency_runtime "
                         "(--latency_threads, --latency_batch; cached in --latency_dir)")
@@ -168,6 +174,12 @@ def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
     if not 0.0 <= args.confirm < 1.0:      # also NaN
         raise UserError(f"--confirm: expected the fraction of the check split to hold back, in [0, 1), got "
                         f"{args.confirm}")
+    if args.search_confidence is not None:
+        if not args.confirm:
+            raise UserError("--search_confidence: only with --confirm (without a confirm part the search's level is "
+                            "--confidence)")
+        if not 0.5 <= args.search_confidence < 1.0:
+            raise UserError(f"--search_confidence: expected a level in [0.5, 1), got {args.search_confidence}")
     if args.model:
         model_spec(args.model)
     return args
@@ -190,7 +202,8 @@ def target_true(args: argparse.Namespace) -> Path:
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
                         multiple_testing="bonferroni" if args.bonferroni else "none",
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
-                        latency=latency, confirm=args.confirm)
+                        latency=latency, confirm=args.confirm,
+                        search_confidence=args.search_confidence)
     result, out, report = run_target_true(job)
     print(format_result(result))
     print(f"schedule report: {report}")

@@ -146,7 +146,8 @@ class TargetTrueConfig:
     greedy: bool = True
     layer_report: bool = True            # also measure the composed model layer by layer (check and report)
     multiple_testing: str = "none"       # none | bonferroni (see decision_confidence)
-    confirm_tries: int = 8               # with a confirm split: points of the search's chain tested there (at most)
+    confirm_tries: int = 16              # with a confirm split: points of the search's chain tested there (at most)
+    search_confidence: Optional[float] = None   # with a confirm split: the search's level (None: decision_confidence)
 
     def decision_confidence(self) -> float:
         """The per-candidate level: ``confidence``, or Bonferroni over the ``max_evals`` candidates the search may
@@ -154,6 +155,13 @@ class TargetTrueConfig:
         if self.multiple_testing == "bonferroni":
             return 1.0 - (1.0 - self.confidence) / self.max_evals
         return self.confidence
+
+    def search_level(self, confirming: bool) -> float:
+        """The level of the search's check decisions. With a confirm split the search only proposes a chain that
+        the confirm split then tests at ``confidence``, so it may propose further (``search_confidence``)."""
+        if confirming and self.search_confidence is not None:
+            return self.search_confidence
+        return self.decision_confidence()
 
     def validate(self) -> None:
         if (self.target is None) == (self.drop is None):
@@ -168,6 +176,10 @@ class TargetTrueConfig:
             raise UserError(f"target-true: unknown resource {self.resource!r}; expected one of {RESOURCES}")
         if not 0.5 <= self.confidence < 1.0:
             raise UserError(f"target-true: confidence must be in [0.5, 1), got {self.confidence}")
+        if self.search_confidence is not None and not 0.5 <= self.search_confidence < 1.0:
+            raise UserError(f"target-true: the search confidence must be in [0.5, 1), got {self.search_confidence}")
+        if self.confirm_tries < 1:
+            raise UserError(f"target-true: confirm_tries must be >= 1, got {self.confirm_tries}")
         if self.multiple_testing not in ("none", "bonferroni"):
             raise UserError(f"target-true: multiple_testing must be none or bonferroni, got {self.multiple_testing!r}")
         if self.bn_mode not in ("auto", "always", "never"):
@@ -315,18 +327,19 @@ class ComposedChecker:
     def adabn_for(self, sparsities: Mapping[str, float]) -> bool:
         return self.adabn.get(self._key(self.counts(sparsities)), False)
 
-    def bound(self, m: Measurement, base: Measurement) -> Tuple[float, bool]:
-        """(the bound the decision uses, passed?)"""
+    def bound(self, m: Measurement, base: Measurement, level: Optional[float] = None) -> Tuple[float, bool]:
+        """(the bound the decision uses, passed?) at ``level`` (default: ``cfg.decision_confidence()``)"""
         cfg = self.cfg
+        level = cfg.decision_confidence() if level is None else level
         if cfg.drop is not None and m is base:
             return 0.0, True                 # the unpruned model itself: no drop by definition
         if cfg.drop is not None:
             if len(base.per_sample) != len(m.per_sample):
                 raise UserError("target-true: the check evaluation returned a different number of samples")
-            hi = bootstrap_mean_bound(base.per_sample - m.per_sample, cfg.decision_confidence(), True, cfg.n_boot,
+            hi = bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot,
                                       cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=m.pairs)
             return hi, hi <= cfg.drop + 1e-9
-        lo = bootstrap_mean_bound(m.per_sample, cfg.decision_confidence(), False, cfg.n_boot, cfg.seed,
+        lo = bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed,
                                   adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs)
         return lo, lo >= float(cfg.target) - 1e-9
 
@@ -377,10 +390,12 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     trace: List[Trial] = []
     bar = tqdm(total=cfg.max_evals, desc="target-true", unit="model", leave=False, disable=not progress)
 
+    level = cfg.search_level(confirm_eval is not None)
+
     def trial(step: str, sp: Dict[str, float]) -> Trial:
         before = chk.evals
         m, cost = chk.measure(sp)
-        b, ok = chk.bound(m, base)
+        b, ok = chk.bound(m, base, level)
         t = Trial(step, dict(sp), m.value, b, ok, cost["macs"], cost["params"], cost.get("latency"))
         if chk.evals > before:
             trace.append(t)
@@ -395,7 +410,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     resolvable = t_zero.passed
     if cfg.drop is not None:
         # the smallest bound any schedule that changes no check outcome can get
-        floor = bootstrap_mean_bound(np.zeros(base.n), cfg.decision_confidence(), True, cfg.n_boot, cfg.seed,
+        floor = bootstrap_mean_bound(np.zeros(base.n), level, True, cfg.n_boot, cfg.seed,
                                      adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
@@ -403,7 +418,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         log.warning("target-true: the %s target is finer than the %d-sample check split can resolve at %.2f%% "
                     "(its best possible bound: %.3g); nothing is pruned: use a larger check split or a larger drop",
                     cfg.metric, base.n,
-                    100 * cfg.decision_confidence(),
+                    100 * level,
                     floor if cfg.drop is not None else t_zero.bound)
     else:
         # 1. bisection on the prefix of moves: the longest passing prefix (pass assumed monotone in k)
@@ -451,7 +466,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
-    b_check, _ = chk.bound(m_check, base)
+    b_check, _ = chk.bound(m_check, base, level)
     rep_base = rep = rep_bound = None
     rep_n = None
     final = chk.build(best.sparsities)
@@ -509,7 +524,7 @@ def _confirm(chk: ComposedChecker, model: nn.Module, chain: Sequence[Trial], con
     held = chain[0]
     for t in chain_points(chain, cfg.confirm_tries):
         m = confirm_eval(chk.build(t.sparsities))
-        b, ok = chk.bound(m, base)
+        b, ok = chk.bound(m, base, cfg.confidence)     # a fixed sequence needs no multiplicity correction
         info["tries"] = int(info["tries"]) + 1
         info["tested"].append({"reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource),
                                "value": m.value, "bound": b, "passed": ok})
