@@ -114,7 +114,7 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
-            search_levels: Sequence[Optional[float]] = (None,)) -> List[Dict[str, object]]:
+            search_levels: Sequence[Optional[float]] = (None,), others: bool = True) -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -148,7 +148,7 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         log.info("%s seed %d %-22s report %.2f (unpruned %.2f) MACs -%.1f%% %.1fs", name, seed, method,
                  m.value, rep_base, 100 * rows[-1]["macs_removed"], seconds)
 
-    if not confirm_only:
+    if others and not confirm_only:
         t = time.perf_counter()
         seed_sp = choose_sparsities(table, metric, baseline(table, metric) - drop, "closest")
         dt = time.perf_counter() - t
@@ -163,7 +163,7 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
                                  TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
                                                   max_evals=max_evals, multiple_testing=multiple_testing,
                                                   adverse=adverse))
-        row("target-true" + (" (Bonferroni)" if multiple_testing == "bonferroni" else ""), r.sparsities,
+        row("target-true" + (f" ({multiple_testing})" if multiple_testing != "none" else ""), r.sparsities,
             time.perf_counter() - t, r.adabn)
         rows[-1]["check_bound"] = round(r.check_bound, 2)
         rows[-1]["check"] = round(r.check, 2)
@@ -198,10 +198,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--drop", type=float, default=1.0)
     p.add_argument("--max_evals", type=int, default=60, help="composed models per search (NNI-style and ours)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--bonferroni", action="store_true", help="target-true with multiple_testing='bonferroni'")
+    p.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default="none",
+                   help="target-true's TargetTrueConfig.multiple_testing")
+    p.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     p.add_argument("--confirm", type=float, default=0.0,
                    help="also run target-true with this fraction of check held back to confirm the winner")
     p.add_argument("--confirm_only", action="store_true", help="with --confirm: run only that row")
+    p.add_argument("--target_true_only", action="store_true", help="skip the seed rule and NNI-style rows")
     p.add_argument("--search_confidence", default="",
                    help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
@@ -220,9 +223,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             train_default(Path(MODELS[name]["ckpt"]))
         for seed in [int(s) for s in args.seeds.split(",")]:
             rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
-                            "bonferroni" if args.bonferroni else "none", args.confirm, args.confirm_only,
+                            "bonferroni" if args.bonferroni else args.multiple_testing, args.confirm,
+                            args.confirm_only,
                             [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
-                            else [None])
+                            else [None], not args.target_true_only)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

@@ -445,8 +445,12 @@ AMY_CASES = {
     "tt_search_confidence_out_of_range": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
                                           "digits_net.pth", "--data", "digits", "--confirm", "0.5",
                                           "--search_confidence", "0.2"],
+    "tt_bonferroni_and_posthoc": ["sa.csv", "--drop", "3", "--model", "digits_net", "--best_model_path",
+                                  "digits_net.pth", "--data", "digits", "--bonferroni", "--multiple_testing",
+                                  "posthoc"],
 }
-AMY_SAYS = {"tt_confirm_out_of_range": "--confirm", "tt_search_confidence_without_confirm": "only with --confirm",
+AMY_SAYS = {"tt_confirm_out_of_range": "--confirm", "tt_bonferroni_and_posthoc": "contradicts",
+            "tt_search_confidence_without_confirm": "only with --confirm",
             "tt_search_confidence_out_of_range": "--search_confidence: expected a level",
             "tt_subject_split_on_classifier_data": "identity-folder",
             "tt_overlapping_subject_split": "in both",

@@ -237,7 +237,45 @@ def test_search_confidence_only_loosens_the_search_under_confirm():
     assert all(t.bound <= r.trace[0].bound + 100 for r in runs.values() for t in r.trace)   # both ran
     loose = [t for t in runs[0.5].trace if t.step == "bisect"]
     tight = [t for t in runs[None].trace if t.step == "bisect"]
-    assert loose[0].sparsities == tight[0].sparsities and loose[0].bound < tight[0].bound   # same candidate, lower level
+    assert loose[0].sparsities == tight[0].sparsities and loose[0].bound < tight[0].bound   # same model, lower level
+
+
+def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
+    """multiple_testing='posthoc': the search runs at ``confidence``; its pick is then re-decided at Bonferroni over
+    the candidates it measured, backing off along its chain (from cached measurements) to the most pruned link that
+    passes there."""
+    from compression_tool.engine.target_true import Measurement, Trial, _posthoc
+
+    cfg = TargetTrueConfig(drop=1.0, multiple_testing="posthoc")
+    assert cfg.adjusted_level(50) == pytest.approx(0.999) and cfg.adjusted_level(0) == cfg.confidence
+    chain = [Trial("baseline", {"a": 0.0}, 90.0, 0.0, True, 100.0, 10.0)] + [
+        Trial("greedy", {"a": k / 10}, 90.0, 0.5, True, 100.0 - 10 * k, 10.0) for k in range(1, 5)]
+    margin = {0.1: 0.1, 0.2: 0.3, 0.3: 0.9, 0.4: 0.95}     # the drop's bound grows with the level by this much
+
+    class FakeChecker:
+        evals = 50
+
+        def measure(self, sp):
+            return Measurement(sp["a"], np.zeros(2), 2), {}
+
+        def bound(self, m, base, level=None):
+            b = 0.5 + margin[m.value] * (level > 0.99)
+            return b, b <= 1.0
+    assert _posthoc(FakeChecker(), None, chain, 0.999) is chain[2]
+    assert _posthoc(FakeChecker(), None, chain, 0.95) is chain[4]
+    margin.update({0.1: 0.9, 0.2: 0.9})
+    assert _posthoc(FakeChecker(), None, chain, 0.999) is chain[0]
+
+    model, x, y = toy_problem(900, seed=3)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
+    table = sensitivity_table(model, *parts["sa"])
+    runs = {mt: target_true_schedule(model, x[:1], make_criterion("l1"), table, classifier_evaluator(*parts["check"]),
+                                     None, [], TargetTrueConfig(drop=30.0, bn_recalib_batches=0, max_evals=15,
+                                                                multiple_testing=mt), progress=False)
+            for mt in ("none", "posthoc")}
+    assert runs["posthoc"].level == pytest.approx(cfg.adjusted_level(runs["posthoc"].evals))
+    assert runs["posthoc"].macs >= runs["none"].macs and runs["none"].level == 0.95
+    assert runs["posthoc"].check_bound <= 30.0 + 1e-9
 
 
 def test_bonferroni_is_stricter():

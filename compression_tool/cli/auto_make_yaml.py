@@ -93,9 +93,13 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                    help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
     g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
-    g.add_argument("--bonferroni", action="store_true",
-                   help="test every candidate at 1 - (1 - confidence) / max_evals: guards against picking a lucky "
-                        "pass among many candidates (needs a larger check split)")
+    g.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default=None,
+                   help="guard against keeping a lucky pass among the many candidates the search measures: "
+                        "bonferroni tests every candidate at 1 - (1 - confidence) / max_evals; posthoc lets the "
+                        "search run at --confidence and then backs its pick off along the accepted schedules until "
+                        "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements "
+                        "(default: none; both need a larger check split than none)")
+    g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     g.add_argument("--confirm", type=float, default=0.0,
                    help="hold back this fraction of the check split (e.g. 0.5; face data: of its identities or "
                         "folds): the search runs on the rest, and the schedules it accepted (each a superset of the "
@@ -174,6 +178,8 @@ def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
     if not 0.0 <= args.confirm < 1.0:      # also NaN
         raise UserError(f"--confirm: expected the fraction of the check split to hold back, in [0, 1), got "
                         f"{args.confirm}")
+    if args.bonferroni and args.multiple_testing not in (None, "bonferroni"):
+        raise UserError(f"--bonferroni contradicts --multiple_testing {args.multiple_testing}; give one of them")
     if args.search_confidence is not None:
         if not args.confirm:
             raise UserError("--search_confidence: only with --confirm (without a confirm part the search's level is "
@@ -200,7 +206,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
-                        multiple_testing="bonferroni" if args.bonferroni else "none",
+                        multiple_testing=args.multiple_testing or ("bonferroni" if args.bonferroni else "none"),
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
                         latency=latency, confirm=args.confirm,
                         search_confidence=args.search_confidence)

@@ -44,6 +44,7 @@ from compression_tool.io.errors import UserError
 log = logging.getLogger(__name__)
 
 RESOURCES = ("macs", "params", "latency")
+MULTIPLE_TESTING = ("none", "bonferroni", "posthoc")
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -145,7 +146,7 @@ class TargetTrueConfig:
     adverse: float = 100.0               # its value in the drop mode: one lost image (metric in percent)
     greedy: bool = True
     layer_report: bool = True            # also measure the composed model layer by layer (check and report)
-    multiple_testing: str = "none"       # none | bonferroni (see decision_confidence)
+    multiple_testing: str = "none"       # none | bonferroni | posthoc (see decision_confidence, adjusted_level)
     confirm_tries: int = 16              # with a confirm split: points of the search's chain tested there (at most)
     search_confidence: Optional[float] = None   # with a confirm split: the search's level (None: decision_confidence)
 
@@ -155,6 +156,12 @@ class TargetTrueConfig:
         if self.multiple_testing == "bonferroni":
             return 1.0 - (1.0 - self.confidence) / self.max_evals
         return self.confidence
+
+    def adjusted_level(self, tested: int) -> float:
+        """``multiple_testing='posthoc'``: the level at which the search's pick is re-decided once it is over —
+        Bonferroni over the ``tested`` composed models it actually measured (the search itself ran at
+        ``confidence`` and could explore; the pick then backs off along its chain until it passes this)."""
+        return 1.0 - (1.0 - self.confidence) / max(1, tested)
 
     def search_level(self, confirming: bool) -> float:
         """The level of the search's check decisions. With a confirm split the search only proposes a chain that
@@ -180,8 +187,9 @@ class TargetTrueConfig:
             raise UserError(f"target-true: the search confidence must be in [0.5, 1), got {self.search_confidence}")
         if self.confirm_tries < 1:
             raise UserError(f"target-true: confirm_tries must be >= 1, got {self.confirm_tries}")
-        if self.multiple_testing not in ("none", "bonferroni"):
-            raise UserError(f"target-true: multiple_testing must be none or bonferroni, got {self.multiple_testing!r}")
+        if self.multiple_testing not in MULTIPLE_TESTING:
+            raise UserError(f"target-true: multiple_testing must be one of {MULTIPLE_TESTING}, got "
+                            f"{self.multiple_testing!r}")
         if self.bn_mode not in ("auto", "always", "never"):
             raise UserError(f"target-true: bn_mode must be auto, always or never, got {self.bn_mode!r}")
         if self.bn_recalib_batches < 0 or self.max_evals < 1:
@@ -230,6 +238,7 @@ class TargetTrueResult:
     base_latency: Optional[float] = None
     model: Optional[nn.Module] = field(default=None, repr=False)   # the thinned (AdaBN'd) model; not serialised
     confirm: Optional[Dict[str, object]] = None   # confirm split: {n, value, unpruned, bound, tries, passed}
+    level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
 
     @property
     def reduction(self) -> float:
@@ -461,6 +470,9 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                     failed.add((layer, s))
     bar.close()
     search_evals = chk.evals
+    if cfg.multiple_testing == "posthoc" and resolvable and confirm_eval is None:
+        chain[-1] = best
+        best, level = _posthoc(chk, base, chain, cfg.adjusted_level(search_evals)), cfg.adjusted_level(search_evals)
     confirmed = None
     if confirm_eval is not None and resolvable:
         chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
@@ -502,7 +514,22 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_params=full["params"], resource=cfg.resource, adabn=chk.adabn_for(best.sparsities), check_n=base.n,
         report_n=rep_n, evals=search_evals,
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
-        base_latency=full.get("latency"), model=final, confirm=confirmed)
+        base_latency=full.get("latency"), model=final, confirm=confirmed, level=level)
+
+
+def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
+    """The most pruned link of the chain whose check bound passes at ``level`` (its measurement is cached: no new
+    evaluation), else the unpruned start."""
+    for t in reversed(chain[1:]):
+        m, _ = chk.measure(t.sparsities)
+        if chk.bound(m, base, level)[1]:
+            if t is not chain[-1]:
+                log.info("target-true: the search's pick does not pass once its %d candidates are accounted for "
+                         "(%.4g %%); backed off along its chain", chk.evals, 100 * level)
+            return t
+    log.warning("target-true: no schedule passes on the check split once the search's %d candidates are accounted "
+                "for (%.4g %%); nothing is pruned: use a larger check split or a larger drop", chk.evals, 100 * level)
+    return chain[0]
 
 
 def chain_points(chain: Sequence[Trial], k: int) -> List[Trial]:
@@ -566,7 +593,8 @@ def format_result(r: TargetTrueResult) -> str:
         adabn = "re-estimated (AdaBN)" if r.adabn else "kept (AdaBN was not better on check)"
         lines.append(f"  BN statistics: {adabn}")
     bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
-    lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f})")
+    lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f} "
+                 f"at {100 * r.level:.4g} %)")
     if r.confirm is not None:
         c = r.confirm
         lines.append(f"  confirm split ({c['n']} samples, unpruned {c['unpruned']:.2f}): {c['tries']} of the search's "
