@@ -278,6 +278,41 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     assert runs["posthoc"].check_bound <= 30.0 + 1e-9
 
 
+def test_reanalyse_orders_greedy_moves_by_the_composed_model_on_sa(monkeypatch):
+    """NNI-style re-analysis: the first greedy move tried on check is the one whose composed model scores best on
+    the SA split (measured here independently), and the SA measurements are counted."""
+    from compression_tool.engine.target_true import ComposedChecker, composed_metric
+
+    model, x, y = toy_problem(900, seed=3)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
+    table = sensitivity_table(model, *parts["sa"])
+    sa, check = classifier_evaluator(*parts["sa"]), classifier_evaluator(*parts["check"])
+    cfg = TargetTrueConfig(drop=30.0, bn_recalib_batches=0, max_evals=15, reanalyse=True)
+    with pytest.raises(UserError, match="sa_eval"):
+        target_true_schedule(model, x[:1], make_criterion("l1"), table, check, None, [], cfg, progress=False)
+    calls = []                            # (on SA?, schedule) of every measurement, cached or not
+    original = ComposedChecker.measure
+
+    def spy(self, sp):
+        calls.append((self.check_eval is sa, dict(sp)))
+        return original(self, sp)
+    monkeypatch.setattr(ComposedChecker, "measure", spy)
+    r = target_true_schedule(model, x[:1], make_criterion("l1"), table, check, None, [], cfg, progress=False,
+                             sa_eval=sa)
+    assert r.sa_evals > 0
+    first_sa = next(i for i, (on_sa, _) in enumerate(calls) if on_sa)
+    start = [t for t in r.trace if t.step in ("baseline", "bisect") and t.passed][-1].sparsities
+    tried = next(sp for on_sa, sp in calls[first_sa:] if not on_sa)
+    monkeypatch.setattr(ComposedChecker, "measure", original)
+    options = {}
+    for layer, curve in table.items():
+        nxt = sorted(s for s, _ in curve if s > start[layer] + 1e-9)
+        if nxt:
+            options[layer] = composed_metric(model, x[:1], make_criterion("l1"), {**start, layer: nxt[0]}, sa)[0].value
+    assert len(options) == 2 and options["a.weight"] != options["b.weight"]
+    assert {k for k, v in tried.items() if v != start[k]} == {max(options, key=options.get)}
+
+
 def test_bonferroni_is_stricter():
     cfg = TargetTrueConfig(drop=1.0, max_evals=50, multiple_testing="bonferroni")
     assert cfg.decision_confidence() == pytest.approx(0.999)
@@ -317,6 +352,19 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     assert ext["split"] == {"parts": ["sa", "check", "report"], "sizes": [0.2, 0.4, 0.4], "seed": 1}
     rep = json.loads(out.with_suffix(".report.json").read_text())
     assert rep["check_bound"] <= 5.0 and rep["report"] is not None and rep["evals"] <= 12
+    # the guards against the winner's curse, and NNI-style re-analysis, from the CLI
+    base = [str(csv), "--drop", "5", "--model", "digits_net", "--best_model_path", str(ckpt), "--data", "digits",
+            "--bn_recalib", "2", "--max_evals", "12", "--force", *split]
+    auto_make_yaml.main([*base, "--output", str(tmp_path / "ph.yaml"), "--multiple_testing", "posthoc",
+                         "--reanalyse"])
+    ph = json.loads((tmp_path / "ph.report.json").read_text())
+    assert ph["level"] == pytest.approx(1 - 0.05 / ph["evals"]) and ph["check_bound"] <= 5.0
+    assert ph["sa_evals"] > 0
+    auto_make_yaml.main([*base, "--output", str(tmp_path / "cf.yaml"), "--confirm", "0.5", "--search_confidence",
+                         "0.5"])
+    cf = json.loads((tmp_path / "cf.report.json").read_text())
+    assert cf["confirm"]["n"] == pytest.approx(rep["check_n"] / 2, abs=1) and cf["check_n"] < rep["check_n"]
+    assert all(t["passed"] for t in cf["confirm"]["tested"][:-1]) and cf["level"] == 0.5
     for bad in ([str(csv), "--drop", "5", "--output", str(out)],                 # never overwrite without --force
                 [str(csv), "101", "--output", str(tmp_path / "x.yaml")],              # above the unpruned model
                 [str(csv), "nan", "--output", str(tmp_path / "y.yaml")]):             # not a number

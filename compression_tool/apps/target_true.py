@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -110,6 +110,7 @@ class TargetTrueJob:
     face: FaceOptions = field(default_factory=FaceOptions)
     confirm: float = 0.0        # fraction of the check split held back to confirm the winner (0: off)
     search_confidence: Optional[float] = None   # with confirm: the search's own level (None: confidence)
+    reanalyse: bool = False     # NNI-style: greedy moves ordered by re-measuring them on the composed model (SA part)
     latency: Optional[LatencySettings] = None   # resource 'latency' predicts candidates' latency with these
 
 
@@ -187,11 +188,17 @@ def held_back(check: Tuple[torch.Tensor, torch.Tensor], confirm: float, seed: in
     return (x[keep], y[keep]), (x[held], y[held])
 
 
+class SplitEvaluators(NamedTuple):
+    check: Evaluator
+    report: Evaluator
+    sa_images: torch.Tensor
+    confirm: Optional[Evaluator]         # with job.confirm
+    sa: Optional[Evaluator]              # the SA part, with job.reanalyse
+
+
 def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[int], metric: str,
-                     model_mean=None, model_std=None
-                     ) -> Tuple[Evaluator, Evaluator, torch.Tensor, Optional[Evaluator]]:
-    """(check evaluator, report evaluator, SA images, confirm evaluator or None) for the job's data; ``model`` is the
-    unpruned reference."""
+                     model_mean=None, model_std=None) -> SplitEvaluators:
+    """The evaluators of the job's split parts (and the SA images); ``model`` is the unpruned reference."""
     if parse_data_spec(job.data).is_face:
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
@@ -211,7 +218,8 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
         if job.confirm:
             parts["check"], parts["confirm"] = held_back(parts["check"], job.confirm, job.split.seed)
     confirm = parts.get("confirm")
-    return ev(parts["check"]), ev(parts["report"]), sa, ev(confirm) if confirm is not None else None
+    return SplitEvaluators(ev(parts["check"]), ev(parts["report"]), sa, ev(confirm) if confirm is not None else None,
+                           ev(parts["sa"]) if job.reanalyse else None)
 
 
 def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
@@ -228,7 +236,8 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     metrics, table = load_csv(job.csv)
     metric = job.metric or metrics[0]
     x = example_input(input_size)
-    check_eval, report_eval, xs, confirm_eval = split_evaluators(job, model, input_size, metric, spec.mean, spec.std)
+    evs = split_evaluators(job, model, input_size, metric, spec.mean, spec.std)
+    xs = evs.sa_images
     calib = calibration_batches(job.data, input_size, xs, job.bn_recalib, job.batch_size, job.data_seed)
     crit = make_criterion(job.method, limit=5, cache_dir=str(Path(job.work_space) / "rank_conv"), tag=arch,
                           seed=job.data_seed)
@@ -239,19 +248,20 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     cfg = TargetTrueConfig(target=job.target, drop=job.drop, metric=metric, resource=job.resource,
                            bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
                            max_evals=job.max_evals, multiple_testing=job.multiple_testing,
-                           adverse=adverse_value(metric), search_confidence=job.search_confidence)
+                           adverse=adverse_value(metric), search_confidence=job.search_confidence,
+                           reanalyse=job.reanalyse)
     latency = job.latency.model_for(model, input_size) if job.latency is not None else None
     if job.resource == "latency" and latency is None:
         latency = LatencySettings().model_for(model, input_size)
-    result = target_true_schedule(model, x, crit, table, check_eval, report_eval, calib, cfg, ignore=job.ignore,
-                                  latency=latency, confirm_eval=confirm_eval)
+    result = target_true_schedule(model, x, crit, table, evs.check, evs.report, calib, cfg, ignore=job.ignore,
+                                  latency=latency, confirm_eval=evs.confirm, sa_eval=evs.sa)
     # measured, side by side at batch 1 on the CPU (the per-layer latency model, when given, predicted the search's)
     measured = interleaved_latency([model, result.model], x) if result.model is not None else None
     doc = build_schedule(result.sparsities, job.method, arch, job.data.split(":")[0], input_size)
     doc["extensions"]["target_true"] = {
         "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
         "multiple_testing": job.multiple_testing, "confirm": job.confirm or None,
-        "search_confidence": job.search_confidence if job.confirm else None,
+        "search_confidence": job.search_confidence if job.confirm else None, "reanalyse": job.reanalyse,
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
         "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),

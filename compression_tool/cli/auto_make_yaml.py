@@ -100,6 +100,10 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                         "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements "
                         "(default: none; both need a larger check split than none)")
     g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
+    g.add_argument("--reanalyse", action="store_true",
+                   help="NNI-style iterative re-analysis: each greedy round re-measures every layer's next level on "
+                        "the current composed model (on the SA part) and tries the moves in that order, instead of "
+                        "the single-layer order of the CSV (costs one SA-part evaluation per layer and round)")
     g.add_argument("--confirm", type=float, default=0.0,
                    help="hold back this fraction of the check split (e.g. 0.5; face data: of its identities or "
                         "folds): the search runs on the rest, and the schedules it accepted (each a superset of the "
@@ -209,7 +213,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         multiple_testing=args.multiple_testing or ("bonferroni" if args.bonferroni else "none"),
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
                         latency=latency, confirm=args.confirm,
-                        search_confidence=args.search_confidence)
+                        search_confidence=args.search_confidence, reanalyse=args.reanalyse)
     result, out, report = run_target_true(job)
     print(format_result(result))
     print(f"schedule report: {report}")

@@ -149,6 +149,8 @@ class TargetTrueConfig:
     multiple_testing: str = "none"       # none | bonferroni | posthoc (see decision_confidence, adjusted_level)
     confirm_tries: int = 16              # with a confirm split: points of the search's chain tested there (at most)
     search_confidence: Optional[float] = None   # with a confirm split: the search's level (None: decision_confidence)
+    reanalyse: bool = False              # greedy rounds re-measure every layer's next level on the composed model
+                                         # (on the SA split, NNI-style) to order the moves; needs sa_eval
 
     def decision_confidence(self) -> float:
         """The per-candidate level: ``confidence``, or Bonferroni over the ``max_evals`` candidates the search may
@@ -239,6 +241,7 @@ class TargetTrueResult:
     model: Optional[nn.Module] = field(default=None, repr=False)   # the thinned (AdaBN'd) model; not serialised
     confirm: Optional[Dict[str, object]] = None   # confirm split: {n, value, unpruned, bound, tries, passed}
     level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
+    sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
 
     @property
     def reduction(self) -> float:
@@ -365,8 +368,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                          table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
                          check_eval: Evaluator, report_eval: Optional[Evaluator], calib_batches: Sequence,
                          cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True,
-                         latency: Optional[LatencyModel] = None, confirm_eval: Optional[Evaluator] = None
-                         ) -> TargetTrueResult:
+                         latency: Optional[LatencyModel] = None, confirm_eval: Optional[Evaluator] = None,
+                         sa_eval: Optional[Evaluator] = None) -> TargetTrueResult:
     """Search the schedule (see the module doc). ``table`` is the sensitivity CSV as
     ``compression_tool.engine.sensitivity.load_csv``
     returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
@@ -376,9 +379,13 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     winner's curse). Its accepted schedules form a nested chain (each adds moves to the last); ``confirm_tries``
     points of that chain, fixed before the confirm data is looked at, are tested there least pruned first with the
     same rule, and the last to pass before the first failure wins (a fixed-sequence test: the chance that the
-    winner breaks the promise stays at 1 − ``confidence``, with no correction for the number tested). ``model`` is
-    not changed."""
+    winner breaks the promise stays at 1 − ``confidence``, with no correction for the number tested).
+    ``sa_eval`` (the SA split; ``cfg.reanalyse``): each greedy round orders its moves by re-measuring every layer's
+    next level on the current composed model there (NNI's iterative re-analysis) instead of by the single-layer
+    table. ``model`` is not changed."""
     cfg.validate()
+    if cfg.reanalyse and sa_eval is None:
+        raise UserError("target-true: re-analysis measures moves on the SA split; give its evaluator (sa_eval)")
     if cfg.resource == "latency" and latency is None:
         raise UserError("target-true: a latency reduction needs a latency model (auto_make_yaml.py --resource "
                         "latency measures one)")
@@ -423,6 +430,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                                      adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
+    sa_chk: Optional[ComposedChecker] = None
     if not resolvable:
         log.warning("target-true: the %s target is finer than the %d-sample check split can resolve at %.2f%% "
                     "(its best possible bound: %.3g); nothing is pruned: use a larger check split or a larger drop",
@@ -446,13 +454,19 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         sign = sign_of(cfg.metric)
         failed: set = set()
         improved = cfg.greedy
+        sa_chk = (ComposedChecker(model, example_inputs, criterion, sa_eval, calib_batches, cfg, ignore)
+                  if cfg.reanalyse else None)
         while improved and chk.evals < cfg.max_evals:
             improved = False
             options = []
             for layer in layers:
                 nxt = [s for s in levels[layer] if s > best.sparsities[layer] + 1e-9]
                 if nxt and (layer, nxt[0]) not in failed:
-                    options.append((-sign * env[layer][nxt[0]], layer, nxt[0]))
+                    if sa_chk is not None:       # NNI-style: this move on top of the current schedule, on SA
+                        score = sa_chk.measure({**best.sparsities, layer: nxt[0]})[0].value
+                    else:                        # the move alone, from the sensitivity table
+                        score = env[layer][nxt[0]]
+                    options.append((-sign * score, layer, nxt[0]))
             for _, layer, s in sorted(options):
                 if chk.evals >= cfg.max_evals:
                     break
@@ -514,7 +528,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_params=full["params"], resource=cfg.resource, adabn=chk.adabn_for(best.sparsities), check_n=base.n,
         report_n=rep_n, evals=search_evals,
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
-        base_latency=full.get("latency"), model=final, confirm=confirmed, level=level)
+        base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
+        sa_evals=sa_chk.evals if sa_chk is not None else 0)
 
 
 def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
