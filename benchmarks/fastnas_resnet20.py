@@ -21,7 +21,8 @@ schedules) and BN-calibration batches. Arms:
   with the best top-1 on the selection part is kept (EagleEye-style selection, training half only).
 - ``ours_ftproxy``: the same candidates, each given a ``--proxy_epochs`` run of the same fine-tune recipe on the
   training half minus the selection part and measured on the selection part; the chosen candidate's *pruned*
-  weights (not the proxy's) then get the fine-tune every arm gets.
+  weights (not the proxy's) then get the fine-tune every arm gets. Both selections are
+  ``compression_tool.apps.proxy_select`` (``auto_make_yaml.py --flops F --select adabn|finetune_proxy``).
 - ``uniform_l1``: one L1 ratio over every group (``engine.strategies.ChannelPruner.prune_to_budget``) + AdaBN.
 
 Each arm then gets the identical fine-tune (``train_module.finetune.finetune_classifier``, ``--epochs`` over the

@@ -249,6 +249,9 @@ def select(args: argparse.Namespace) -> Path:
                             scopes=csv_list(args.scopes), select=args.select, proxy_epochs=args.proxy_epochs,
                             recipe=recipe, ignore=list(args.ignore), round_to=args.round_to, work_dir=sa_dir)
     cfg.validate()                                # bad flags: one line, before the model is loaded
+    if output:
+        check_writable(Path(output), args.force)
+        check_writable(Path(output).with_suffix(".report.json"), args.force)
     job = ProxySelectJob(checkpoint=args.best_model_path, data=args.data, config=cfg, model_name=args.model,
                          split=split, select_part=args.select_part, bn_recalib=args.bn_recalib,
                          from_data_parallel=args.from_data_parallel, input_size=list(size) if size else None,
