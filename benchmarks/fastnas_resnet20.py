@@ -21,7 +21,8 @@ schedules) and BN-calibration batches. Arms:
   with the best top-1 on the selection part is kept (EagleEye-style selection, training half only).
 - ``ours_ftproxy``: the same candidates, each given a ``--proxy_epochs`` run of the same fine-tune recipe on the
   training half minus the selection part and measured on the selection part; the chosen candidate's *pruned*
-  weights (not the proxy's) then get the fine-tune every arm gets.
+  weights (not the proxy's) then get the fine-tune every arm gets. Both selections are
+  ``compression_tool.apps.proxy_select`` (``auto_make_yaml.py --flops F --select adabn|finetune_proxy``).
 - ``uniform_l1``: one L1 ratio over every group (``engine.strategies.ChannelPruner.prune_to_budget``) + AdaBN.
 
 Each arm then gets the identical fine-tune (``train_module.finetune.finetune_classifier``, ``--epochs`` over the
@@ -45,6 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must 
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -55,35 +57,28 @@ from typing import Dict, List, Optional, Tuple  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from resnet56_published import CropFlip, finetune_config, stream_roots  # noqa: E402  (a sibling script)
-from torch.utils.data import DataLoader  # noqa: E402
 
+from compression_tool.apps.proxy_select import (  # noqa: E402
+    ProxyData,
+    ProxyRecipe,
+    ProxySelectConfig,
+    budget_candidates,
+    proxy_select,
+)
 from compression_tool.data.imagefolder import load_image_folder  # noqa: E402
 from compression_tool.data.normalise import RGB_MEAN, RGB_STD  # noqa: E402
 from compression_tool.data.splits import parse_split, split_tensors  # noqa: E402
-from compression_tool.engine.budget import schedule_for_budget  # noqa: E402
 from compression_tool.engine.checkpoint import load_model  # noqa: E402
 from compression_tool.engine.cost import params_and_macs  # noqa: E402
-from compression_tool.engine.criteria import make_criterion  # noqa: E402
-from compression_tool.engine.groups import GroupIndex  # noqa: E402
 from compression_tool.engine.search.fitness import bn_recalibrate  # noqa: E402
-from compression_tool.engine.sensitivity import sweep  # noqa: E402
 from compression_tool.engine.strategies import ChannelPruner  # noqa: E402
-from compression_tool.engine.target_true import (  # noqa: E402
-    ComposedChecker,
-    TargetTrueConfig,
-    classifier_evaluator,
-    correct_per_sample,
-)
+from compression_tool.engine.target_true import correct_per_sample  # noqa: E402
 from compression_tool.engine.thinning import layer_widths  # noqa: E402
 from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 from compression_tool.io.files import atomic_write_json, check_writable  # noqa: E402
 from model_define.pretrained import cifar_resnet_path, shared_data_dir  # noqa: E402
-from test_module.classification import evaluate_classifier  # noqa: E402
-from train_module.finetune import finetune_classifier  # noqa: E402
 
 log = logging.getLogger("fastnas_resnet20")
-LEVELS = [round(0.1 * i, 1) for i in range(10)]
 
 
 def mcnemar_exact(a: torch.Tensor, b: torch.Tensor) -> Tuple[int, int, float]:
@@ -125,50 +120,10 @@ def fastnas(model: nn.Module, x0: torch.Tensor, keep: float, calib: List[torch.T
     return pruned.eval()
 
 
-def budget_candidates(model: nn.Module, x0: torch.Tensor, keep: float, criteria: List[str], sa: Tuple, calib,
-                      work: Path, metrics: Tuple[str, ...], scopes: Tuple[str, ...]
-                      ) -> Dict[str, Tuple[nn.Module, Dict[str, float]]]:
-    """``criterion/metric/scope`` -> (thinned + AdaBN model, schedule) of the budget route (SA on the SA part).
-    Scope ``all``: every group, the residual streams included; ``inner``: each block's first conv only (FastNAS's
-    search space here), from the same CSV without the streams' rows."""
-    sa_loader = DataLoader(torch.utils.data.TensorDataset(*sa), batch_size=250)
-    streams = stream_roots(model, x0)
-    out = {}
-    for name in criteria:
-        crit = make_criterion(name)
-        if crit.needs_data:   # taylor, thinet, hrank…: statistics from the SA part (with labels)
-            crit.prepare(model, [(sa[0][i:i + 100], sa[1][i:i + 100]) for i in range(0, len(sa[1]), 100)],
-                         {g.root_name: g.root for g in GroupIndex(model, x0).groups})
-        csv = work / f"resnet20_{name}_sa.csv"
-        t = time.perf_counter()
-        sweep(model, GroupIndex(model, x0), crit, lambda m: evaluate_classifier(m, sa_loader), csv, LEVELS,
-              ["top1", "top5", "loss"], force=True)
-        log.info("SA %s: %.0f s", name, time.perf_counter() - t)
-        inner_csv = csv.with_name(csv.stem + "_inner.csv")
-        lines = csv.read_text().splitlines(keepends=True)
-        inner_csv.write_text("".join(ln for ln in lines if ln.split(",")[0] not in {f"{r}.weight" for r in streams}))
-        for scope in scopes:
-            ignore = streams if scope == "inner" else []
-            chk = ComposedChecker(model, x0, crit, classifier_evaluator(*sa), calib,
-                                  TargetTrueConfig(drop=0.0, bn_recalib_batches=len(calib), bn_mode="always"),
-                                  ignore=ignore)
-            for metric in metrics:
-                sp = schedule_for_budget(str(inner_csv if ignore else csv), model, x0, keep, metric=metric,
-                                         ignore=ignore).sparsities
-                out[f"{name}/{metric}/{scope}"] = (chk.build(sp, adabn=True), {k: v for k, v in sp.items() if v > 0})
-    return out
-
-
-def fine_tune(m: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, args: argparse.Namespace,
-              teacher: Optional[nn.Module]) -> None:
+def recipe(args: argparse.Namespace) -> ProxyRecipe:
     """The one fine-tune recipe of every arm (and of ours_ftproxy's short proxy runs)."""
-    loader = DataLoader(CropFlip(x, y), batch_size=args.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(args.seed))
-    cfg = finetune_config(epochs, len(loader), args.lr, args.seed)
-    cfg.progress = False
-    if teacher is not None:
-        cfg.distill, cfg.alpha = args.distill, args.alpha
-    finetune_classifier(m, loader, cfg, teacher=teacher)
+    return ProxyRecipe(lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       distill=None if args.distill == "none" else args.distill, alpha=args.alpha)
 
 
 def uniform_l1(model: nn.Module, x0: torch.Tensor, keep: float, calib) -> nn.Module:
@@ -220,13 +175,8 @@ def run(args: argparse.Namespace) -> Dict:
     x, y, _ = load_image_folder(args.data / "cifar10_test", (32, 32), RGB_MEAN, RGB_STD)
     parts = split_tensors(x, y, parse_split(f"{args.sa_images},{args.train_images - args.sa_images},rest", args.seed))
     sa, (x_ev, y_ev) = parts["sa"], parts["report"]
-    x_tr, y_tr = torch.cat([parts["sa"][0], parts["check"][0]]), torch.cat([parts["sa"][1], parts["check"][1]])
-    perm = torch.randperm(len(parts["check"][1]), generator=torch.Generator().manual_seed(args.seed))
-    sel = tuple(t[perm[:args.select_images]] for t in parts["check"])
-    proxy_train = tuple(torch.cat([a, c[perm[args.select_images:]]]) for a, c in zip(parts["sa"], parts["check"]))
-    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(args.seed + 1))
-    b = args.calib_batch_size
-    calib = [x_tr[perm[(i * b) % len(perm):][:b]] for i in range(args.calib_batches)]
+    data = ProxyData.from_parts(parts, args.select_images, args.seed, args.calib_batches, args.calib_batch_size)
+    (x_tr, y_tr), sel, calib, b = data.train, data.select, data.calib, args.calib_batch_size
     x0 = x_ev[:1]
     full = params_and_macs(model, x0)
     base_correct = torch.from_numpy(correct_per_sample(model, x_ev, y_ev) > 0)
@@ -246,37 +196,33 @@ def run(args: argparse.Namespace) -> Dict:
     searching = bool({"ours_selected", "ours_ftproxy"} & set(arms))
     if ours:
         t = time.perf_counter()
-        args.work.mkdir(parents=True, exist_ok=True)
         criteria = [c.strip() for c in args.criteria.split(",") if c.strip()] if searching else []
-        criteria = list(dict.fromkeys(["l1", *criteria]))
-        metrics = ("top1", "loss") if searching else ("top1",)
-        scopes = ("all", "inner") if searching else ("all",)
-        cands = budget_candidates(model, x0, args.keep_macs, criteria, sa, calib, args.work, metrics, scopes)
+        cfg = ProxySelectConfig(keep=args.keep_macs, criteria=list(dict.fromkeys(["l1", *criteria])),
+                                orderings=("top1", "loss") if searching else ("top1",),
+                                scopes=("all", "inner") if searching else ("all",), proxy_epochs=args.proxy_epochs,
+                                recipe=recipe(args), work_dir=str(args.work))
+        cands = budget_candidates(model, x0, data, cfg)
         seconds["sa_budget"] = time.perf_counter() - t
+        by_name = {c.name: c for c in cands}
         if "sa_budget" in arms:
-            pruned["sa_budget"] = copy.deepcopy(cands["l1/top1/all"][0])
-            notes["sa_budget"] = {"schedule": cands["l1/top1/all"][1]}
-        sel_eval = classifier_evaluator(*sel)
+            pruned["sa_budget"] = copy.deepcopy(by_name["l1/top1/all"].model)
+            notes["sa_budget"] = {"schedule": by_name["l1/top1/all"].schedule}
         t_cands = time.perf_counter() - t
-        for arm in ("ours_selected", "ours_ftproxy"):
+        for arm, select in (("ours_selected", "adabn"), ("ours_ftproxy", "finetune_proxy")):
             if arm not in arms:
                 continue
             t = time.perf_counter()
-            scores = {}
-            for k, (m, _) in cands.items():
-                if arm == "ours_ftproxy":      # a short run of the same recipe on the training half minus selection
-                    m = copy.deepcopy(m)
-                    fine_tune(m, *proxy_train, args.proxy_epochs, args, teacher)
-                scores[k] = sel_eval(m).value
-            best = max(scores, key=scores.get)
-            print(f"{arm}: top-1 on the selection part " + ("after AdaBN" if arm == "ours_selected" else
-                  f"after a {args.proxy_epochs}-epoch proxy fine-tune on the other {len(proxy_train[1])} images"))
-            for k, v in scores.items():
-                kept = params_and_macs(cands[k][0], x0)["macs"] / full["macs"]
-                print(f"  candidate {k:<18} {v:6.2f}  MACs kept {kept:.3f}{'  <- chosen' if k == best else ''}",
-                      flush=True)
-            pruned[arm] = copy.deepcopy(cands[best][0])       # the pruned weights, not the proxy's
-            notes[arm] = {"chosen": best, "selection_top1": scores, "schedule": cands[best][1]}
+            chosen = proxy_select(model, x0, data, dataclasses.replace(cfg, select=select), teacher=teacher,
+                                  candidates=cands)
+            print(f"{arm}: top-1 on the selection part " + ("after AdaBN" if select == "adabn" else
+                  f"after a {args.proxy_epochs}-epoch proxy fine-tune on the other {len(data.proxy_train[1])} "
+                  "images"))
+            for c in cands:
+                print(f"  candidate {c.name:<18} {c.scores[select]:6.2f}  MACs kept {c.budget.macs_kept:.3f}"
+                      f"{'  <- chosen' if c.name == chosen.chosen else ''}", flush=True)
+            pruned[arm] = copy.deepcopy(chosen.winner.model)       # the pruned weights, not the proxy's
+            notes[arm] = {"chosen": chosen.chosen, "selection_top1": {c.name: c.scores[select] for c in cands},
+                          "schedule": chosen.winner.schedule}
             seconds[arm] = t_cands + time.perf_counter() - t
     if "uniform_l1" in arms:
         t = time.perf_counter()
@@ -290,7 +236,7 @@ def run(args: argparse.Namespace) -> Dict:
         c = params_and_macs(m, x0)
         before = float(correct_per_sample(m, x_ev, y_ev).mean())
         t = time.perf_counter()
-        fine_tune(m, x_tr, y_tr, args.epochs, args, teacher)
+        recipe(args).finetune(m, x_tr, y_tr, args.epochs, teacher)
         ft_s = time.perf_counter() - t
         correct[name] = torch.from_numpy(correct_per_sample(m, x_ev, y_ev) > 0)
         rows.append({"arm": name, "macs_kept": c["macs"] / full["macs"], "params_kept": c["params"] / full["params"],

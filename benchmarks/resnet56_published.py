@@ -36,22 +36,23 @@ from typing import Callable, Dict, List, Optional, Tuple  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
+from compression_tool.data.augment import CropFlip  # noqa: E402,F401  (re-exported to the sibling scripts)
 from compression_tool.data.imagefolder import load_image_folder  # noqa: E402
 from compression_tool.data.normalise import RGB_MEAN, RGB_STD  # noqa: E402
 from compression_tool.engine.checkpoint import load_model  # noqa: E402
 from compression_tool.engine.cost import interleaved_latency, params_and_macs  # noqa: E402
 from compression_tool.engine.criteria import make_criterion  # noqa: E402
-from compression_tool.engine.groups import GroupIndex  # noqa: E402
+from compression_tool.engine.groups import stream_roots  # noqa: E402,F401  (re-exported)
 from compression_tool.engine.strategies import ChannelPruner  # noqa: E402
 from compression_tool.engine.thinning import layer_widths  # noqa: E402
 from compression_tool.io.errors import UserError, cli_main  # noqa: E402
 from compression_tool.io.files import atomic_write_json, check_writable  # noqa: E402
 from model_define.pretrained import cifar_resnet_path, shared_data_dir  # noqa: E402
 from test_module.reference import top1  # noqa: E402
-from train_module.finetune import FinetuneConfig, finetune_classifier  # noqa: E402
+from train_module.finetune import finetune_classifier  # noqa: E402
+from train_module.finetune import step_decay_config as finetune_config  # noqa: E402  (the sibling scripts' name)
 
 log = logging.getLogger("resnet56_published")
 
@@ -73,35 +74,7 @@ def seeded_halves(n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2].sort().values, perm[n // 2:].sort().values
 
 
-class CropFlip(Dataset):
-    """CIFAR training augmentation on normalised tensors: random crop of the 4-px zero-padded image, h-flip.
-
-    Padding with 0 in normalised space is padding with the mean colour. Draws use the global RNG, which the
-    fine-tune loop seeds per batch, so a run is reproducible."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad: int = 4):
-        self.x, self.y, self.pad = x, y, pad
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        img = F.pad(self.x[i], (self.pad,) * 4)
-        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-        h, w = self.x.shape[-2:]
-        img = img[:, dy:dy + h, dx:dx + w]
-        if torch.rand(()) < 0.5:
-            img = torch.flip(img, dims=[2])
-        return img, self.y[i]
-
-
 # ------------------------------------------------------------------------------------------------ pruning
-
-def stream_roots(model: nn.Module, x: torch.Tensor) -> List[str]:
-    """Roots of the groups several convs write into: the residual streams (coupled through the zero-pad shortcut).
-    ``--scope inner`` leaves them alone, so only each block's first conv is pruned."""
-    return [g.root_name for g in GroupIndex(model, x).groups if len(g.weights) > 1]
-
 
 def tied_groups(pruner: ChannelPruner) -> int:
     """Groups whose channels all score the same: the criterion cannot rank them (selection falls back to index
@@ -130,12 +103,6 @@ def prune_copy(model: nn.Module, x: torch.Tensor, method: str, keep_macs: float,
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-
-def finetune_config(epochs: int, iters_per_epoch: int, lr: float, seed: int) -> FinetuneConfig:
-    total = epochs * iters_per_epoch
-    return FinetuneConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=5e-4,
-                          milestones=(total // 2, (3 * total) // 4), gamma=0.1, seed=seed)
-
 
 def run_method(model: nn.Module, method: str, args: argparse.Namespace, data: Dict, base_top1: float,
                base_costs: Dict[str, float]) -> Tuple[nn.Module, Dict]:

@@ -66,6 +66,15 @@ class FinetuneConfig:
     amp: bool = False                      # CUDA only: float16 autocast + gradient scaler (refused on the CPU)
 
 
+def step_decay_config(epochs: int, iters_per_epoch: int, lr: float, seed: int, momentum: float = 0.9,
+                      weight_decay: float = 5e-4) -> FinetuneConfig:
+    """The CIFAR fine-tune recipe of the benchmarks and of ``apps.proxy_select``: SGD with momentum and weight
+    decay, LR / 10 at 50 % and at 75 % of the ``epochs * iters_per_epoch`` iterations."""
+    total = epochs * iters_per_epoch
+    return FinetuneConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          milestones=(total // 2, (3 * total) // 4), gamma=0.1, seed=seed)
+
+
 @dataclass
 class FinetuneResult:
     step: int                                            # iterations done in total (incl. before resume)

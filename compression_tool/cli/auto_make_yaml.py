@@ -13,6 +13,14 @@ Modes:
   budget:  auto_make_yaml.py CSV --flops 0.7 --model M --best_model_path CKPT [--input_size …]
       least-sensitive layers first, one level at a time, until the thinned model keeps at most 70 % of the MACs
       (every budget flag of the project is the fraction KEPT).
+  budget with candidate selection (no CSV: it runs its own sensitivity analyses):
+      auto_make_yaml.py --flops 0.5 --select finetune_proxy --criteria l1,fpgm --proxy_epochs 1 --model M
+          --best_model_path CKPT --data SPEC [--split 1000,4000,rest]
+      budget schedules for every criterion x move ordering (SA top1 / loss) x scope (all groups / inner: not the
+      residual streams), each thinned + AdaBN and given a short run of the fine-tune recipe on the training side
+      (sa + check parts) minus a selection part; the best top-1 on the selection part wins. Writes the winner's
+      schedule and a report JSON (every candidate, its score, MACs); the report part is never used to choose.
+      --select adabn scores the thinned + AdaBN candidates without the proxy run (cheaper, weaker).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
+from compression_tool.apps.proxy_select import AUGMENTS, SELECTORS
 from compression_tool.cli.common import HELP_FORMAT, add_face_args, add_latency_args, add_split_args
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
@@ -69,7 +78,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedule path (default yaml_file/<model>_<target>.yaml, or <model>_flops-<kept %%>.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing schedule")
     add_target_true_args(p)
+    add_select_args(p)
     return p
+
+
+def add_select_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("candidate selection (--flops F --select …; classifier data; also uses --data, --split, "
+                             "--split_seed, --bn_recalib, --ignore, --round_to, --data_seed, --model, "
+                             "--best_model_path)")
+    g.add_argument("--select", choices=SELECTORS, default=None,
+                   help="choose among budget candidates: finetune_proxy (a short fine-tune of each, top-1 on the "
+                        "selection part) or adabn (top-1 of each thinned + AdaBN candidate); needs --flops, "
+                        "--best_model_path and --data, no CSV")
+    g.add_argument("--criteria", default="l1,fpgm",
+                   help="comma-separated criteria of the candidates (each gets its own sensitivity analysis on the "
+                        "SA part)")
+    g.add_argument("--orderings", default="top1,loss",
+                   help="comma-separated SA columns ordering the budget moves (top1, top5, loss)")
+    g.add_argument("--scopes", default="all,inner",
+                   help="comma-separated: all (every group) and/or inner (not the groups several convs write into, "
+                        "e.g. residual streams)")
+    g.add_argument("--proxy_epochs", type=int, default=1, help="finetune_proxy: epochs of each candidate's proxy run")
+    g.add_argument("--select_part", default="0.25",
+                   help="the selection part, taken from the check part (seeded by --split_seed): a fraction in "
+                        "(0, 1) or a count of images; the proxy runs train on the rest of sa + check")
+    g.add_argument("--lr", type=float, default=0.01,
+                   help="proxy fine-tune: SGD learning rate (momentum 0.9, wd 5e-4, / 10 at 50 %% and 75 %%)")
+    g.add_argument("--batch_size", type=int, default=128, help="proxy fine-tune: batch size")
+    g.add_argument("--augment", choices=AUGMENTS, default="crop_flip",
+                   help="proxy fine-tune augmentation: random crop of the zero-padded image (pad: 1/8 of the side) "
+                        "with or without a horizontal flip, or none")
+    g.add_argument("--distill", choices=("none", "mse", "cosine", "kd"), default="none",
+                   help="proxy fine-tune: distillation from the unpruned model's logits")
+    g.add_argument("--alpha", type=float, default=1.0, help="weight of the distillation term")
+    g.add_argument("--sa_dir", default=None,
+                   help="where the per-criterion SA CSVs go (rewritten every run; default "
+                        "work_space/proxy_select/<output name>)")
 
 
 def add_target_true_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +166,8 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.select is not None:
+        return select_args(args)
     if args.mode == "auto":
         args.mode = "budget" if args.flops is not None or args.latency is not None else \
             "target_true" if args.best_model_path and args.data else "seed"
@@ -158,6 +204,78 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise UserError(f"{flag}: expected the fraction to keep, in (0, 1), e.g. 0.7, got {keep}")
     model_spec(args.model)             # an unknown --model: one line listing the known ones, before any work
     return args
+
+
+def select_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.mode not in ("auto", "budget"):
+        raise UserError(f"--select chooses among budget schedules: it goes with --flops, not --mode {args.mode}")
+    if args.pos or args.csv:
+        raise UserError("--select runs its own sensitivity analysis per criterion on the SA part: give no CSV")
+    if args.latency is not None:
+        raise UserError("--select: the budget is --flops (the fraction of the MACs to keep); --latency is not "
+                        "supported here")
+    missing = [f for f, v in (("--flops", args.flops), ("--best_model_path", args.best_model_path),
+                              ("--data", args.data)) if v is None]
+    if missing:
+        raise UserError(f"--select needs {', '.join(missing)}")
+    if args.target is not None or args.drop is not None:
+        raise UserError("--select meets a MACs budget (--flops), not an accuracy target: drop --target / --drop")
+    if not 0.0 < args.flops < 1.0:   # also NaN
+        raise UserError(f"--flops: expected the fraction to keep, in (0, 1), e.g. 0.5, got {args.flops}")
+    try:
+        part = float(args.select_part)
+    except ValueError:
+        raise UserError(f"--select_part: expected a fraction in (0, 1) or a count, got {args.select_part!r}") from None
+    if not (0.0 < part < 1.0 or (part >= 1 and part == int(part))):
+        raise UserError(f"--select_part: expected a fraction in (0, 1) or a whole count >= 1, got {args.select_part}")
+    args.select_part = part if part < 1 else int(part)
+    if not args.alpha >= 0:
+        raise UserError(f"--alpha: expected a weight >= 0, got {args.alpha}")
+    if args.model:
+        model_spec(args.model)
+    args.mode = "select"
+    return args
+
+
+def csv_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def select(args: argparse.Namespace) -> Path:
+    from compression_tool.apps.proxy_select import (
+        ProxyRecipe,
+        ProxySelectConfig,
+        ProxySelectJob,
+        default_output,
+        run_proxy_select,
+    )
+    from compression_tool.apps.workflow import ModelSource, input_size_of
+    from compression_tool.data.splits import parse_split
+
+    size = input_size_of(ModelSource(args.best_model_path, args.model, input_size=args.input_size))
+    split = parse_split(args.split or "0.34,0.33,0.33", args.split_seed)
+    output = args.output or (str(default_output(args.model, args.flops, args.select)) if args.model else None)
+    sa_dir = args.sa_dir or str(Path("work_space") / "proxy_select" / Path(output or "schedule").stem)
+    pad = max(1, (size[1] if size else model_spec(args.model).input_size[1] if args.model else 32) // 8)
+    recipe = ProxyRecipe(lr=args.lr, batch_size=args.batch_size, seed=args.split_seed, augment=args.augment,
+                         pad=pad, distill=None if args.distill == "none" else args.distill, alpha=args.alpha)
+    cfg = ProxySelectConfig(keep=args.flops, criteria=csv_list(args.criteria), orderings=csv_list(args.orderings),
+                            scopes=csv_list(args.scopes), select=args.select, proxy_epochs=args.proxy_epochs,
+                            recipe=recipe, ignore=list(args.ignore), round_to=args.round_to, work_dir=sa_dir)
+    cfg.validate()                                # bad flags: one line, before the model is loaded
+    if output:
+        check_writable(Path(output), args.force)
+        check_writable(Path(output).with_suffix(".report.json"), args.force)
+    job = ProxySelectJob(checkpoint=args.best_model_path, data=args.data, config=cfg, model_name=args.model,
+                         split=split, select_part=args.select_part, bn_recalib=args.bn_recalib,
+                         from_data_parallel=args.from_data_parallel, input_size=list(size) if size else None,
+                         trust=args.trust_checkpoint, data_seed=args.data_seed, output=output, force=args.force)
+    result, out, report = run_proxy_select(job)
+    for c in result.candidates:
+        print(f"  candidate {c.name:<24} {args.select} {c.scores[args.select]:6.2f}  MACs kept "
+              f"{c.budget.macs_kept:.3f}{'  <- chosen' if c.name == result.chosen else ''}")
+    print(f"schedule report: {report}")
+    return out
 
 
 def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -290,7 +408,7 @@ def budget(args: argparse.Namespace) -> Path:
 @cli_main
 def main(argv: Optional[List[str]] = None) -> Path:
     args = parse_args(argv)
-    out = {"target_true": target_true, "budget": budget, "seed": per_layer}[args.mode](args)
+    out = {"target_true": target_true, "budget": budget, "seed": per_layer, "select": select}[args.mode](args)
     print(f"schedule: {out}")
     return out
 

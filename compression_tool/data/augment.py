@@ -52,3 +52,24 @@ class RandomAugment(Dataset):
     def __getitem__(self, i: int):
         x, *rest = self.base[i]
         return (augment_image(x, self.cfg), *rest)
+
+
+class CropFlip(Dataset):
+    """CIFAR-style training augmentation on normalised ``(x, y)`` tensors: random crop of the ``pad``-px
+    zero-padded image (zero is the mean colour in normalised space) and, with ``flip``, a random horizontal flip.
+    Draws use the global RNG, which the fine-tuning loop seeds per batch, so a run is reproducible."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad: int = 4, flip: bool = True):
+        self.x, self.y, self.pad, self.flip = x, y, pad, flip
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        img = F.pad(self.x[i], (self.pad,) * 4)
+        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        h, w = self.x.shape[-2:]
+        img = img[:, dy:dy + h, dx:dx + w]
+        if self.flip and torch.rand(()) < 0.5:
+            img = torch.flip(img, dims=[2])
+        return img, self.y[i]

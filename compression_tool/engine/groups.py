@@ -434,6 +434,12 @@ CHANNELWISE = (nn.modules.batchnorm._BatchNorm, nn.PReLU, nn.ReLU, nn.ReLU6, nn.
                nn.Softplus, nn.Identity, nn.Dropout)
 
 
+def stream_roots(model: nn.Module, example_inputs: torch.Tensor) -> List[str]:
+    """Roots of the groups several convs write into: residual streams (e.g. coupled through a ResNet's zero-pad
+    shortcut). Leaving them out (``ignore``) prunes only the convs inside the blocks."""
+    return [g.root_name for g in GroupIndex(model, example_inputs).groups if len(g.weights) > 1]
+
+
 def _param_dtype(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     p = next(model.parameters(), None)
     if p is None:
