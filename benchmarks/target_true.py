@@ -168,6 +168,9 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         rows[-1]["check_bound"] = round(r.check_bound, 2)
         rows[-1]["check"] = round(r.check, 2)
         rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
+        if r.search_pick is not None:       # the same search's own pick, before the adjustment backed off from it
+            row("target-true (the search's pick: none)", r.search_pick["sparsities"], 0.0, r.search_pick["adabn"])
+            rows[-1]["check_bound"] = round(r.search_pick["bound"], 2)
     for level in search_levels if confirm else ():
         # the same search on (1 - confirm) of check; its chain re-tested on the rest
         t = time.perf_counter()

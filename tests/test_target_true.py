@@ -276,6 +276,9 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     assert runs["posthoc"].level == pytest.approx(cfg.adjusted_level(runs["posthoc"].evals))
     assert runs["posthoc"].macs >= runs["none"].macs and runs["none"].level == 0.95
     assert runs["posthoc"].check_bound <= 30.0 + 1e-9
+    ph = runs["posthoc"]                   # the search's own pick is kept when the adjustment backs off from it
+    assert (ph.search_pick is None) == (ph.sparsities == runs["none"].sparsities)
+    assert ph.search_pick is None or ph.search_pick["sparsities"] == runs["none"].sparsities
 
 
 def test_reanalyse_orders_greedy_moves_by_the_composed_model_on_sa(monkeypatch):

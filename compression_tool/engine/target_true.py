@@ -242,6 +242,7 @@ class TargetTrueResult:
     confirm: Optional[Dict[str, object]] = None   # confirm split: {n, value, unpruned, bound, tries, passed}
     level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
     sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
+    search_pick: Optional[Dict[str, object]] = None   # the search's own pick before posthoc / confirm changed it
 
     @property
     def reduction(self) -> float:
@@ -484,12 +485,14 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                     failed.add((layer, s))
     bar.close()
     search_evals = chk.evals
+    chain[-1] = best                      # (a greedy step that changed no count renamed the last link)
+    search_pick = {"sparsities": dict(best.sparsities), "adabn": chk.adabn_for(best.sparsities),
+                   "check": best.check, "bound": best.bound}
     if cfg.multiple_testing == "posthoc" and resolvable and confirm_eval is None:
-        chain[-1] = best
-        best, level = _posthoc(chk, base, chain, cfg.adjusted_level(search_evals)), cfg.adjusted_level(search_evals)
+        level = cfg.adjusted_level(search_evals)
+        best = _posthoc(chk, base, chain, level)
     confirmed = None
     if confirm_eval is not None and resolvable:
-        chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base, level)
@@ -529,7 +532,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         report_n=rep_n, evals=search_evals,
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
         base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
-        sa_evals=sa_chk.evals if sa_chk is not None else 0)
+        sa_evals=sa_chk.evals if sa_chk is not None else 0,
+        search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None)
 
 
 def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
