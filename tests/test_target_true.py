@@ -276,6 +276,10 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     assert runs["posthoc"].level == pytest.approx(cfg.adjusted_level(runs["posthoc"].evals))
     assert runs["posthoc"].macs >= runs["none"].macs and runs["none"].level == 0.95
     assert runs["posthoc"].check_bound <= 30.0 + 1e-9
+    adj = runs["none"].adjusted            # unguarded: the pick's bound once its candidates are accounted for
+    assert adj["level"] == pytest.approx(cfg.adjusted_level(runs["none"].evals)) and runs["posthoc"].adjusted is None
+    assert adj["passed"] == (adj["bound"] <= 30.0) and adj["bound"] >= runs["none"].check_bound
+    assert not adj["passed"] or runs["posthoc"].sparsities == runs["none"].sparsities
     ph = runs["posthoc"]                   # the search's own pick is kept when the adjustment backs off from it
     assert (ph.search_pick is None) == (ph.sparsities == runs["none"].sparsities)
     assert ph.search_pick is None or ph.search_pick["sparsities"] == runs["none"].sparsities

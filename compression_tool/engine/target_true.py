@@ -243,6 +243,8 @@ class TargetTrueResult:
     level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
     sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
     search_pick: Optional[Dict[str, object]] = None   # the search's own pick before posthoc / confirm changed it
+    adjusted: Optional[Dict[str, object]] = None      # unguarded searches: the pick's check bound at Bonferroni
+                                                      # over the candidates measured {level, bound, passed}
 
     @property
     def reduction(self) -> float:
@@ -496,6 +498,16 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base, level)
+    adjusted = None
+    if resolvable and confirm_eval is None and cfg.multiple_testing == "none" and search_evals > 0:
+        # what the pick's check margin is worth once the search's candidates are accounted for (cached: free)
+        b_adj, ok_adj = chk.bound(m_check, base, cfg.adjusted_level(search_evals))
+        adjusted = {"level": cfg.adjusted_level(search_evals), "bound": b_adj, "passed": ok_adj}
+        if not ok_adj:
+            log.warning("target-true: the schedule passes at %.4g %% but not once the %d candidates the search "
+                        "measured are accounted for (bound %.3g at %.4g %%): on new data it may miss the target "
+                        "(winner's curse); --multiple_testing posthoc, --confirm or a larger check split guard it",
+                        100 * level, search_evals, b_adj, 100 * adjusted["level"])
     rep_base = rep = rep_bound = None
     rep_n = None
     final = chk.build(best.sparsities)
@@ -533,7 +545,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
         base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
         sa_evals=sa_chk.evals if sa_chk is not None else 0,
-        search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None)
+        search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted)
 
 
 def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
@@ -614,6 +626,12 @@ def format_result(r: TargetTrueResult) -> str:
     bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
     lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f} "
                  f"at {100 * r.level:.4g} %)")
+    if r.adjusted is not None:
+        a = r.adjusted
+        lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (Bonferroni over the "
+                     f"{r.evals} candidates measured): " + ("holds" if a["passed"] else
+                                                             "does NOT hold: it may miss on new data (winner's curse; "
+                                                             "--multiple_testing posthoc / --confirm guard it)"))
     if r.confirm is not None:
         c = r.confirm
         lines.append(f"  confirm split ({c['n']} samples, unpruned {c['unpruned']:.2f}): {c['tries']} of the search's "
