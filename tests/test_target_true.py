@@ -320,6 +320,33 @@ def test_reanalyse_orders_greedy_moves_by_the_composed_model_on_sa(monkeypatch):
     assert {k for k, v in tried.items() if v != start[k]} == {max(options, key=options.get)}
 
 
+def test_nothing_pruned_says_how_many_check_samples_would_vouch(caplog):
+    """When no schedule passes, one line says what the lightest one did to the check outcomes and about how many
+    check samples would vouch for it (the normal-approximation size agrees with the bootstrap bound)."""
+    import logging
+
+    from compression_tool.engine.target_true import samples_to_vouch
+
+    rng = np.random.default_rng(0)
+    d = np.zeros(4000)
+    idx = rng.choice(4000, 320, replace=False)           # 8 % of the outcomes change, net drop 0.3 points
+    d[idx[:166]], d[idx[166:]] = 100.0, -100.0
+    need = samples_to_vouch(d, 1.0, 0.95)
+    assert 3000 < need < 6000
+    assert bootstrap_mean_bound(rng.permutation(d)[:need], 0.95, True) == pytest.approx(1.0, abs=0.25)
+    assert samples_to_vouch(d, 0.2, 0.95) is None         # its mean drop alone exceeds 0.2
+    model, x, y = toy_problem(900, seed=3)
+    parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
+    table = sensitivity_table(model, *parts["sa"])
+    with caplog.at_level(logging.WARNING, logger="compression_tool.engine.target_true"):
+        r = target_true_schedule(model, x[:1], make_criterion("l1"), table, classifier_evaluator(*parts["check"]),
+                                 None, [], TargetTrueConfig(drop=1.5, bn_recalib_batches=0, max_evals=8),
+                                 progress=False)
+    assert r.resolvable and not any(r.sparsities.values())
+    assert any("nothing pruned. The lightest schedule tried" in m and "the check split has 297" in m
+               for m in caplog.messages)
+
+
 def test_bonferroni_is_stricter():
     cfg = TargetTrueConfig(drop=1.0, max_evals=50, multiple_testing="bonferroni")
     assert cfg.decision_confidence() == pytest.approx(0.999)

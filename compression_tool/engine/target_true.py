@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from statistics import NormalDist
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -126,6 +127,18 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
             means[i:j] = ((w * v).sum(axis=1) + wa * extra) / np.maximum(w.sum(axis=1) + wa, 1e-12)
     q = confidence if upper else 1.0 - confidence
     return float(np.quantile(means, q))
+
+
+def samples_to_vouch(diff: np.ndarray, drop: float, confidence: float) -> Optional[int]:
+    """About how many check samples a one-sided normal bound at ``confidence`` would need for the per-sample drops
+    ``diff`` (unpruned − pruned) to stay within ``drop``: (z·sd / (drop − mean))². None when the measured mean drop
+    itself exceeds ``drop`` (no split size vouches for it). Pairs that share images make the real need larger."""
+    d = np.asarray(diff, dtype=np.float64)
+    margin = drop - float(d.mean())
+    if margin <= 0:
+        return None
+    z = NormalDist().inv_cdf(confidence)
+    return int(math.ceil((z * float(d.std(ddof=1) if d.size > 1 else 0.0) / margin) ** 2))
 
 
 # ---------------------------------------------------------------------------- config and result
@@ -498,6 +511,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base, level)
+    if cfg.drop is not None and resolvable and confirm_eval is None and not any(best.sparsities.values()):
+        _resolution_hint(chk, base, trace, cfg, level)
     adjusted = None
     if resolvable and confirm_eval is None and cfg.multiple_testing == "none" and search_evals > 0:
         # what the pick's check margin is worth once the search's candidates are accounted for (cached: free)
@@ -546,6 +561,27 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
         sa_evals=sa_chk.evals if sa_chk is not None else 0,
         search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted)
+
+
+def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Trial], cfg: TargetTrueConfig,
+                     level: float) -> None:
+    """Nothing was pruned: say what the lightest schedule tried did to the check predictions, and how large a
+    check split would vouch for it (the search's bounds are too wide for the churn of even a light cut)."""
+    tried = [t for t in trace if t.step != "baseline"]
+    if not tried:
+        return
+    light = max(tried, key=lambda t: getattr(t, cfg.resource))
+    m, _ = chk.measure(light.sparsities)
+    diff = base.per_sample - m.per_sample
+    need = samples_to_vouch(diff, float(cfg.drop), level)
+    bound, _ = chk.bound(m, base, level)
+    cut = 100 * (1 - getattr(light, cfg.resource) / getattr(trace[0], cfg.resource))
+    what = (f"about {need} check samples would vouch for it" if need is not None else
+            "its measured drop alone exceeds the budget")
+    log.warning("target-true: nothing pruned. The lightest schedule tried (%.1f%% %s removed) changed %.1f%% of the "
+                "%d check outcomes for a drop of %.2f (bound %.2f at %.4g %%); %s; the check split has %d",
+                cut, cfg.resource, 100 * float(np.mean(diff != 0)), base.n, float(diff.mean()), bound,
+                100 * level, what, base.n)
 
 
 def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
