@@ -114,7 +114,8 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
-            search_levels: Sequence[Optional[float]] = (None,), others: bool = True) -> List[Dict[str, object]]:
+            search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False
+            ) -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -162,8 +163,10 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         r = target_true_schedule(model, x, crit, table, ev["check"], None, calib,
                                  TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
                                                   max_evals=max_evals, multiple_testing=multiple_testing,
-                                                  adverse=adverse))
-        row("target-true" + (f" ({multiple_testing})" if multiple_testing != "none" else ""), r.sparsities,
+                                                  adverse=adverse, reanalyse=reanalyse), sa_eval=ev["sa"])
+        tags = [t for t in (multiple_testing if multiple_testing != "none" else "", "reanalyse" if reanalyse else "")
+                if t]
+        row("target-true" + (f" ({', '.join(tags)})" if tags else ""), r.sparsities,
             time.perf_counter() - t, r.adabn)
         rows[-1]["check_bound"] = round(r.check_bound, 2)
         rows[-1]["check"] = round(r.check, 2)
@@ -208,6 +211,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="also run target-true with this fraction of check held back to confirm the winner")
     p.add_argument("--confirm_only", action="store_true", help="with --confirm: run only that row")
     p.add_argument("--target_true_only", action="store_true", help="skip the seed rule and NNI-style rows")
+    p.add_argument("--reanalyse", action="store_true", help="target-true with NNI-style re-analysis of greedy moves")
     p.add_argument("--search_confidence", default="",
                    help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
@@ -229,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                             "bonferroni" if args.bonferroni else args.multiple_testing, args.confirm,
                             args.confirm_only,
                             [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
-                            else [None], not args.target_true_only)
+                            else [None], not args.target_true_only, args.reanalyse)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")
