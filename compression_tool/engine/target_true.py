@@ -500,7 +500,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                     failed.add((layer, s))
     bar.close()
     search_evals = chk.evals
-    chain[-1] = best                      # (a greedy step that changed no count renamed the last link)
+    if len(chain) > 1:
+        chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
     search_pick = {"sparsities": dict(best.sparsities), "adabn": chk.adabn_for(best.sparsities),
                    "check": best.check, "bound": best.bound}
     if cfg.multiple_testing == "posthoc" and resolvable and confirm_eval is None:
@@ -511,7 +512,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base, level)
-    if cfg.drop is not None and resolvable and confirm_eval is None and not any(best.sparsities.values()):
+    pruned = any(n > 0 for n in chk.counts(best.sparsities).values())
+    if cfg.drop is not None and resolvable and confirm_eval is None and not pruned:
         _resolution_hint(chk, base, trace, cfg, level)
     adjusted = None
     if resolvable and confirm_eval is None and cfg.multiple_testing == "none" and search_evals > 0:
