@@ -46,6 +46,7 @@ from compression_tool.engine.budget import schedule_for_budget, write_budget_sch
 from compression_tool.engine.checkpoint import example_input, save_pruned  # noqa: E402
 from compression_tool.engine.search.fitness import bn_recalibrate  # noqa: E402
 from compression_tool.engine.sensitivity import parse_sparsities  # noqa: E402
+from compression_tool.io.errors import UserError  # noqa: E402
 from model_define.pretrained import MOBILEFACENET_FILE, shared_data_dir  # noqa: E402
 from test_module.setup import EvalConfig  # noqa: E402
 from train_module.features import parse_layers  # noqa: E402
@@ -125,12 +126,18 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                                                feature_loss=kind, feature_weight=weight,
                                                save_dir=str(args.work / f"route_distill_{n}"), force=True,
                                                progress=False))
-        out = run_finetune(job)
+        try:
+            out = run_finetune(job)
+        except UserError as exc:             # e.g. a loss that diverged: a row saying so, then the next variant
+            rows.append((f"variant {label}: {exc}", {}, kept))
+            print(rows[-1][0], flush=True)
+            continue
         tuned, _ = load_source(ModelSource(str(out.last_path)))
         what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
         feat = "" if not layers else f", features {label}"
         rows.append((f"fidelity-driven, AdaBN + distillation on {what}{feat} ({args.route_iters} it, "
                      f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
+        print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
         if args.route_bn == "train":
             rows.append(("  ... + AdaBN again", route_checks(adabn(tuned, faces), meta, base, orl, args), kept))
     return rows
