@@ -122,6 +122,7 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                           hflip=True, teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE),
                           batch_size=20,
                           train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
+                                               warmup_iters=args.route_warmup,
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
                                                feature_loss=kind, feature_weight=weight,
                                                save_dir=str(args.work / f"route_distill_{n}"), force=True,
@@ -160,6 +161,8 @@ def main() -> None:
                    help="route: distillation variants separated by ';', each 'none' (embedding cosine only) or "
                         "'[mse|at:]LAYER,LAYER[@WEIGHT]' (train_module --feature_distill/--feature_loss/"
                         "--feature_weight), e.g. 'none;blocks.4,blocks.11,blocks.14@1'")
+    p.add_argument("--route_warmup", type=int, default=0,
+                   help="route: linear LR warm-up iterations of the distillation (train_module --warmup_iters)")
     p.add_argument("--route_subjects", default="s31..s40",
                    help="route: the identities whose (unlabeled) images AdaBN and distillation use")
     p.add_argument("--route_check", default="",
