@@ -15,7 +15,7 @@ from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.thinning import teacher_channels, thin
 from compression_tool.io.errors import UserError
 from model_define import model_spec
-from train_module.features import FeatureDistill, feature_loss, output_leaf, parse_layers
+from train_module.features import FeatureDistill, expand_layers, feature_loss, output_leaf, parse_layers
 from train_module.finetune import FinetuneConfig, finetune_embedder
 
 SIZE = (1, 16, 16)
@@ -123,6 +123,9 @@ def test_bad_feature_setups_are_one_line_user_errors():
     with pytest.raises(UserError, match="same spatial size"):
         feature_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 8, 8), "at", layer="x")
     assert parse_layers(["a,b", " c ", "a"]) == ("a", "b", "c") and parse_layers(None) == ()
+    assert expand_layers(teacher, ["block.*n?", "stem"]) == ("block.bn1", "block.bn2", "stem")
+    with pytest.raises(UserError, match="no layer of the model matches 'nope.*'"):
+        expand_layers(teacher, ["nope.*"])
 
 
 def test_cli_feature_distill_on_a_thinned_checkpoint_and_a_bad_layer(tmp_path, capsys):
@@ -138,10 +141,10 @@ def test_cli_feature_distill_on_a_thinned_checkpoint_and_a_bad_layer(tmp_path, c
         finetune_main(args + ["--feature_distill", "block.prelu,nope"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.count("\n") == 0 and "no layer 'nope'" in err
-    finetune_main(args + ["--feature_distill", "block.prelu,block", "--feature_weight", "2"])
+    finetune_main(args + ["--feature_distill", "block.p*,block", "--feature_weight", "2"])
     out = capsys.readouterr().out
     assert "checkpoint:" in out
     saved = next((tmp_path / "out").glob("*.pth"))
     model, meta = load_model(saved)
-    assert meta["finetune"]["feature_layers"] == ["block.prelu", "block"] and meta["finetune"]["feature_weight"] == 2
+    assert meta["finetune"]["feature_layers"] == ["block.p*", "block"] and meta["finetune"]["feature_weight"] == 2
     assert model.block.prelu.num_parameters == 13

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fnmatch
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
@@ -37,6 +38,22 @@ def parse_layers(text: Optional[str | Sequence[str]]) -> tuple:
     parts = [text] if isinstance(text, str) else list(text)
     names = [n.strip() for p in parts for n in str(p).split(",") if n.strip()]
     return tuple(dict.fromkeys(names))
+
+
+def expand_layers(model: nn.Module, names: Sequence[str]) -> tuple:
+    """Names with shell wildcards (``blocks.*.conv.5``) -> the matching module names of ``model``, in model order;
+    other names are kept as they are (checked later). A pattern that matches nothing is a UserError."""
+    all_names = [n for n, _ in model.named_modules() if n]
+    out: List[str] = []
+    for name in names:
+        if not any(c in name for c in "*?["):
+            out.append(name)
+            continue
+        hits = [n for n in all_names if fnmatch.fnmatchcase(n, name)]
+        if not hits:
+            raise UserError(f"--feature_distill: no layer of the model matches {name!r}")
+        out.extend(hits)
+    return tuple(dict.fromkeys(out))
 
 
 def find_module(model: nn.Module, name: str, which: str) -> nn.Module:

@@ -30,7 +30,7 @@ from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.distributed import DataParallel
-from train_module.features import FEATURE_LOSSES, FeatureDistill
+from train_module.features import FEATURE_LOSSES, FeatureDistill, expand_layers
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,8 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
                             f"{', '.join(FEATURE_LOSSES)}")
         if teacher is None or cfg.distill is None:
             raise UserError("--feature_distill matches the teacher's feature maps: give --teacher_path and --distill")
-        features = FeatureDistill(model, teacher, cfg.feature_layers, cfg.feature_loss, feature_channels)
+        features = FeatureDistill(model, teacher, expand_layers(model, cfg.feature_layers), cfg.feature_loss,
+                                  feature_channels)
     loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature, features,
                            cfg.feature_weight)
     was_training = model.training

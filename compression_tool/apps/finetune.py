@@ -18,7 +18,7 @@ from compression_tool.engine.thinning import teacher_channels
 from compression_tool.io.errors import UserError
 from model_define import model_spec
 from test_module.setup import EvalConfig, build_setup
-from train_module.features import find_module, output_leaf
+from train_module.features import expand_layers, find_module, output_leaf
 from train_module.finetune import EvalFn, FinetuneConfig, FinetuneResult, config_dict, finetune
 from train_module.heads import make_head
 
@@ -211,7 +211,7 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     cfg = job.train
     cfg.milestones = milestone_iters(job.milestones, len(loader))
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
-    channels = feature_channel_map(meta, model, teacher, cfg.feature_layers) \
+    channels = feature_channel_map(meta, model, teacher, expand_layers(model, cfg.feature_layers)) \
         if cfg.feature_layers and teacher is not None else None
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
                     eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher, name),

@@ -92,8 +92,9 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                    help="--distill kd: softmax temperature T of both logits (default 4)")
     p.add_argument("--feature_distill", metavar="LAYER[,LAYER...]",
                    help="also match the teacher's feature maps at these layers (names of model.named_modules(), "
-                        "e.g. blocks.4,blocks.11,blocks.14; needs --distill): a thinned layer is compared on the "
-                        "teacher channels it kept (its checkpoint's keep-arrays say which)")
+                        "shell wildcards allowed, e.g. blocks.4,blocks.11,blocks.14 or 'blocks.*.conv.5'; needs "
+                        "--distill): a thinned layer is compared on the teacher channels it kept (its checkpoint's "
+                        "keep-arrays say which)")
     p.add_argument("--feature_weight", type=float, default=1.0,
                    help="weight of the feature-map term (mean over the --feature_distill layers; default 1)")
     p.add_argument("--feature_loss", choices=FEATURE_LOSSES, default="mse",
