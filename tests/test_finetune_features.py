@@ -16,7 +16,7 @@ from compression_tool.engine.thinning import teacher_channels, thin
 from compression_tool.io.errors import UserError
 from model_define import model_spec
 from train_module.features import FeatureDistill, expand_layers, feature_loss, output_leaf, parse_layers
-from train_module.finetune import FinetuneConfig, finetune_embedder
+from train_module.finetune import FinetuneConfig, finetune_classifier, finetune_embedder
 
 SIZE = (1, 16, 16)
 
@@ -114,9 +114,9 @@ def test_bad_feature_setups_are_one_line_user_errors():
     with pytest.raises(UserError, match="unknown --feature_loss"):
         FeatureDistill(digits(1), teacher, ["stem"], kind="l1")
     loader = DataLoader(TensorDataset(torch.randn(8, *SIZE)), batch_size=4)
-    with pytest.raises(UserError, match="needs teacher|give --teacher_path"):
-        finetune_embedder(digits(1), loader, FinetuneConfig(feature_layers=("stem",), progress=False,
-                                                               distill="mse"), head=None, teacher=None)
+    labelled = DataLoader(TensorDataset(torch.randn(8, *SIZE), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    with pytest.raises(UserError, match="feature maps: give --teacher_path and --distill"):
+        finetune_classifier(digits(1), labelled, FinetuneConfig(feature_layers=("stem",), progress=False))
     with pytest.raises(UserError, match="--feature_weight must be a non-negative"):
         finetune_embedder(digits(1), loader, FinetuneConfig(feature_layers=("stem",), feature_weight=-1,
                                                                distill="mse", progress=False), teacher=teacher)

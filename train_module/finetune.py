@@ -30,7 +30,7 @@ from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.distributed import DataParallel
-from train_module.features import FEATURE_LOSSES, FeatureDistill, expand_layers
+from train_module.features import FeatureDistill, expand_layers
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ EvalFn = Callable[[nn.Module], Mapping[str, float]]
 DISTILL_KINDS = ("cosine", "mse", "kd")
 TASKS = ("classifier", "embedder")
 _SEED_MUL = 2_654_435_761
+FEATURES_NEED_TEACHER = "--feature_distill matches the teacher's feature maps: give --teacher_path and --distill"
 
 
 @dataclass
@@ -139,7 +140,7 @@ class FinetuneLoss:
         self.task, self.head, self.teacher, self.distill, self.alpha = task, head, teacher, distill, alpha
         self.temperature = temperature
         if features is not None and teacher is None:
-            raise UserError("--feature_distill matches the teacher's feature maps: give --teacher_path and --distill")
+            raise UserError(FEATURES_NEED_TEACHER)
         self.features, self.feature_weight = features, feature_weight
 
     @property
@@ -398,17 +399,14 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
     except TypeError:
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
+    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature)
     features = None
-    if cfg.feature_layers:
-        if cfg.feature_loss not in FEATURE_LOSSES:
-            raise UserError(f"unknown --feature_loss {cfg.feature_loss!r}; expected one of: "
-                            f"{', '.join(FEATURE_LOSSES)}")
-        if teacher is None or cfg.distill is None:
-            raise UserError("--feature_distill matches the teacher's feature maps: give --teacher_path and --distill")
+    if cfg.feature_layers:                      # hooks last: nothing after them may fail before the try below
+        if teacher is None:
+            raise UserError(FEATURES_NEED_TEACHER)
         features = FeatureDistill(model, teacher, expand_layers(model, cfg.feature_layers), cfg.feature_loss,
                                   feature_channels)
-    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature, features,
-                           cfg.feature_weight)
+        loss_fn.features, loss_fn.feature_weight = features, cfg.feature_weight
     was_training = model.training
     ddp = DataParallel.from_env(cfg.device)     # under torchrun: one share of every batch per process
     try:
