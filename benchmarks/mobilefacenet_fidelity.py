@@ -16,7 +16,9 @@ Steps (all on 068.ckpt at 112x96, one torch thread):
      (``--augment --hflip``: a fresh rotation/scale/shift/brightness/contrast draw each time), N iterations of 20
      images, BN statistics kept at their AdaBN values (``--route_bn train``: updated, then AdaBN again); ``--other
      DIR`` mixes in other unlabeled images (``--other_per_class`` per class, e.g. CIFAR-10 upsampled). Judged on
-     s3..s30 like every other row.
+     s3..s30 like every other row. ``--route_features`` runs variants that also match the teacher's feature maps
+     (``train_module --feature_distill``); ``--route_subjects s31..s37 --route_check s38..s40 --judge none`` chooses
+     among them on held-out s31..s40 identities without looking at s3..s30 (docs/label_free.md).
 
     python benchmarks/mobilefacenet_fidelity.py --epochs 20 --lr 0.01 --metrics fidelity --route_iters 300
 """
