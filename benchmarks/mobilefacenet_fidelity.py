@@ -16,7 +16,9 @@ Steps (all on 068.ckpt at 112x96, one torch thread):
      (``--augment --hflip``: a fresh rotation/scale/shift/brightness/contrast draw each time), N iterations of 20
      images, BN statistics kept at their AdaBN values (``--route_bn train``: updated, then AdaBN again); ``--other
      DIR`` mixes in other unlabeled images (``--other_per_class`` per class, e.g. CIFAR-10 upsampled). Judged on
-     s3..s30 like every other row.
+     s3..s30 like every other row. ``--route_features`` runs variants that also match the teacher's feature maps
+     (``train_module --feature_distill``); ``--route_subjects s31..s37 --route_check s38..s40 --judge none`` chooses
+     among them on held-out s31..s40 identities without looking at s3..s30 (docs/label_free.md).
 
     python benchmarks/mobilefacenet_fidelity.py --epochs 20 --lr 0.01 --metrics fidelity --route_iters 300
 """
@@ -46,8 +48,10 @@ from compression_tool.engine.budget import schedule_for_budget, write_budget_sch
 from compression_tool.engine.checkpoint import example_input, save_pruned  # noqa: E402
 from compression_tool.engine.search.fitness import bn_recalibrate  # noqa: E402
 from compression_tool.engine.sensitivity import parse_sparsities  # noqa: E402
+from compression_tool.io.errors import UserError  # noqa: E402
 from model_define.pretrained import MOBILEFACENET_FILE, shared_data_dir  # noqa: E402
 from test_module.setup import EvalConfig  # noqa: E402
+from train_module.features import parse_layers  # noqa: E402
 from train_module.finetune import FinetuneConfig  # noqa: E402
 
 SIZE = (3, 112, 96)
@@ -77,28 +81,68 @@ def subset_folder(root: Path, per_class: int, out: Path) -> Path:
     return out
 
 
+def route_variants(text: str) -> list:
+    """``--route_features``: variants separated by ';', each ``none`` (cosine only) or
+    ``[mse|at:]LAYER,LAYER[@WEIGHT]``, e.g. ``none;blocks.4,blocks.11,blocks.14@1;at:blocks.4,blocks.11@10``."""
+    out = []
+    for v in (t.strip() for t in text.split(";") if t.strip()):
+        if v == "none":
+            out.append((v, (), "mse", 1.0))
+            continue
+        kind, _, rest = v.rpartition(":") if v.startswith(("mse:", "at:")) else ("mse", "", v)
+        layers, _, weight = rest.partition("@")
+        out.append((v, parse_layers(layers), kind, float(weight or 1.0)))
+    return out
+
+
+def judged(model, meta, base, orl: str, args) -> dict:
+    """The judge on s3..s30; NaN everywhere with ``--judge none``."""
+    return judge(model, meta, base, orl, "s3..s30") if args.judge == "s3..s30" else {c: float("nan") for c in COLUMNS}
+
+
+def route_checks(model, meta, base, orl: str, args) -> dict:
+    """The judge on s3..s30 (unless ``--judge none``) and the fidelity on the --route_check identities."""
+    m = judged(model, meta, base, orl, args)
+    if args.route_check:
+        m["fid_check"] = judge(model, meta, base, orl, args.route_check)["fidelity"]
+    return m
+
+
 def label_free_route(pr, meta, base, source, orl: str, args) -> list:
-    """AdaBN -> distillation on augmented s31..s40 (+ other images); rows judged on s3..s30."""
-    faces = unlabeled_images(f"orl:{orl}", SIZE, subjects="s31..s40")
+    """AdaBN -> distillation on augmented --route_subjects (+ other images), once per --route_features variant;
+    rows judged on s3..s30 (and the fidelity on the held-out --route_check identities)."""
+    subj = args.route_subjects
+    faces = unlabeled_images(f"orl:{orl}", SIZE, subjects=subj)
     model, kept = adabn(pr.model, faces), pr.after["macs"] / pr.before["macs"]
-    rows = [("fidelity-driven, thinned + AdaBN", judge(model, meta, base, orl, "s3..s30"), kept)]
+    rows = [(f"fidelity-driven, thinned + AdaBN ({subj})", route_checks(model, meta, base, orl, args), kept)]
     start = save_pruned(args.work / "route_adabn.pth", model, pr.meta, force=True)
     other = subset_folder(Path(args.other), args.other_per_class, args.work / "other") if args.other else None
     unlabeled = [f"orl:{orl}"] + ([f"image_folder:{other}"] if other else [])
-    t0 = time.process_time()
-    job = FinetuneJob(source=ModelSource(str(start)), unlabeled=unlabeled, subjects="s31..s40", augment=True,
-                      hflip=True, teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE), batch_size=20,
-                      train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
-                                           freeze_bn=args.route_bn == "frozen",
-                                           save_dir=str(args.work / "route_distill"), force=True, progress=False))
-    out = run_finetune(job)
-    tuned, _ = load_source(ModelSource(str(out.last_path)))
-    what = "augmented s31..s40" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
-    rows.append((f"fidelity-driven, AdaBN + distillation on {what} ({args.route_iters} it, "
-                 f"{time.process_time() - t0:.0f} CPU-s)", judge(tuned, meta, base, orl, "s3..s30"), kept))
-    if args.route_bn == "train":
-        rows.append(("  ... + AdaBN on s31..s40 again", judge(adabn(tuned, faces), meta, base, orl, "s3..s30"),
-                     kept))
+    for n, (label, layers, kind, weight) in enumerate(route_variants(args.route_features)):
+        t0 = time.process_time()
+        job = FinetuneJob(source=ModelSource(str(start)), unlabeled=unlabeled, subjects=subj, augment=True,
+                          hflip=True, teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE),
+                          batch_size=20,
+                          train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
+                                               warmup_iters=args.route_warmup,
+                                               freeze_bn=args.route_bn == "frozen", feature_layers=layers,
+                                               feature_loss=kind, feature_weight=weight,
+                                               save_dir=str(args.work / f"route_distill_{n}"), force=True,
+                                               progress=False))
+        try:
+            out = run_finetune(job)
+        except UserError as exc:             # e.g. a loss that diverged: a row saying so, then the next variant
+            rows.append((f"variant {label}: {exc}", {}, kept))
+            print(rows[-1][0], flush=True)
+            continue
+        tuned, _ = load_source(ModelSource(str(out.last_path)))
+        what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
+        feat = "" if not layers else f", features {label}"
+        rows.append((f"fidelity-driven, AdaBN + distillation on {what}{feat} ({args.route_iters} it, "
+                     f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
+        print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
+        if args.route_bn == "train":
+            rows.append(("  ... + AdaBN again", route_checks(adabn(tuned, faces), meta, base, orl, args), kept))
     return rows
 
 
@@ -115,6 +159,21 @@ def main() -> None:
                    help="iterations (20 images) of the label-free route's distillation; 0 skips the route")
     p.add_argument("--route_bn", choices=("frozen", "train"), default="frozen",
                    help="route: BN statistics kept from AdaBN during distillation (frozen) or updated (train)")
+    p.add_argument("--route_features", default="none",
+                   help="route: distillation variants separated by ';', each 'none' (embedding cosine only) or "
+                        "'[mse|at:]LAYER,LAYER[@WEIGHT]' (train_module --feature_distill/--feature_loss/"
+                        "--feature_weight), e.g. 'none;blocks.4,blocks.11,blocks.14@1'")
+    p.add_argument("--route_warmup", type=int, default=0,
+                   help="route: linear LR warm-up iterations of the distillation (train_module --warmup_iters)")
+    p.add_argument("--route_subjects", default="s31..s40",
+                   help="route: the identities whose (unlabeled) images AdaBN and distillation use")
+    p.add_argument("--route_check", default="",
+                   help="route: also report the fidelity on these held-out identities (e.g. s38..s40 with "
+                        "--route_subjects s31..s37): the signal variants may be chosen on")
+    p.add_argument("--judge", choices=("s3..s30", "none"), default="s3..s30",
+                   help="none: do not evaluate on the judge identities (while choosing a variant)")
+    p.add_argument("--reuse_sa", action="store_true",
+                   help="reuse a sensitivity CSV already in --work (same command before) instead of measuring it")
     p.add_argument("--other", default="", help="route: other unlabeled images mixed in (an image folder, e.g. "
                                                "DATA/cifar10_test; default none: the s31..s40 faces only)")
     p.add_argument("--other_per_class", type=int, default=100, help="images taken from each class of --other")
@@ -126,12 +185,13 @@ def main() -> None:
     base, meta = load_source(source)
     args.work.mkdir(parents=True, exist_ok=True)
     crit = CriterionConfig(args.method, cache_dir=str(args.work / "rank_conv"))
-    rows, t0 = [("unpruned", judge(base, meta, base, orl, "s3..s30"), 1.0)], time.time()
+    rows, t0 = [("unpruned", judged(base, meta, base, orl, args), 1.0)], time.time()
     for metric in args.metrics.split(","):
         tag = metric.replace("@", "_").replace("=", "")
         csv = args.work / f"sa_{tag}.csv"
-        run_sensitivity(SensitivityConfig(source, EvalConfig(data=f"orl:{orl}", metric=metric), crit,
-                                          parse_sparsities(args.sparsities), str(csv), str(args.work)))
+        if not (args.reuse_sa and csv.exists()):
+            run_sensitivity(SensitivityConfig(source, EvalConfig(data=f"orl:{orl}", metric=metric), crit,
+                                              parse_sparsities(args.sparsities), str(csv), str(args.work)))
         res = schedule_for_budget(str(csv), base, example_input(SIZE), args.flops, metric)
         yaml_path = args.work / f"schedule_{tag}.yaml"
         write_budget_schedule(res, yaml_path, str(csv), args.method, "mobilefacenet", "orl", SIZE, force=True)
@@ -139,22 +199,29 @@ def main() -> None:
         pr = run_prune(PruneConfig(source, str(yaml_path), EvalConfig(data=f"orl:{orl}", metric="fidelity"), crit,
                                    save=True, output=str(pruned_path), work_space=str(args.work), force=True))
         kept = pr.after["macs"] / pr.before["macs"]
-        rows.append((f"{metric}-driven, thinned", judge(pr.model, meta, base, orl, "s3..s30"), kept))
-        job = FinetuneJob(source=ModelSource(str(pruned_path)), unlabeled=f"orl:{orl}", subjects="s31..s40",
-                          teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE), batch_size=20,
-                          train=FinetuneConfig(epochs=args.epochs, lr=args.lr, distill="cosine", freeze_bn=False,
-                                               save_dir=str(args.work / f"distill_{tag}"), force=True,
-                                               progress=False))
-        out = run_finetune(job)
-        tuned, _ = load_source(ModelSource(str(out.last_path)))
-        rows.append((f"{metric}-driven, + label-free distillation", judge(tuned, meta, base, orl, "s3..s30"), kept))
+        rows.append((f"{metric}-driven, thinned", judged(pr.model, meta, base, orl, args), kept))
+        if args.epochs > 0:
+            rows += plain_distillation(pruned_path, meta, base, source, orl, metric, kept, args)
         if metric == "fidelity" and args.route_iters > 0:
             rows += label_free_route(pr, meta, base, source, orl, args)
+    columns = COLUMNS + (("fid_check",) if args.route_check else ())
     print(f"\nMobileFaceNet 068.ckpt 112x96, keep {args.flops:.0%} of the MACs ({args.method}); schedules chosen on "
           f"ORL s31..s40, judged on s3..s30 pairs (unseen identities); {time.time() - t0:.0f} s")
-    print("| model | MACs kept | " + " | ".join(COLUMNS) + " |\n|---|---|" + "---|" * len(COLUMNS))
+    print("| model | MACs kept | " + " | ".join(columns) + " |\n|---|---|" + "---|" * len(columns))
     for name, m, kept in rows:
-        print(f"| {name} | {kept:.3f} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) + " |")
+        print(f"| {name} | {kept:.3f} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in columns) + " |")
+
+
+def plain_distillation(pruned_path, meta, base, source, orl: str, metric: str, kept: float, args) -> list:
+    """Label-free distillation of the thinned model on the s31..s40 images (no AdaBN, no augmentation)."""
+    tag = metric.replace("@", "_").replace("=", "")
+    job = FinetuneJob(source=ModelSource(str(pruned_path)), unlabeled=f"orl:{orl}", subjects="s31..s40",
+                      teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE), batch_size=20,
+                      train=FinetuneConfig(epochs=args.epochs, lr=args.lr, distill="cosine", freeze_bn=False,
+                                           save_dir=str(args.work / f"distill_{tag}"), force=True, progress=False))
+    out = run_finetune(job)
+    tuned, _ = load_source(ModelSource(str(out.last_path)))
+    return [(f"{metric}-driven, + label-free distillation", judged(tuned, meta, base, orl, args), kept)]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ run that went straight through.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -17,7 +18,7 @@ import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,7 @@ from compression_tool.io.checkpoint import torch_load
 from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.distributed import DataParallel
+from train_module.features import FeatureDistill, expand_layers
 from train_module.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ EvalFn = Callable[[nn.Module], Mapping[str, float]]
 DISTILL_KINDS = ("cosine", "mse", "kd")
 TASKS = ("classifier", "embedder")
 _SEED_MUL = 2_654_435_761
+FEATURES_NEED_TEACHER = "--feature_distill matches the teacher's feature maps: give --teacher_path and --distill"
 
 
 @dataclass
@@ -53,6 +56,9 @@ class FinetuneConfig:
     distill: Optional[str] = None          # 'cosine' | 'mse' | 'kd' (needs a teacher; 'kd': classifier logits)
     alpha: float = 1.0                     # weight of the distillation term
     temperature: float = 4.0               # 'kd': softmax temperature T (the term is scaled by T**2)
+    feature_layers: Tuple[str, ...] = ()   # also match the teacher's maps at these layers (needs distill)
+    feature_weight: float = 1.0            # weight of the feature-map term (mean over the layers)
+    feature_loss: str = "mse"              # 'mse' (normalised, on the kept channels) | 'at' (attention transfer)
     freeze_bn: bool = False                # keep BN running statistics fixed (small fine-tuning sets)
     sync_bn: bool = True                   # under torchrun: BN statistics over the whole batch, not each share
     eval_every: int = 0                    # iterations between evaluations; 0 = at the end of every epoch
@@ -120,10 +126,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = 
 
 
 class FinetuneLoss:
-    """``(model, x, labels) -> (loss, parts)``: task loss (CE on logits or on a margin head) + alpha * distill."""
+    """``(model, x, labels) -> (loss, parts)``: task loss (CE on logits or on a margin head) + alpha * distill
+    (+ feature_weight * the feature-map term of ``features``, hooked on the model and the teacher)."""
 
     def __init__(self, task: str, head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
-                 distill: Optional[str] = None, alpha: float = 1.0, temperature: float = 4.0):
+                 distill: Optional[str] = None, alpha: float = 1.0, temperature: float = 4.0,
+                 features: Optional[FeatureDistill] = None, feature_weight: float = 1.0):
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
         if task == "classifier" and head is not None:
@@ -140,6 +148,9 @@ class FinetuneLoss:
             raise UserError("an embedder needs a margin head (identity labels) or a teacher (distillation)")
         self.task, self.head, self.teacher, self.distill, self.alpha = task, head, teacher, distill, alpha
         self.temperature = temperature
+        if features is not None and teacher is None:
+            raise UserError(FEATURES_NEED_TEACHER)
+        self.features, self.feature_weight = features, feature_weight
 
     @property
     def needs_labels(self) -> bool:
@@ -150,7 +161,12 @@ class FinetuneLoss:
         if self.needs_labels and labels is None:
             raise UserError("this fine-tune needs labels but the data yields inputs only "
                             "(use pure distillation: no head, a teacher and --distill)")
-        out = model(x)
+        with self.features.recording() if self.features is not None else contextlib.nullcontext():
+            out = model(x)
+            target = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x)
         parts: Dict[str, float] = {}
         loss = out.new_zeros(())
         if self.task == "classifier":
@@ -162,12 +178,14 @@ class FinetuneLoss:
         if ce is not None:
             loss = loss + ce
             parts["ce"] = ce.item()
-        if self.teacher is not None:
-            with torch.no_grad():
-                target = self.teacher(x)
+        if target is not None:
             d = distillation_loss(out, target.detach(), self.distill, self.temperature)
             loss = loss + self.alpha * d
             parts["distill"] = d.item()
+        if self.features is not None:
+            f = self.features.loss()
+            loss = loss + self.feature_weight * f
+            parts["feature"] = f.item()
         return loss, parts
 
 
@@ -308,7 +326,8 @@ def _validate(cfg: FinetuneConfig, iters_per_epoch: int) -> int:
     if cfg.eval_every < 0:
         raise UserError(f"--eval_every must be >= 0, got {cfg.eval_every}")
     for flag, v, low in (("--lr", cfg.lr, 0.0), ("--momentum", cfg.momentum, None), ("--weight_decay",
-                         cfg.weight_decay, None), ("--alpha", cfg.alpha, None), ("--gamma", cfg.gamma, 0.0)):
+                         cfg.weight_decay, None), ("--alpha", cfg.alpha, None), ("--gamma", cfg.gamma, 0.0),
+                         ("--feature_weight", cfg.feature_weight, None)):
         if not math.isfinite(v) or v < 0 or (low is not None and v <= low):
             raise UserError(f"{flag} must be a {'positive' if low is not None else 'non-negative'} number, got {v}")
     return cfg.max_iters or cfg.epochs * iters_per_epoch
@@ -372,19 +391,31 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
 def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, task: str = "classifier",
              head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
              eval_fn: Optional[EvalFn] = None, meta: Optional[Mapping[str, Any]] = None,
-             resume: Optional[str | Path] = None, trust_resume: bool = False) -> FinetuneResult:
+             resume: Optional[str | Path] = None, trust_resume: bool = False,
+             feature_channels: Optional[Mapping[str, Sequence[int]]] = None) -> FinetuneResult:
     """Train ``model`` (and ``head``) on ``train_loader``; see the module doc and ``FinetuneConfig``.
+
+    ``cfg.feature_layers``: the model also matches the teacher's feature maps at these layers
+    (``train_module.features``); ``feature_channels[layer]`` gives the teacher channel of each of the model's
+    channels there (a thinned model: ``compression_tool.apps.finetune.feature_channel_map``).
 
     ``eval_fn(model) -> OrderedDict`` is called every ``cfg.eval_every`` iterations (or each epoch) and at the
     end; its first entry is maximised and each new best is saved as ``cfg.save_dir/best_<m>=<v>_step=<n>.pth``
     with ``meta`` (model name, keep-arrays…) merged into the checkpoint's metadata.
     """
-    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature)
     try:
         iters_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
+    loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature)
+    features = None
+    if cfg.feature_layers:                      # hooks last: nothing after them may fail before the try below
+        if teacher is None:
+            raise UserError(FEATURES_NEED_TEACHER)
+        features = FeatureDistill(model, teacher, expand_layers(model, cfg.feature_layers), cfg.feature_loss,
+                                  feature_channels)
+        loss_fn.features, loss_fn.feature_weight = features, cfg.feature_weight
     was_training = model.training
     ddp = DataParallel.from_env(cfg.device)     # under torchrun: one share of every batch per process
     try:
@@ -393,6 +424,8 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
     finally:
         if ddp is not None:
             ddp.close()
+        if features is not None:
+            features.close()
 
 
 def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_training, head, teacher, eval_fn,
@@ -402,6 +435,8 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
     optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     train_model, train_loss = ddp.wrap(model, loss_fn, cfg.sync_bn) if ddp is not None else (model, loss_fn)
+    if ddp is not None and loss_fn.features is not None:
+        loss_fn.features.attach()               # wrap may have swapped the BN layers the hooks were on
     if ddp is not None and not ddp.is_main:    # rank 0 alone writes checkpoints
         cfg = dataclasses.replace(cfg, save_dir=None, progress=False)
     keeper = _BestKeeper(cfg, meta, best)
@@ -468,27 +503,31 @@ def train_step(model: nn.Module, batch: Any, loss_fn: FinetuneLoss, optimizer: t
 
 def finetune_classifier(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *,
                         teacher: Optional[nn.Module] = None, eval_fn: Optional[EvalFn] = None,
-                        meta: Optional[Mapping[str, Any]] = None, resume: Optional[str | Path] = None
-                        ) -> FinetuneResult:
-    """Cross-entropy on the model's logits (+ ``cfg.alpha`` * distillation to ``teacher``'s logits)."""
+                        meta: Optional[Mapping[str, Any]] = None, resume: Optional[str | Path] = None,
+                        feature_channels: Optional[Mapping[str, Sequence[int]]] = None) -> FinetuneResult:
+    """Cross-entropy on the model's logits (+ ``cfg.alpha`` * distillation to ``teacher``'s logits, + its feature
+    maps with ``cfg.feature_layers``)."""
     return finetune(model, train_loader, cfg, task="classifier", teacher=teacher, eval_fn=eval_fn, meta=meta,
-                    resume=resume)
+                    resume=resume, feature_channels=feature_channels)
 
 
 def finetune_embedder(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *,
                       head: Optional[nn.Module] = None, teacher: Optional[nn.Module] = None,
                       eval_fn: Optional[EvalFn] = None, meta: Optional[Mapping[str, Any]] = None,
-                      resume: Optional[str | Path] = None) -> FinetuneResult:
-    """Margin-head cross-entropy over identity labels and/or distillation to ``teacher``'s embeddings.
+                      resume: Optional[str | Path] = None,
+                      feature_channels: Optional[Mapping[str, Sequence[int]]] = None) -> FinetuneResult:
+    """Margin-head cross-entropy over identity labels and/or distillation to ``teacher``'s embeddings (and, with
+    ``cfg.feature_layers``, its feature maps; ``feature_channels`` as in ``finetune``).
 
     With ``head=None`` and a teacher this is pure distillation: the data may yield inputs only (no labels).
     """
     return finetune(model, train_loader, cfg, task="embedder", head=head, teacher=teacher, eval_fn=eval_fn,
-                    meta=meta, resume=resume)
+                    meta=meta, resume=resume, feature_channels=feature_channels)
 
 
 def config_dict(cfg: FinetuneConfig) -> Dict[str, Any]:
     """The config as plain values (for a checkpoint's meta)."""
     d = asdict(cfg)
     d["milestones"] = list(d["milestones"])
+    d["feature_layers"] = list(d["feature_layers"])
     return d

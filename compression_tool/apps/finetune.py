@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,9 +14,11 @@ from compression_tool.data.augment import RandomAugment
 from compression_tool.data.spec import parse_data_spec, train_tensors
 from compression_tool.engine.checkpoint import FORMAT, load_model
 from compression_tool.engine.device import resolve_device
+from compression_tool.engine.thinning import teacher_channels
 from compression_tool.io.errors import UserError
 from model_define import model_spec
 from test_module.setup import EvalConfig, build_setup
+from train_module.features import expand_layers, find_module, output_leaf
 from train_module.finetune import EvalFn, FinetuneConfig, FinetuneResult, config_dict, finetune
 from train_module.heads import make_head
 
@@ -166,6 +168,23 @@ def unlabeled_images(specs: Union[str, Sequence[str]], input_size: Sequence[int]
     return torch.cat(parts)
 
 
+def feature_channel_map(meta: Dict[str, Any], student: nn.Module, teacher: nn.Module, layers: Sequence[str]
+                        ) -> Dict[str, List[int]]:
+    """For each ``--feature_distill`` layer the student (thinned per ``meta["keep"]``) has fewer channels at: the
+    teacher channel each of its channels was. A container layer (``conv1``, ``blocks.4``) is looked up by its last
+    leaf module; a layer of unchanged width needs no entry."""
+    out: Dict[str, List[int]] = {}
+    for name in layers:
+        find_module(student, name, "model")
+        find_module(teacher, name, "teacher")
+        idx = teacher_channels(meta.get("keep", []), name)
+        if idx is None:
+            idx = teacher_channels(meta.get("keep", []), output_leaf(student, name))
+        if idx is not None:
+            out[name] = idx
+    return out
+
+
 def run_finetune(job: FinetuneJob) -> FinetuneResult:
     """Fine-tune ``job.source``; checkpoints keep the thinned format, so every tool reloads them."""
     if (job.teacher is None) != (job.train.distill is None):
@@ -192,7 +211,9 @@ def run_finetune(job: FinetuneJob) -> FinetuneResult:
     cfg = job.train
     cfg.milestones = milestone_iters(job.milestones, len(loader))
     cfg.save_dir = cfg.save_dir or f"work_space/finetune/{name}"
+    channels = feature_channel_map(meta, model, teacher, expand_layers(model, cfg.feature_layers)) \
+        if cfg.feature_layers and teacher is not None else None
     return finetune(model, loader, cfg, task=spec.kind, head=head, teacher=teacher,
                     eval_fn=build_eval_fn(job, spec.kind, input_size, spec.mean, spec.std, teacher, name),
                     meta=checkpoint_meta(meta, cfg, job.data), resume=job.resume,
-                    trust_resume=job.source.trust)
+                    trust_resume=job.source.trust, feature_channels=channels)

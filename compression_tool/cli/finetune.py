@@ -6,6 +6,8 @@ optionally distilling the unpruned teacher's outputs.
     python -m train_module --model mobilefacenet --best_model_path pruned.pth --data orl:../shared/data/orl_faces \\
         --head arcface --teacher_path ../shared/data/mobilefacenet_casia/068.ckpt --distill cosine --alpha 1
     python -m train_module ... --head none --distill cosine --teacher_path T.pth   # pure distillation, no labels
+    python -m train_module ... --unlabeled orl:ORL --subjects s31..s40 --teacher_path T.pth --distill cosine \\
+        --feature_distill blocks.4,blocks.11,blocks.14 --feature_weight 1   # + the teacher's feature maps
     python -m train_module --model resnet56 --best_model_path pruned.pth --data image_folder:DIR \\
         --teacher_path resnet56.th --teacher_from_data_parallel --distill kd --temperature 4 --alpha 1
 """
@@ -23,6 +25,7 @@ from compression_tool.cli.parser import ArgumentParser, add_threads_arg, apply_t
 from compression_tool.data.preprocess import FITS
 from compression_tool.io.errors import UserError, cli_main
 from test_module.setup import EvalConfig
+from train_module.features import FEATURE_LOSSES, parse_layers
 from train_module.finetune import DISTILL_KINDS, FinetuneConfig
 from train_module.heads import HEADS
 
@@ -87,6 +90,17 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                         "distillation (default 1)")
     p.add_argument("--temperature", type=float, default=4.0,
                    help="--distill kd: softmax temperature T of both logits (default 4)")
+    p.add_argument("--feature_distill", metavar="LAYER[,LAYER...]",
+                   help="also match the teacher's feature maps at these layers (names of model.named_modules(), "
+                        "shell wildcards allowed, e.g. blocks.4,blocks.11,blocks.14 or 'blocks.*.conv.5'; needs "
+                        "--distill): a thinned layer is compared on the teacher channels it kept (its checkpoint's "
+                        "keep-arrays say which)")
+    p.add_argument("--feature_weight", type=float, default=1.0,
+                   help="weight of the feature-map term (mean over the --feature_distill layers; default 1)")
+    p.add_argument("--feature_loss", choices=FEATURE_LOSSES, default="mse",
+                   help="--feature_distill loss per layer: mse = mean squared error divided by the teacher map's "
+                        "mean square, on the kept channels (default); at = attention transfer, the normalised "
+                        "spatial maps of mean squared activation (any widths)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--max_iters", type=int, help="stop after this many iterations in total (overrides --epochs)")
     p.add_argument("--batch_size", type=int, default=64, help="batch size (default 64)")
@@ -138,6 +152,8 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, temperature=args.temperature,
+                           feature_layers=parse_layers(args.feature_distill), feature_weight=args.feature_weight,
+                           feature_loss=args.feature_loss,
                            freeze_bn=args.freeze_bn, sync_bn=args.sync_bn == "on",
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
                            force=args.force, seed=args.seed, device=args.device, amp=args.amp)

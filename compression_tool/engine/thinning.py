@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch.nn as nn
 
@@ -68,3 +68,17 @@ def layer_widths(model: nn.Module) -> "OrderedDict[str, int]":
 def keep_table(before: Mapping[str, int], after: Mapping[str, int]) -> List[str]:
     """Human-readable lines ``layer: before -> after`` for layers that changed."""
     return [f"{n}: {before[n]} -> {after[n]}" for n in before if after.get(n) != before[n]]
+
+
+def teacher_channels(keep_rounds: Sequence[Mapping[str, dict]], layer: str) -> Optional[List[int]]:
+    """For a model thinned by ``keep_rounds`` (a checkpoint's ``meta["keep"]``): the unpruned model's channel index of
+    each output channel of ``layer`` (a member of a group), composed over the rounds; None when no round thinned it
+    (it has the unpruned width)."""
+    idx: Optional[List[int]] = None
+    for rnd in keep_rounds:
+        for g in rnd.values():
+            if layer in g.get("layers", ()):
+                kept = [int(k) for k in g["kept"]]
+                idx = kept if idx is None else [idx[k] for k in kept]
+                break
+    return idx
