@@ -252,7 +252,8 @@ class TargetTrueResult:
     latency: Optional[float] = None      # predicted ms of the schedule / the unpruned model (latency model given)
     base_latency: Optional[float] = None
     model: Optional[nn.Module] = field(default=None, repr=False)   # the thinned (AdaBN'd) model; not serialised
-    confirm: Optional[Dict[str, object]] = None   # confirm split: {n, value, unpruned, bound, tries, passed}
+    confirm: Optional[Dict[str, object]] = None   # confirm split: {n, unpruned, chain, tries, tested, passed,
+                                                  # value, bound} (the last two: the link kept)
     level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
     sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
     search_pick: Optional[Dict[str, object]] = None   # the search's own pick before posthoc / confirm changed it
@@ -299,6 +300,15 @@ class ComposedChecker:
         self.cache: Dict[Tuple[Tuple[str, int], ...], Tuple[Measurement, Dict[str, float]]] = {}
         self.adabn: Dict[Tuple[Tuple[str, int], ...], bool] = {}
         self.evals = 0
+
+    def on(self, evaluate: Evaluator) -> "ComposedChecker":
+        """The same candidates (model, group index, channel orders, calibration) measured by ``evaluate`` instead,
+        with a cache of their own: e.g. on the SA split for re-analysis. The index and the criterion's orders are
+        shared, not recomputed, so both checkers thin exactly the same channels."""
+        other = copy.copy(self)
+        other.check_eval, other.base = evaluate, evaluate(self.model)
+        other.cache, other.adabn, other.evals = {}, {}, 0
+        return other
 
     def counts(self, sparsities: Mapping[str, float]) -> Dict[str, int]:
         return prune_counts(self.index, sparsities)
@@ -470,8 +480,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         sign = sign_of(cfg.metric)
         failed: set = set()
         improved = cfg.greedy
-        sa_chk = (ComposedChecker(model, example_inputs, criterion, sa_eval, calib_batches, cfg, ignore)
-                  if cfg.reanalyse else None)
+        sa_chk = chk.on(sa_eval) if cfg.reanalyse else None
         while improved and chk.evals < cfg.max_evals:
             improved = False
             options = []
@@ -518,13 +527,14 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     adjusted = None
     if resolvable and confirm_eval is None and cfg.multiple_testing == "none" and search_evals > 0:
         # what the pick's check margin is worth once the search's candidates are accounted for (cached: free)
-        b_adj, ok_adj = chk.bound(m_check, base, cfg.adjusted_level(search_evals))
-        adjusted = {"level": cfg.adjusted_level(search_evals), "bound": b_adj, "passed": ok_adj}
+        adj_level = cfg.adjusted_level(search_evals)
+        b_adj, ok_adj = chk.bound(m_check, base, adj_level)
+        adjusted = {"level": adj_level, "bound": b_adj, "passed": ok_adj}
         if not ok_adj:
             log.warning("target-true: the schedule passes at %.4g %% but not once the %d candidates the search "
                         "measured are accounted for (bound %.3g at %.4g %%): on new data it may miss the target "
                         "(winner's curse); --multiple_testing posthoc, --confirm or a larger check split guard it",
-                        100 * level, search_evals, b_adj, 100 * adjusted["level"])
+                        100 * level, search_evals, b_adj, 100 * adj_level)
     rep_base = rep = rep_bound = None
     rep_n = None
     final = chk.build(best.sparsities)
@@ -673,8 +683,8 @@ def format_result(r: TargetTrueResult) -> str:
     if r.confirm is not None:
         c = r.confirm
         lines.append(f"  confirm split ({c['n']} samples, unpruned {c['unpruned']:.2f}): {c['tries']} of the search's "
-                     f"{c.get('chain', c['tries'])} accepted schedules tested, least pruned first")
-        for row in c.get("tested", []):
+                     f"{c['chain']} accepted schedules tested, least pruned first")
+        for row in c["tested"]:
             lines.append(f"    {100 * row['reduction']:5.1f}% {r.resource} removed: {row['value']:.2f} ({bound} "
                          f"{row['bound']:.2f}) {'holds' if row['passed'] else 'fails: stop'}")
         if not c["passed"]:
