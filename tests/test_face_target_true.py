@@ -195,3 +195,18 @@ def test_real_orl_split_and_mobilefacenet_per_pair_outcomes():
     reported = pair_setup(parts["check"], "lfw_acc").evaluate(model)["lfw_acc"]
     assert m.n == 450 and m.pairs.shape == (450, 2)
     assert m.value == pytest.approx(reported, abs=1e-6) and 90.0 < m.value <= 100.0
+
+
+@pytest.mark.skipif(not REAL[0].exists(), reason=f"ORL faces not found under {SHARED}")
+def test_real_orl_confirm_holds_back_whole_identities():
+    """--confirm on the real ORL faces: the check identities are split once more, so the confirm pairs share no
+    face (and no identity) with the pairs the search decides on, and every part keeps balanced pairs."""
+    split = parse_split("4,8,rest", seed=3)
+    parts = split_pairsets(f"orl:{REAL[0]}", (1, 56, 48), split, subjects="s3..s40", confirm=0.5)
+    plain = split_pairsets(f"orl:{REAL[0]}", (1, 56, 48), split, subjects="s3..s40")
+    ids = {p: {path.split("/")[-2] for path in ps.paths} for p, ps in parts.items()}
+    assert len(ids["check"]) == len(ids["confirm"]) == 4 and not ids["check"] & ids["confirm"]
+    assert ids["check"] | ids["confirm"] == {path.split("/")[-2] for path in plain["check"].paths}
+    assert ids["sa"] == {path.split("/")[-2] for path in plain["sa"].paths}
+    assert not set(parts["check"].paths) & set(parts["confirm"].paths)
+    assert all(int(v.issame.sum()) * 2 == len(v) for v in parts.values())
