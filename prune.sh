@@ -8,7 +8,8 @@
 # the sa part, the schedule is decided on the composed, thinned model on the check part and reported on the
 # report part. TARGET is an absolute metric; without it the target is DROP points below the unpruned model
 # (default 1; 3 for the embedded digits: its 144 check images cannot promise less than about 2 points at 95 %).
-# SCHEDULE_MODE=seed restores the per-layer rule from the CSV alone.
+# SCHEDULE_MODE=seed restores the per-layer rule from the CSV alone. BN_METHOD (adabn | paired): how the BN
+# statistics of each thinned candidate are re-estimated (auto_make_yaml.py --bn_method); thinning does the same.
 # e.g. sh prune.sh resnet20 ../shared/data/resnet_cifar10/resnet20-12fca82f.th \
 #          image_folder:../shared/data/cifar10_test 80 fpgm --from_data_parallel --eval_batches 8
 set -eu
@@ -28,6 +29,7 @@ if [ "$MODEL" = digits_net ] && [ ! -f "$CKPT" ]; then
 fi
 
 SCHEDULE_MODE=${SCHEDULE_MODE:-target_true}
+BN_METHOD=${BN_METHOD:-adabn}
 if [ "$DATA" = digits ]; then SPLIT=${SPLIT:-0.2,0.4,0.4}; DROP=${DROP:-3}; else SPLIT=${SPLIT:-0.34,0.33,0.33}; DROP=${DROP:-1}; fi
 SPLIT_FLAGS=""
 [ "$SCHEDULE_MODE" = target_true ] && SPLIT_FLAGS="--split $SPLIT --split_seed ${SPLIT_SEED:-0}"
@@ -47,7 +49,7 @@ if [ "$SCHEDULE_MODE" = target_true ]; then
   YAML=yaml_file/${MODEL}_${TAG}.yaml
   echo "== 2. target-true schedule ($GOAL) -> $YAML"
   $PY pruning_analysis_tools/auto_make_yaml.py "$CSV" $GOAL --mode target_true --model "$MODEL" --input_size "$INPUT" \
-      --best_model_path "$CKPT" --data "$DATA" --method "$METHOD" $SPLIT_FLAGS --bn_recalib 8 $DP \
+      --best_model_path "$CKPT" --data "$DATA" --method "$METHOD" $SPLIT_FLAGS --bn_recalib 8 --bn_method "$BN_METHOD" $DP \
       --output "$YAML" --force
   if [ "$($PY -m compression_tool.cli.schedule_info "$YAML" pruners)" = 0 ]; then
     echo "error: no schedule meets the target on the check split (see the note above); nothing to thin" >&2
@@ -55,7 +57,7 @@ if [ "$SCHEDULE_MODE" = target_true ]; then
   fi
   # thin the way the schedule was checked: with BN re-estimation only when the search chose it
   BN=$($PY -m compression_tool.cli.schedule_info "$YAML" bn_recalib)
-  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN"
+  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN --bn_method $($PY -m compression_tool.cli.schedule_info "$YAML" bn_method)"
 else
   # seed rule: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)
   TARGET=${TARGET_ARG:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}

@@ -59,10 +59,10 @@ MODELS: Dict[str, Dict[str, object]] = {
 }
 
 
-def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_evals: int):
+def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_evals: int, bn_method: str = "adabn"):
     """NNI-style iterative pruning: re-measure every layer one level further on the current composed model
     (on the SA part, no noise margin), keep the best, stop when the best is below (SA baseline − drop)."""
-    cfg = TargetTrueConfig(drop=drop, bn_recalib_batches=len(calib))
+    cfg = TargetTrueConfig(drop=drop, bn_recalib_batches=len(calib), bn_method=bn_method)
     chk = ComposedChecker(model, x, crit, sa_eval, calib, cfg)
     levels = {w: sorted(s for s, _ in c if s > 0) for w, c in table.items()}
     cur = {w: 0.0 for w in table}
@@ -114,8 +114,8 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
-            search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False
-            ) -> List[Dict[str, object]]:
+            search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False,
+            bn_method: str = "adabn") -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -137,9 +137,9 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
     rows = []
 
     def row(method: str, sp: Dict[str, float], seconds: float, adabn: bool) -> None:
-        m, cost = composed_metric(model, x, crit, sp, report, calib if adabn else [])
+        m, cost = composed_metric(model, x, crit, sp, report, calib if adabn else [], bn_method=bn_method)
         rows.append({"model": name, "seed": seed, "split": split_text or spec["split"], "drop_asked": drop,
-                     "method": method, "adabn": adabn, "target": round(rep_base - drop, 2),
+                     "method": method, "adabn": adabn, "bn_method": bn_method, "target": round(rep_base - drop, 2),
                      "report_unpruned": round(rep_base, 2), "report": round(m.value, 2),
                      "report_drop": round(rep_base - m.value, 2), "held": rep_base - m.value <= drop + 0.5,
                      "macs_removed": round(1 - cost["macs"] / full["macs"], 4),
@@ -156,14 +156,15 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         row("seed rule", seed_sp, dt, False)
         row("seed rule + AdaBN", seed_sp, dt, True)
         t = time.perf_counter()
-        nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, ev["sa"], calib, drop, max_evals)
+        nni_sp, nni_bn = nni_style_greedy(model, x, crit, table, ev["sa"], calib, drop, max_evals, bn_method)
         row("NNI-style greedy", nni_sp, time.perf_counter() - t, nni_bn)
     if not confirm_only:
         t = time.perf_counter()
         r = target_true_schedule(model, x, crit, table, ev["check"], None, calib,
                                  TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
                                                   max_evals=max_evals, multiple_testing=multiple_testing,
-                                                  adverse=adverse, reanalyse=reanalyse), sa_eval=ev["sa"])
+                                                  adverse=adverse, reanalyse=reanalyse, bn_method=bn_method),
+                                 sa_eval=ev["sa"])
         tags = [t for t in (multiple_testing if multiple_testing != "none" else "", "reanalyse" if reanalyse else "")
                 if t]
         row("target-true" + (f" ({', '.join(tags)})" if tags else ""), r.sparsities,
@@ -179,7 +180,8 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         t = time.perf_counter()
         rc = target_true_schedule(model, x, crit, table, ev["searched"], None, calib,
                                   TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
-                                                   max_evals=max_evals, adverse=adverse, search_confidence=level),
+                                                   max_evals=max_evals, adverse=adverse, search_confidence=level,
+                                                   bn_method=bn_method),
                                   confirm_eval=ev["confirm"])
         name = f"target-true, confirm {confirm:g}" + (f", search at {level:g}" if level is not None else "")
         row(name, rc.sparsities, time.perf_counter() - t, rc.adabn)
@@ -214,6 +216,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--reanalyse", action="store_true", help="target-true with NNI-style re-analysis of greedy moves")
     p.add_argument("--search_confidence", default="",
                    help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
+    p.add_argument("--bn_method", choices=("adabn", "paired"), default="adabn",
+                   help="how every row that re-estimates BN statistics after thinning does it (engine.bn_stats)")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
                    help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
     p.add_argument("--work", default="work_space/bench_target_true")
@@ -233,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                             "bonferroni" if args.bonferroni else args.multiple_testing, args.confirm,
                             args.confirm_only,
                             [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
-                            else [None], not args.target_true_only, args.reanalyse)
+                            else [None], not args.target_true_only, args.reanalyse, args.bn_method)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

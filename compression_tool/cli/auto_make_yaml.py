@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import List, Optional
 
 from compression_tool.apps.proxy_select import AUGMENTS, SELECTORS
-from compression_tool.cli.common import HELP_FORMAT, add_face_args, add_latency_args, add_split_args
+from compression_tool.cli.common import (
+    HELP_FORMAT,
+    add_bn_method_arg,
+    add_face_args,
+    add_latency_args,
+    add_split_args,
+)
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.data.spec import parse_input_size
 from compression_tool.engine.schedule import (
@@ -135,6 +141,7 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     add_face_args(g)
     g.add_argument("--bn_recalib", type=int, default=8,
                    help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
+    add_bn_method_arg(g)
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
     g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
     g.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default=None,
@@ -324,7 +331,8 @@ def target_true(args: argparse.Namespace) -> Path:
     job = TargetTrueJob(checkpoint=args.best_model_path, csv=args.csv, data=args.data, model_name=args.model,
                         target=args.target, drop=args.drop, method=args.method,
                         split=parse_split(args.split, args.split_seed), metric=args.metric,
-                        resource=args.resource, bn_recalib=args.bn_recalib, confidence=args.confidence,
+                        resource=args.resource, bn_recalib=args.bn_recalib, bn_method=args.bn_method,
+                        confidence=args.confidence,
                         max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,

@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 
 from compression_tool.cli.common import (
     HELP_FORMAT,
+    add_bn_method_arg,
     add_criterion_args,
     add_eval_args,
     add_latency_args,
@@ -107,6 +108,7 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn_recalib", type=int, default=0,
                    help="re-estimate BN statistics (AdaBN) on N batches of training-side images after thinning; "
                         "a target-true schedule says whether it was checked that way (extensions.target_true.adabn)")
+    add_bn_method_arg(p)
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
     add_round_to(p)
@@ -174,8 +176,9 @@ def run_prune(argv: List[str]) -> None:
                       criterion=crit, override_criterion=bool(args.method or args.fpgm or args.hrank),
                       ignore=args.ignore, round_to=args.round_to, save=args.save_model_pt, output=args.output,
                       work_space=args.work_space, force=args.force, bn_recalib=args.bn_recalib,
-                      latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
-                      latency_batch=args.latency_batch, latency_dir=args.latency_dir)
+                      bn_method=args.bn_method, latency_runtime=args.latency_runtime,
+                      latency_threads=args.latency_threads, latency_batch=args.latency_batch,
+                      latency_dir=args.latency_dir)
     result = prune(cfg)
     print("keep-arrays (layer: out channels before -> after):")
     for line in result.keep_lines:

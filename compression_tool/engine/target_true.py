@@ -33,12 +33,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from compression_tool.engine.bn_stats import BN_METHODS, reestimate_bn
 from compression_tool.engine.budget import Move, envelope, ordered_moves, prune_counts, schedule_after
 from compression_tool.engine.cost import params_and_macs
 from compression_tool.engine.criteria import Criterion
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.latency import LatencyModel
-from compression_tool.engine.search.fitness import bn_recalibrate
 from compression_tool.engine.thinning import thin
 from compression_tool.io.errors import UserError
 
@@ -151,6 +151,7 @@ class TargetTrueConfig:
     resource: str = "macs"               # what the reduction is measured in: macs | params | latency (predicted)
     bn_recalib_batches: int = 8          # AdaBN batches per candidate (0 = keep the running statistics)
     bn_mode: str = "auto"                # auto: per candidate the better of as-is / AdaBN on check; always; never
+    bn_method: str = "adabn"             # how BN statistics are re-estimated: adabn | paired (engine.bn_stats)
     confidence: float = 0.95             # one-sided level of the check bound
     n_boot: int = 2000
     seed: int = 0
@@ -207,6 +208,8 @@ class TargetTrueConfig:
                             f"{self.multiple_testing!r}")
         if self.bn_mode not in ("auto", "always", "never"):
             raise UserError(f"target-true: bn_mode must be auto, always or never, got {self.bn_mode!r}")
+        if self.bn_method not in BN_METHODS:
+            raise UserError(f"target-true: bn_method must be one of {', '.join(BN_METHODS)}, got {self.bn_method!r}")
         if self.bn_recalib_batches < 0 or self.max_evals < 1:
             raise UserError("target-true: bn_recalib_batches must be >= 0 and max_evals >= 1")
 
@@ -320,10 +323,10 @@ class ComposedChecker:
         if adabn is None:
             adabn = self.adabn.get(self._key(counts), bool(self.calib))
         clone = copy.deepcopy(self.model).eval()
-        thin(GroupIndex(clone, self.x, ignore=self.ignore),
-             {name: sorted(self.orders[name][:n]) for name, n in counts.items() if n > 0})
+        keep = thin(GroupIndex(clone, self.x, ignore=self.ignore),
+                    {name: sorted(self.orders[name][:n]) for name, n in counts.items() if n > 0})
         if adabn and self.calib and counts:
-            bn_recalibrate(clone, self.calib)
+            reestimate_bn(self.cfg.bn_method, self.model, clone, keep, self.calib)
         return clone
 
     @staticmethod
@@ -646,11 +649,11 @@ def _confirm(chk: ComposedChecker, model: nn.Module, chain: Sequence[Trial], con
 
 def composed_metric(model: nn.Module, example_inputs: torch.Tensor, criterion: Criterion,
                     sparsities: Mapping[str, float], evaluate: Evaluator, calib_batches: Sequence = (),
-                    ignore: Sequence[str] = ()) -> Tuple[Measurement, Dict[str, float]]:
-    """Measure any schedule (e.g. the per-layer rule's) composed: thin a copy, AdaBN when batches are given
-    (always: no choice is made on the data measured here)."""
+                    ignore: Sequence[str] = (), bn_method: str = "adabn") -> Tuple[Measurement, Dict[str, float]]:
+    """Measure any schedule (e.g. the per-layer rule's) composed: thin a copy, re-estimate BN (``bn_method``) when
+    batches are given (always: no choice is made on the data measured here)."""
     calib_batches = list(calib_batches)
-    cfg = TargetTrueConfig(drop=0.0, bn_recalib_batches=len(calib_batches), bn_mode="always")
+    cfg = TargetTrueConfig(drop=0.0, bn_recalib_batches=len(calib_batches), bn_mode="always", bn_method=bn_method)
     chk = ComposedChecker(model, example_inputs, criterion, evaluate, calib_batches, cfg, ignore)
     return chk.measure(sparsities)
 

@@ -1,0 +1,123 @@
+"""BN statistics after thinning: AdaBN, or the paired correction.
+
+Thinning removes channels, so the layers after it see inputs with other means and variances than the running
+statistics their BatchNorms learned. Two ways to re-estimate them on a few unlabeled calibration images:
+
+- ``adabn`` (``search.fitness.bn_recalibrate``): forget the running statistics and measure the thinned model's
+  own. Every BN moves, also those pruning did not touch, by the calibration set's sampling noise and by any shift
+  between it and the training data (CIFAR-10 JPEGs vs the PNGs a model was trained on): light cuts change more
+  predictions than the cut itself does.
+- ``paired``: keep the unpruned model's statistics and correct each BN by what thinning changed, measured on the
+  same images in the unpruned and the thinned model. With mean μ and variance σ² of a BN's input (per channel, on
+  the calibration images), the thinned BN gets ``rv' = rv · σ'²/σ²`` and ``rm' = μ' − (μ − rm) · σ'/σ``, so its
+  output has the moments the unpruned BN's output had on those images. A BN whose input did not change keeps its
+  statistics exactly. BNs are corrected in forward order within one pass over all calibration images (each sees
+  inputs already corrected upstream), the images concatenated into one batch (at most ``max_images``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from compression_tool.engine.device import to_model_device
+from compression_tool.engine.search.fitness import bn_recalibrate
+from compression_tool.engine.thinning import teacher_channels
+from compression_tool.io.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BN_METHODS = ("adabn", "paired")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance of a BN input ``[N, C, ...]``, in float64."""
+    flat = x.detach().transpose(0, 1).reshape(x.shape[1], -1).double()
+    return flat.mean(1), flat.var(1, unbiased=False)
+
+
+def _images(batches: Iterable, max_images: int) -> torch.Tensor:
+    xs: List[torch.Tensor] = []
+    n = 0
+    for b in batches:
+        b = b[0] if isinstance(b, (list, tuple)) else b
+        xs.append(b[:max_images - n])
+        n += len(xs[-1])
+        if n >= max_images:
+            break
+    if not xs:
+        raise UserError("BN re-estimation: the calibration data yielded no batches")
+    return torch.cat(xs)
+
+
+def _tracked(model: nn.Module) -> Dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.running_mean is not None}
+
+
+@torch.no_grad()
+def paired_bn_correct(reference: nn.Module, thinned: nn.Module, keep: Mapping[str, dict], batches: Iterable,
+                      max_images: int = 1024) -> int:
+    """Correct the BN running statistics of ``thinned`` (``reference`` thinned with keep-arrays ``keep``, the
+    dict ``engine.thinning.thin`` returns) by the change thinning made to each BN's input, measured on the
+    calibration ``batches`` (see the module doc). ``reference`` is not changed. Returns the images used."""
+    ref_bns, thin_bns = _tracked(reference), _tracked(thinned)
+    missing = sorted(set(thin_bns) - set(ref_bns))
+    if missing:
+        raise UserError(f"paired BN correction: the thinned model has BN layers the reference lacks: "
+                        f"{', '.join(missing[:3])}")
+    x = _images(batches, max_images)
+    ref_moments: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: ref_moments.__setitem__(n, _moments(inp[0])))
+             for n, m in ref_bns.items()]
+    was_training = reference.training
+    try:
+        reference.eval()
+        reference(to_model_device(reference, x))
+    finally:
+        for h in hooks:
+            h.remove()
+        reference.train(was_training)
+    rounds = [keep]
+
+    def correct(mod: nn.Module, inp: Sequence[torch.Tensor], name: str) -> None:
+        ref = ref_bns[name]
+        kept = teacher_channels(rounds, name)
+        idx = torch.arange(mod.num_features) if kept is None else torch.tensor(kept)
+        if len(idx) != mod.num_features or name not in ref_moments:
+            log.debug("paired BN correction: %s left as is (no channel map or not reached)", name)
+            return
+        mu_r, var_r = (t[idx] for t in ref_moments[name])
+        mu_t, var_t = _moments(inp[0])
+        rm, rv = ref.running_mean[idx].double(), ref.running_var[idx].double() + ref.eps
+        # a channel the reference never varied on these images keeps its variance (no ratio to take)
+        ratio = torch.where(var_r > 1e-12, var_t / var_r.clamp_min(1e-12), torch.ones_like(var_t))
+        mod.running_var.copy_((rv * ratio - mod.eps).clamp_min(0.0).to(mod.running_var.dtype))
+        mod.running_mean.copy_((mu_t - (mu_r - rm) * ratio.sqrt()).to(mod.running_mean.dtype))
+
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: correct(mod, inp, n)) for n, m in thin_bns.items()]
+    try:
+        thinned.eval()
+        thinned(to_model_device(thinned, x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(x)
+
+
+def reestimate_bn(method: str, reference: Optional[nn.Module], thinned: nn.Module, keep: Mapping[str, dict],
+                  batches: Sequence) -> int:
+    """BN statistics of ``thinned`` re-estimated on ``batches`` by ``method`` (``BN_METHODS``); ``reference`` and
+    ``keep`` are needed by ``paired``. Returns the batches (adabn) or images (paired) used."""
+    if method == "adabn":
+        return bn_recalibrate(thinned, batches)
+    if method == "paired":
+        if reference is None:
+            raise UserError("paired BN correction needs the unpruned reference model")
+        return paired_bn_correct(reference, thinned, keep, batches)
+    raise UserError(f"BN re-estimation: unknown method {method!r}; expected one of {', '.join(BN_METHODS)}")
+
+
+__all__ = ["BN_METHODS", "paired_bn_correct", "reestimate_bn"]
