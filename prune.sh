@@ -57,7 +57,7 @@ if [ "$SCHEDULE_MODE" = target_true ]; then
   fi
   # thin the way the schedule was checked: with BN re-estimation only when the search chose it
   BN=$($PY -m compression_tool.cli.schedule_info "$YAML" bn_recalib)
-  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN --bn_method $($PY -m compression_tool.cli.schedule_info "$YAML" bn_method)"
+  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN"
 else
   # seed rule: 1 point below the unpruned top-1 (read from the CSV's sparsity-0 rows)
   TARGET=${TARGET_ARG:-$($PY -c "import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if float(x['sparsity'])==0]; print(round(float(r[0][list(r[0])[2]])-1.0,2))" "$CSV")}

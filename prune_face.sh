@@ -86,7 +86,7 @@ if [ "$MODE" = target_true ]; then
     exit 1
   fi
   BN=$($PY -m compression_tool.cli.schedule_info "$YAML" bn_recalib)
-  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN --bn_method $($PY -m compression_tool.cli.schedule_info "$YAML" bn_method)"
+  [ "$BN" -gt 0 ] && BN_FLAGS="--bn_recalib $BN"
 else
   echo "== 2. schedule: least sensitive layers first until ${TAG#flops-}% of the MACs are gone -> $YAML"
   $PY pruning_analysis_tools/auto_make_yaml.py "$CSV" --flops "$FLOPS" $COMMON --best_model_path "$CKPT" \

@@ -87,7 +87,7 @@ class PruneConfig:
     work_space: str = "work_space"
     force: bool = False
     bn_recalib: int = 0                             # AdaBN after thinning: batches of training-side images
-    bn_method: str = "adabn"                        # adabn | paired (engine.bn_stats)
+    bn_method: Optional[str] = None                 # adabn | paired (engine.bn_stats); None: the schedule's, else adabn
 
 
 @dataclass
@@ -328,7 +328,8 @@ def run_prune(cfg: PruneConfig) -> PruneResult:
     if cfg.bn_recalib:  # AdaBN: re-estimate BN statistics on training-side images, as the schedule was checked
         from compression_tool.apps.target_true import bn_reestimate
 
-        bn_reestimate(model, cfg.eval, meta["input_size"], cfg.bn_recalib, cfg.bn_method, original, keep)
+        method = cfg.bn_method or str(schedule.extra.get("bn_method", "adabn"))
+        bn_reestimate(model, cfg.eval, meta["input_size"], cfg.bn_recalib, method, original, keep)
     latency_lines = layer_latency_lines(cfg, original, model, x)
     after = {**params_and_macs(model, x), **setup.evaluate(model)}
     # measured side by side: a busy machine slows both alike instead of skewing the ratio (on the CPU, whatever

@@ -87,7 +87,7 @@ def add_face_args(g) -> None:
                         "split), e.g. s31..s40 (orl's default) or s3..s30")
 
 
-def add_bn_method_arg(g, default: str = "adabn") -> None:
+def add_bn_method_arg(g, default: Optional[str] = "adabn", default_text: Optional[str] = None) -> None:
     from compression_tool.engine.bn_stats import BN_METHODS
 
     g.add_argument("--bn_method", choices=BN_METHODS, default=default,
@@ -95,7 +95,7 @@ def add_bn_method_arg(g, default: str = "adabn") -> None:
                         "the thinned model's own statistics on the calibration images; 'paired' keeps the unpruned "
                         "model's and corrects each BN by what thinning changed on those images (BNs it did not "
                         "touch stay exactly as they were: fewer changed predictions for light cuts). Default: "
-                        f"{default}")
+                        f"{default_text or default}")
 
 
 def add_device_arg(p) -> None:

@@ -108,7 +108,7 @@ def prune_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn_recalib", type=int, default=0,
                    help="re-estimate BN statistics (AdaBN) on N batches of training-side images after thinning; "
                         "a target-true schedule says whether it was checked that way (extensions.target_true.adabn)")
-    add_bn_method_arg(p)
+    add_bn_method_arg(p, None, "the schedule's (extensions.target_true.bn_method), else adabn")
     p.add_argument("--save_model_pt", action="store_true",
                    help="write the thinned checkpoint and its keep-arrays (<output>.keep.json)")
     add_round_to(p)

@@ -1,23 +1,21 @@
 """Read one fact off a schedule YAML for shell scripts (prune.sh, prune_face.sh):
 
     python -m compression_tool.cli.schedule_info SCHEDULE.yaml pruners      # how many pruners it holds
-    python -m compression_tool.cli.schedule_info SCHEDULE.yaml bn_recalib   # BN batches to thin it with (0: none)
-    python -m compression_tool.cli.schedule_info SCHEDULE.yaml bn_method    # how: adabn | paired
+    python -m compression_tool.cli.schedule_info SCHEDULE.yaml bn_recalib   # AdaBN batches to thin it with (0: none)
 
-``bn_recalib`` / ``bn_method``: a target-true schedule records whether and how its checked numbers re-estimated BN
-statistics; thinning must do the same (``pruning.py --mode prune --bn_recalib N --bn_method M``) for the model to be
-the one that was checked.
+``bn_recalib``: a target-true schedule records whether its checked numbers include BN re-estimation; thinning must
+do the same (``pruning.py --mode prune --bn_recalib N``) for the model to be the one that was checked.
 """
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from compression_tool.cli.parser import ArgumentParser
 from compression_tool.io.errors import UserError, cli_main
 
 
-def schedule_fact(path: str, fact: str) -> Union[int, str]:
+def schedule_fact(path: str, fact: str) -> int:
     import yaml
 
     try:
@@ -32,8 +30,6 @@ def schedule_fact(path: str, fact: str) -> Union[int, str]:
     if fact == "pruners":
         return len(doc.get("pruners") or {})
     tt = (doc.get("extensions") or {}).get("target_true") or {}
-    if fact == "bn_method":
-        return str(tt.get("bn_method", "adabn"))      # schedules written before paired existed used AdaBN
     return int(tt.get("bn_recalib_batches", 0)) if tt.get("adabn") else 0
 
 
@@ -42,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = ArgumentParser(prog="python -m compression_tool.cli.schedule_info", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("schedule", help="the schedule YAML (auto_make_yaml.py's output)")
-    p.add_argument("fact", choices=("pruners", "bn_recalib", "bn_method"), help="what to print")
+    p.add_argument("fact", choices=("pruners", "bn_recalib"), help="what to print")
     args = p.parse_args(argv)
     print(schedule_fact(args.schedule, args.fact))
 

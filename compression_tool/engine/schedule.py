@@ -165,8 +165,12 @@ def parse_schedule(doc: object, source: str | Path = "schedule") -> Schedule:
     if not isinstance(doc, dict) or not isinstance(doc.get("pruners"), dict) or not doc["pruners"]:
         raise UserError(f"{source}: not a pruning schedule (expected a 'pruners' mapping)")
     pruners = [_pruner(Path(str(source)), n, s) for n, s in doc["pruners"].items()]
-    ext = next((e for e in (doc.get("extensions") or {}).values() if isinstance(e, dict)), {})
-    return Schedule(pruners, ext.get("arch"), ext.get("dataset"), ext.get("input_size"))
+    exts = doc.get("extensions") or {}
+    ext = next((e for e in exts.values() if isinstance(e, dict)), {})
+    tt = exts.get("target_true") if isinstance(exts.get("target_true"), dict) else {}
+    # a target-true schedule says how its checked numbers re-estimated BN: thinning follows it by default
+    extra = {"bn_method": tt["bn_method"]} if tt.get("bn_method") else {}
+    return Schedule(pruners, ext.get("arch"), ext.get("dataset"), ext.get("input_size"), extra)
 
 
 def resolve(schedule: Schedule, index: GroupIndex, criterion_override: Optional[str] = None,
