@@ -52,7 +52,7 @@ def test_nothing_thinned_leaves_every_statistic_as_it_was():
             assert torch.allclose(a.running_var, b.running_var, rtol=1e-4), n
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilefacenet"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilefacenet", "resnet_ir18", "vgg16_bn"])
 def test_thinned_bn_outputs_get_the_reference_moments_back(name):
     model, clone, keep, size = thinned_resnet(name=name)
     torch.manual_seed(1)
