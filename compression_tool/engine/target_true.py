@@ -261,6 +261,7 @@ class TargetTrueResult:
     sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
     search_pick: Optional[Dict[str, object]] = None   # the search's own pick before posthoc / confirm changed it
     adjusted: Optional[Dict[str, object]] = None      # unguarded searches: the pick's check bound at Bonferroni
+    bn_method: str = "adabn"             # how BN statistics were re-estimated when ``adabn`` (engine.bn_stats)
                                                       # over the candidates measured {level, bound, passed}
 
     @property
@@ -575,7 +576,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         seconds=time.perf_counter() - t0, per_layer=per_layer, trace=trace, latency=cost.get("latency"),
         base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
         sa_evals=sa_chk.evals if sa_chk is not None else 0,
-        search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted)
+        search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted,
+        bn_method=cfg.bn_method)
 
 
 def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Trial], cfg: TargetTrueConfig,
@@ -672,7 +674,8 @@ def format_result(r: TargetTrueResult) -> str:
         lines.append(f"  {row['layer']:<32} {row['sparsity']:>6g} {row['predicted_alone']:>11.2f} "
                      f"{'' if c is None else f'{c:.2f}':>16} {'' if rep is None else f'{rep:.2f}':>7}")
     if r.per_layer:
-        adabn = "re-estimated (AdaBN)" if r.adabn else "kept (AdaBN was not better on check)"
+        way = "AdaBN" if r.bn_method == "adabn" else "paired correction"
+        adabn = f"re-estimated ({way})" if r.adabn else f"kept (re-estimating them, {way}, was not better on check)"
         lines.append(f"  BN statistics: {adabn}")
     bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
     lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f} "
