@@ -99,11 +99,10 @@ def test_cli_paired_schedule_is_thinned_the_way_it_was_checked(ckpt, tmp_path): 
     import pruning
     from compression_tool.cli import auto_make_yaml, schedule_info
     from compression_tool.engine.checkpoint import load_model
+    from tests.zoo_util import DIGITS_SPLIT as split
+    from tests.zoo_util import digits_sa_csv
 
-    csv = tmp_path / "sa.csv"
-    split = ["--split", "0.2,0.4,0.4", "--split_seed", "1"]
-    pruning.main(["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), "--output", str(csv),
-                  "--sparsities", "0,0.25,0.5,0.75", *split])
+    csv = digits_sa_csv(ckpt, tmp_path)
     out = tmp_path / "tt.yaml"
     auto_make_yaml.main([str(csv), "--drop", "8", "--model", "digits_net", "--best_model_path", str(ckpt),
                          "--data", "digits", "--output", str(out), "--bn_recalib", "2", "--bn_method", "paired",

@@ -48,3 +48,16 @@ def classifier_sa_csv(path, index, levels=None):
             for s in (np.arange(0, 1.0, 0.1) if levels is None else levels):
                 w.writerow([g.name, f"{s:.1f}", f"{90 - (i + 1) * 10 * s:.2f}", "99", "0.1"])
     return path
+
+
+DIGITS_SPLIT = ["--split", "0.2,0.4,0.4", "--split_seed", "1"]
+
+
+def digits_sa_csv(ckpt, tmp_path):
+    """The sensitivity CSV of a digits_net checkpoint on the SA part of ``DIGITS_SPLIT`` (pruning.py --mode sa)."""
+    import pruning
+
+    csv = tmp_path / "sa.csv"
+    pruning.main(["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), "--output", str(csv),
+                  "--sparsities", "0,0.25,0.5,0.75", *DIGITS_SPLIT])
+    return csv

@@ -17,7 +17,7 @@ statistics their BatchNorms learned. Two ways to re-estimate them on a few unlab
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,21 @@ def _tracked(model: nn.Module) -> Dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _BN) and m.running_mean is not None}
 
 
+def _run_with_bn_hooks(model: nn.Module, bns: Mapping[str, nn.Module], x: torch.Tensor,
+                       fn: Callable[[nn.Module, Sequence[torch.Tensor], str], None]) -> None:
+    """One eval-mode forward of ``x`` with ``fn(module, inputs, name)`` called before each BN in ``bns``; the
+    model's train/eval mode is restored."""
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: fn(mod, inp, n)) for n, m in bns.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        model(to_model_device(model, x))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def paired_bn_correct(reference: nn.Module, thinned: nn.Module, keep: Mapping[str, dict], batches: Iterable,
                       max_images: int = 1024) -> int:
@@ -70,23 +85,15 @@ def paired_bn_correct(reference: nn.Module, thinned: nn.Module, keep: Mapping[st
                         f"{', '.join(missing[:3])}")
     x = _images(batches, max_images)
     ref_moments: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: ref_moments.__setitem__(n, _moments(inp[0])))
-             for n, m in ref_bns.items()]
-    was_training = reference.training
-    try:
-        reference.eval()
-        reference(to_model_device(reference, x))
-    finally:
-        for h in hooks:
-            h.remove()
-        reference.train(was_training)
+    _run_with_bn_hooks(reference, ref_bns, x, lambda mod, inp, n: ref_moments.__setitem__(n, _moments(inp[0])))
     rounds = [keep]
 
     def correct(mod: nn.Module, inp: Sequence[torch.Tensor], name: str) -> None:
         ref = ref_bns[name]
         kept = teacher_channels(rounds, name)
         idx = torch.arange(mod.num_features) if kept is None else torch.tensor(kept)
-        if len(idx) != mod.num_features or name not in ref_moments:
+        if len(idx) != mod.num_features or (kept is None and ref.num_features != mod.num_features) \
+                or name not in ref_moments:
             log.debug("paired BN correction: %s left as is (no channel map or not reached)", name)
             return
         mu_r, var_r = (t[idx] for t in ref_moments[name])
@@ -97,13 +104,7 @@ def paired_bn_correct(reference: nn.Module, thinned: nn.Module, keep: Mapping[st
         mod.running_var.copy_((rv * ratio - mod.eps).clamp_min(0.0).to(mod.running_var.dtype))
         mod.running_mean.copy_((mu_t - (mu_r - rm) * ratio.sqrt()).to(mod.running_mean.dtype))
 
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: correct(mod, inp, n)) for n, m in thin_bns.items()]
-    try:
-        thinned.eval()
-        thinned(to_model_device(thinned, x))
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_with_bn_hooks(thinned, thin_bns, x, correct)
     return len(x)
 
 
