@@ -18,7 +18,8 @@ Steps (all on 068.ckpt at 112x96, one torch thread):
      DIR`` mixes in other unlabeled images (``--other_per_class`` per class, e.g. CIFAR-10 upsampled). Judged on
      s3..s30 like every other row. ``--route_features`` runs variants that also match the teacher's feature maps
      (``train_module --feature_distill``); ``--route_subjects s31..s37 --route_check s38..s40 --judge none`` chooses
-     among them on held-out s31..s40 identities without looking at s3..s30 (docs/label_free.md).
+     among them on held-out s31..s40 identities without looking at s3..s30 (docs/label_free.md); ``--route_mixup
+     ALPHA`` blends the distillation images (train_module --mixup).
 
     python benchmarks/mobilefacenet_fidelity.py --epochs 20 --lr 0.01 --metrics fidelity --route_iters 300
 """
@@ -126,7 +127,7 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                           train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
                                                warmup_iters=args.route_warmup,
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
-                                               feature_loss=kind, feature_weight=weight,
+                                               feature_loss=kind, feature_weight=weight, mixup=args.route_mixup,
                                                save_dir=str(args.work / f"route_distill_{n}"), force=True,
                                                progress=False))
         try:
@@ -137,7 +138,8 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
             continue
         tuned, _ = load_source(ModelSource(str(out.last_path)))
         what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
-        feat = "" if not layers else f", features {label}"
+        feat = ("" if not layers else f", features {label}") + (f", mixup {args.route_mixup:g}"
+                                                                 if args.route_mixup else "")
         rows.append((f"fidelity-driven, AdaBN + distillation on {what}{feat} ({args.route_iters} it, "
                      f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
         print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
@@ -165,6 +167,9 @@ def main() -> None:
                         "--feature_weight), e.g. 'none;blocks.4,blocks.11,blocks.14@1'")
     p.add_argument("--route_warmup", type=int, default=0,
                    help="route: linear LR warm-up iterations of the distillation (train_module --warmup_iters)")
+    p.add_argument("--route_mixup", metavar="ALPHA", type=float, default=0.0,
+                   help="route: mixup of the distillation images, lam ~ Beta(ALPHA, ALPHA) per image, teacher and "
+                        "student on the same blended images (train_module --mixup; default 0 = off)")
     p.add_argument("--route_subjects", default="s31..s40",
                    help="route: the identities whose (unlabeled) images AdaBN and distillation use")
     p.add_argument("--route_check", default="",

@@ -40,6 +40,8 @@ DISTILL_KINDS = ("cosine", "mse", "kd")
 TASKS = ("classifier", "embedder")
 _SEED_MUL = 2_654_435_761
 FEATURES_NEED_TEACHER = "--feature_distill matches the teacher's feature maps: give --teacher_path and --distill"
+MIXUP_NEEDS_DISTILL = ("--mixup blends images but not their labels: use it with label-free distillation only "
+                       "(--teacher_path, --distill, and --unlabeled or --head none)")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class FinetuneConfig:
     feature_layers: Tuple[str, ...] = ()   # also match the teacher's maps at these layers (needs distill)
     feature_weight: float = 1.0            # weight of the feature-map term (mean over the layers)
     feature_loss: str = "mse"              # 'mse' (normalised, on the kept channels) | 'at' (attention transfer)
+    mixup: float = 0.0                     # distillation: blend the batch's images, lam ~ Beta(mixup, mixup); 0 off
     freeze_bn: bool = False                # keep BN running statistics fixed (small fine-tuning sets)
     sync_bn: bool = True                   # under torchrun: BN statistics over the whole batch, not each share
     eval_every: int = 0                    # iterations between evaluations; 0 = at the end of every epoch
@@ -187,6 +190,24 @@ class FinetuneLoss:
             loss = loss + self.feature_weight * f
             parts["feature"] = f.item()
         return loss, parts
+
+
+def mixup_batch(batch: Any, alpha: float, seed: int) -> Any:
+    """Mixup of the inputs only (for distillation: the teacher and the student then see the same blended images,
+    Beyer et al. 2022's function matching): ``x`` becomes ``lam * x + (1 - lam) * x[perm]``, one
+    ``lam ~ Beta(alpha, alpha)`` per image and one random permutation ``perm`` of the batch, all drawn from ``seed``
+    alone (the global RNG is left as it was). Labels, if any, pass through unchanged; ``alpha == 0``: the batch as
+    it is."""
+    if alpha == 0:
+        return batch
+    x, _ = split_batch(batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        lam = torch.distributions.Beta(float(alpha), float(alpha)).sample((x.shape[0],))
+        perm = torch.randperm(x.shape[0])
+    lam = lam.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    mixed = lam * x + (1 - lam) * x[perm]
+    return mixed if isinstance(batch, torch.Tensor) else (mixed, *batch[1:])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -327,7 +348,7 @@ def _validate(cfg: FinetuneConfig, iters_per_epoch: int) -> int:
         raise UserError(f"--eval_every must be >= 0, got {cfg.eval_every}")
     for flag, v, low in (("--lr", cfg.lr, 0.0), ("--momentum", cfg.momentum, None), ("--weight_decay",
                          cfg.weight_decay, None), ("--alpha", cfg.alpha, None), ("--gamma", cfg.gamma, 0.0),
-                         ("--feature_weight", cfg.feature_weight, None)):
+                         ("--feature_weight", cfg.feature_weight, None), ("--mixup", cfg.mixup, None)):
         if not math.isfinite(v) or v < 0 or (low is not None and v <= low):
             raise UserError(f"{flag} must be a {'positive' if low is not None else 'non-negative'} number, got {v}")
     return cfg.max_iters or cfg.epochs * iters_per_epoch
@@ -409,6 +430,8 @@ def finetune(model: nn.Module, train_loader: Iterable, cfg: FinetuneConfig, *, t
         raise UserError("the training data must have a length (a DataLoader over a sized dataset)") from None
     total = _validate(cfg, iters_per_epoch)
     loss_fn = FinetuneLoss(task, head, teacher, cfg.distill, cfg.alpha, cfg.temperature)
+    if cfg.mixup and loss_fn.needs_labels:
+        raise UserError(MIXUP_NEEDS_DISTILL)
     features = None
     if cfg.feature_layers:                      # hooks last: nothing after them may fail before the try below
         if teacher is None:
@@ -457,6 +480,7 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
     set_train_mode(model, cfg.freeze_bn)
     with tqdm(total=total, initial=step, desc="finetune", disable=not cfg.progress, dynamic_ncols=True) as bar:
         for batch in replay_batches(train_loader, cfg, step, total, iters_per_epoch):
+            batch = mixup_batch(batch, cfg.mixup, _seed(cfg.seed, 3, step))
             loss = train_step(train_model, batch, train_loss, optimizer, scheduler, device, step, scaler)
             step += 1
             result.losses.append((step, loss))

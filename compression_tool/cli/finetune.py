@@ -8,6 +8,7 @@ optionally distilling the unpruned teacher's outputs.
     python -m train_module ... --head none --distill cosine --teacher_path T.pth   # pure distillation, no labels
     python -m train_module ... --unlabeled orl:ORL --subjects s31..s40 --teacher_path T.pth --distill cosine \\
         --feature_distill blocks.4,blocks.11,blocks.14 --feature_weight 1   # + the teacher's feature maps
+    python -m train_module ... --unlabeled orl:ORL --teacher_path T.pth --distill cosine --augment --mixup 0.4
     python -m train_module --model resnet56 --best_model_path pruned.pth --data image_folder:DIR \\
         --teacher_path resnet56.th --teacher_from_data_parallel --distill kd --temperature 4 --alpha 1
 """
@@ -101,6 +102,12 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                    help="--feature_distill loss per layer: mse = mean squared error divided by the teacher map's "
                         "mean square, on the kept channels (default); at = attention transfer, the normalised "
                         "spatial maps of mean squared activation (any widths)")
+    p.add_argument("--mixup", metavar="ALPHA", type=float, default=0.0,
+                   help="label-free distillation only: replace every image of a batch by lam*x + (1-lam)*x' with x' "
+                        "another image of the batch and lam ~ Beta(ALPHA, ALPHA) drawn per image from --seed, "
+                        "before the teacher and the student see it (both match on the same blended images: "
+                        "function matching, Beyer et al. 2022); 0 = off (default), e.g. 0.4 or 1; refused when "
+                        "labels are trained on (a --head or a classifier's cross-entropy)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--max_iters", type=int, help="stop after this many iterations in total (overrides --epochs)")
     p.add_argument("--batch_size", type=int, default=64, help="batch size (default 64)")
@@ -153,7 +160,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
                            distill=args.distill, alpha=args.alpha, temperature=args.temperature,
                            feature_layers=parse_layers(args.feature_distill), feature_weight=args.feature_weight,
-                           feature_loss=args.feature_loss,
+                           feature_loss=args.feature_loss, mixup=args.mixup,
                            freeze_bn=args.freeze_bn, sync_bn=args.sync_bn == "on",
                            eval_every=args.eval_every, eval_at_start=args.eval_at_start, save_dir=args.save_dir,
                            force=args.force, seed=args.seed, device=args.device, amp=args.amp)
