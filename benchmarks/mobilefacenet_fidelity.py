@@ -45,9 +45,9 @@ from compression_tool.apps.workflow import (  # noqa: E402
     run_prune,
     run_sensitivity,
 )
+from compression_tool.engine.bn_stats import reestimate_bn  # noqa: E402
 from compression_tool.engine.budget import schedule_for_budget, write_budget_schedule  # noqa: E402
 from compression_tool.engine.checkpoint import example_input, save_pruned  # noqa: E402
-from compression_tool.engine.search.fitness import bn_recalibrate  # noqa: E402
 from compression_tool.engine.sensitivity import parse_sparsities  # noqa: E402
 from compression_tool.io.errors import UserError  # noqa: E402
 from model_define.pretrained import MOBILEFACENET_FILE, shared_data_dir  # noqa: E402
@@ -64,10 +64,11 @@ def judge(model, source_meta, reference, orl: str, subjects: str):
     return eval_setup(cfg, source_meta, reference=reference).evaluate(model)
 
 
-def adabn(model, images: torch.Tensor, batch: int = 20):
-    """Re-estimate the BN statistics on ``images`` and their mirror images (in place); the model is returned."""
+def adabn(model, images: torch.Tensor, batch: int = 20, method: str = "adabn", reference=None, keep=None):
+    """Re-estimate the BN statistics on ``images`` and their mirror images (in place; ``method`` paired: corrected
+    against the unpruned ``reference`` thinned by ``keep``, engine.bn_stats); the model is returned."""
     both = torch.cat([images, images.flip(-1)])
-    bn_recalibrate(model, [both[i:i + batch] for i in range(0, len(both), batch)])
+    reestimate_bn(method, reference, model, keep or {}, [both[i:i + batch] for i in range(0, len(both), batch)])
     return model
 
 
@@ -114,8 +115,10 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
     rows judged on s3..s30 (and the fidelity on the held-out --route_check identities)."""
     subj = args.route_subjects
     faces = unlabeled_images(f"orl:{orl}", SIZE, subjects=subj)
-    model, kept = adabn(pr.model, faces), pr.after["macs"] / pr.before["macs"]
-    rows = [(f"fidelity-driven, thinned + AdaBN ({subj})", route_checks(model, meta, base, orl, args), kept)]
+    model = adabn(pr.model, faces, method=args.route_bn_method, reference=base, keep=pr.keep)
+    kept = pr.after["macs"] / pr.before["macs"]
+    way = "AdaBN" if args.route_bn_method == "adabn" else "paired BN correction"
+    rows = [(f"fidelity-driven, thinned + {way} ({subj})", route_checks(model, meta, base, orl, args), kept)]
     start = save_pruned(args.work / "route_adabn.pth", model, pr.meta, force=True)
     other = subset_folder(Path(args.other), args.other_per_class, args.work / "other") if args.other else None
     unlabeled = [f"orl:{orl}"] + ([f"image_folder:{other}"] if other else [])
@@ -159,6 +162,9 @@ def main() -> None:
     p.add_argument("--metrics", default="fidelity,tpr@fpr=1e-2", help="SA metrics, one schedule each")
     p.add_argument("--route_iters", type=int, default=300,
                    help="iterations (20 images) of the label-free route's distillation; 0 skips the route")
+    p.add_argument("--route_bn_method", choices=("adabn", "paired"), default="adabn",
+                   help="route: how the thinned model's BN statistics are re-estimated on the route's images before "
+                        "distillation (engine.bn_stats; paired: corrected against the unpruned model)")
     p.add_argument("--route_bn", choices=("frozen", "train"), default="frozen",
                    help="route: BN statistics kept from AdaBN during distillation (frozen) or updated (train)")
     p.add_argument("--route_features", default="none",
