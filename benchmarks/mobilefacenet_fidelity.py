@@ -143,7 +143,7 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
         what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
         feat = ("" if not layers else f", features {label}") + (f", mixup {args.route_mixup:g}"
                                                                  if args.route_mixup else "")
-        rows.append((f"fidelity-driven, AdaBN + distillation on {what}{feat} ({args.route_iters} it, "
+        rows.append((f"fidelity-driven, {way} + distillation on {what}{feat} ({args.route_iters} it, "
                      f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
         print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
         if args.route_bn == "train":
