@@ -72,53 +72,80 @@ def _run_with_bn_hooks(model: nn.Module, bns: Mapping[str, nn.Module], x: torch.
         model.train(was_training)
 
 
-@torch.no_grad()
+class BNReestimator:
+    """BN statistics of thinned copies of one ``reference`` re-estimated on the same calibration ``batches`` by
+    ``method`` (``BN_METHODS``). ``paired`` measures the reference's BN inputs once, on first use, and reuses them for
+    every copy (the reference must not change meanwhile); ``max_images`` caps the images it concatenates."""
+
+    def __init__(self, method: str, reference: Optional[nn.Module], batches: Sequence, max_images: int = 1024):
+        if method not in BN_METHODS:
+            raise UserError(f"BN re-estimation: unknown method {method!r}; expected one of {', '.join(BN_METHODS)}")
+        if method == "paired" and reference is None:
+            raise UserError("paired BN correction needs the unpruned reference model")
+        self.method, self.reference, self.batches, self.max_images = method, reference, batches, max_images
+        self._x: Optional[torch.Tensor] = None
+        self._ref_bns: Dict[str, nn.Module] = {}
+        self._ref_moments: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def apply(self, thinned: nn.Module, keep: Mapping[str, dict]) -> int:
+        """Re-estimate ``thinned`` (the reference thinned with keep-arrays ``keep``, the dict
+        ``engine.thinning.thin`` returns) in place; returns the batches (adabn) or images (paired) used."""
+        if self.method == "adabn":
+            return bn_recalibrate(thinned, self.batches)
+        return self._paired(thinned, keep)
+
+    @torch.no_grad()
+    def _measure_reference(self) -> torch.Tensor:
+        if self._x is None:
+            self._x = _images(self.batches, self.max_images)
+            self._ref_bns = _tracked(self.reference)
+            _run_with_bn_hooks(self.reference, self._ref_bns, self._x,
+                               lambda mod, inp, n: self._ref_moments.__setitem__(n, _moments(inp[0])))
+        return self._x
+
+    @torch.no_grad()
+    def _paired(self, thinned: nn.Module, keep: Mapping[str, dict]) -> int:
+        """Correct each BN of ``thinned`` by the change thinning made to its input (see the module doc)."""
+        x = self._measure_reference()
+        ref_bns, ref_moments, thin_bns = self._ref_bns, self._ref_moments, _tracked(thinned)
+        missing = sorted(set(thin_bns) - set(ref_bns))
+        if missing:
+            raise UserError(f"paired BN correction: the thinned model has BN layers the reference lacks: "
+                            f"{', '.join(missing[:3])}")
+        rounds = [keep]
+
+        def correct(mod: nn.Module, inp: Sequence[torch.Tensor], name: str) -> None:
+            ref = ref_bns[name]
+            kept = teacher_channels(rounds, name)
+            idx = torch.arange(mod.num_features) if kept is None else torch.tensor(kept)
+            if len(idx) != mod.num_features or (kept is None and ref.num_features != mod.num_features) \
+                    or name not in ref_moments:
+                log.debug("paired BN correction: %s left as is (no channel map or not reached)", name)
+                return
+            mu_r, var_r = (t[idx] for t in ref_moments[name])
+            mu_t, var_t = _moments(inp[0])
+            rm, rv = ref.running_mean[idx].double(), ref.running_var[idx].double() + ref.eps
+            # a channel the reference never varied on these images keeps its variance (no ratio to take)
+            ratio = torch.where(var_r > 1e-12, var_t / var_r.clamp_min(1e-12), torch.ones_like(var_t))
+            mod.running_var.copy_((rv * ratio - mod.eps).clamp_min(0.0).to(mod.running_var.dtype))
+            mod.running_mean.copy_((mu_t - (mu_r - rm) * ratio.sqrt()).to(mod.running_mean.dtype))
+
+        _run_with_bn_hooks(thinned, thin_bns, x, correct)
+        return len(x)
+
+
 def paired_bn_correct(reference: nn.Module, thinned: nn.Module, keep: Mapping[str, dict], batches: Iterable,
                       max_images: int = 1024) -> int:
-    """Correct the BN running statistics of ``thinned`` (``reference`` thinned with keep-arrays ``keep``, the
-    dict ``engine.thinning.thin`` returns) by the change thinning made to each BN's input, measured on the
-    calibration ``batches`` (see the module doc). ``reference`` is not changed. Returns the images used."""
-    ref_bns, thin_bns = _tracked(reference), _tracked(thinned)
-    missing = sorted(set(thin_bns) - set(ref_bns))
-    if missing:
-        raise UserError(f"paired BN correction: the thinned model has BN layers the reference lacks: "
-                        f"{', '.join(missing[:3])}")
-    x = _images(batches, max_images)
-    ref_moments: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-    _run_with_bn_hooks(reference, ref_bns, x, lambda mod, inp, n: ref_moments.__setitem__(n, _moments(inp[0])))
-    rounds = [keep]
-
-    def correct(mod: nn.Module, inp: Sequence[torch.Tensor], name: str) -> None:
-        ref = ref_bns[name]
-        kept = teacher_channels(rounds, name)
-        idx = torch.arange(mod.num_features) if kept is None else torch.tensor(kept)
-        if len(idx) != mod.num_features or (kept is None and ref.num_features != mod.num_features) \
-                or name not in ref_moments:
-            log.debug("paired BN correction: %s left as is (no channel map or not reached)", name)
-            return
-        mu_r, var_r = (t[idx] for t in ref_moments[name])
-        mu_t, var_t = _moments(inp[0])
-        rm, rv = ref.running_mean[idx].double(), ref.running_var[idx].double() + ref.eps
-        # a channel the reference never varied on these images keeps its variance (no ratio to take)
-        ratio = torch.where(var_r > 1e-12, var_t / var_r.clamp_min(1e-12), torch.ones_like(var_t))
-        mod.running_var.copy_((rv * ratio - mod.eps).clamp_min(0.0).to(mod.running_var.dtype))
-        mod.running_mean.copy_((mu_t - (mu_r - rm) * ratio.sqrt()).to(mod.running_mean.dtype))
-
-    _run_with_bn_hooks(thinned, thin_bns, x, correct)
-    return len(x)
+    """Correct the BN running statistics of ``thinned`` (``reference`` thinned with ``keep``) on the calibration
+    ``batches`` (see the module doc). ``reference`` is not changed. Returns the images used."""
+    return BNReestimator("paired", reference, list(batches), max_images).apply(thinned, keep)
 
 
 def reestimate_bn(method: str, reference: Optional[nn.Module], thinned: nn.Module, keep: Mapping[str, dict],
                   batches: Sequence) -> int:
-    """BN statistics of ``thinned`` re-estimated on ``batches`` by ``method`` (``BN_METHODS``); ``reference`` and
-    ``keep`` are needed by ``paired``. Returns the batches (adabn) or images (paired) used."""
-    if method == "adabn":
-        return bn_recalibrate(thinned, batches)
-    if method == "paired":
-        if reference is None:
-            raise UserError("paired BN correction needs the unpruned reference model")
-        return paired_bn_correct(reference, thinned, keep, batches)
-    raise UserError(f"BN re-estimation: unknown method {method!r}; expected one of {', '.join(BN_METHODS)}")
+    """BN statistics of ``thinned`` re-estimated on ``batches`` by ``method`` once (``BNReestimator`` serves many
+    copies of one reference). Returns the batches (adabn) or images (paired) used."""
+    return BNReestimator(method, reference, batches).apply(thinned, keep)
 
 
-__all__ = ["BN_METHODS", "paired_bn_correct", "reestimate_bn"]
+__all__ = ["BN_METHODS", "BNReestimator", "paired_bn_correct", "reestimate_bn"]

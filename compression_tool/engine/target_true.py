@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from compression_tool.engine.bn_stats import BN_METHODS, reestimate_bn
+from compression_tool.engine.bn_stats import BN_METHODS, BNReestimator
 from compression_tool.engine.budget import Move, envelope, ordered_moves, prune_counts, schedule_after
 from compression_tool.engine.cost import params_and_macs
 from compression_tool.engine.criteria import Criterion
@@ -301,6 +301,7 @@ class ComposedChecker:
         if cfg.bn_recalib_batches and not self.calib:
             raise UserError("target-true: BN re-estimation asked for, but no calibration batches were given")
         self.base = check_eval(model)
+        self.bn = BNReestimator(cfg.bn_method, model, self.calib)    # the reference's BN inputs measured once
         self.cache: Dict[Tuple[Tuple[str, int], ...], Tuple[Measurement, Dict[str, float]]] = {}
         self.adabn: Dict[Tuple[Tuple[str, int], ...], bool] = {}
         self.evals = 0
@@ -327,7 +328,7 @@ class ComposedChecker:
         keep = thin(GroupIndex(clone, self.x, ignore=self.ignore),
                     {name: sorted(self.orders[name][:n]) for name, n in counts.items() if n > 0})
         if adabn and self.calib and counts:
-            reestimate_bn(self.cfg.bn_method, self.model, clone, keep, self.calib)
+            self.bn.apply(clone, keep)
         return clone
 
     @staticmethod
