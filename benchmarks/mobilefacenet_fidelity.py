@@ -54,6 +54,7 @@ from model_define.pretrained import MOBILEFACENET_FILE, shared_data_dir  # noqa:
 from test_module.setup import EvalConfig  # noqa: E402
 from train_module.features import parse_layers  # noqa: E402
 from train_module.finetune import FinetuneConfig  # noqa: E402
+from train_module.optim import LR_SCHEDULES  # noqa: E402
 
 SIZE = (3, 112, 96)
 COLUMNS = ("lfw_acc", "tpr@fpr=1e-2", "fidelity")
@@ -128,7 +129,7 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                           hflip=True, teacher=ModelSource(source.path, "mobilefacenet", input_size=SIZE),
                           batch_size=20,
                           train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
-                                               warmup_iters=args.route_warmup,
+                                               warmup_iters=args.route_warmup, lr_schedule=args.route_lr_schedule,
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
                                                feature_loss=kind, feature_weight=weight, mixup=args.route_mixup,
                                                save_dir=str(args.work / f"route_distill_{n}"), force=True,
@@ -142,7 +143,8 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
         tuned, _ = load_source(ModelSource(str(out.last_path)))
         what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
         feat = ("" if not layers else f", features {label}") + (f", mixup {args.route_mixup:g}"
-                                                                 if args.route_mixup else "")
+                                                                 if args.route_mixup else "") \
+            + (f", LR {args.route_lr_schedule}" if args.route_lr_schedule != "step" else "")
         rows.append((f"fidelity-driven, {way} + distillation on {what}{feat} ({args.route_iters} it, "
                      f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
         print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
@@ -173,6 +175,9 @@ def main() -> None:
                         "--feature_weight), e.g. 'none;blocks.4,blocks.11,blocks.14@1'")
     p.add_argument("--route_warmup", type=int, default=0,
                    help="route: linear LR warm-up iterations of the distillation (train_module --warmup_iters)")
+    p.add_argument("--route_lr_schedule", choices=LR_SCHEDULES, default="step",
+                   help="route: the distillation's LR schedule (train_module --lr_schedule; step without milestones "
+                        "= constant --lr, the default; cosine = a half cosine to 0 over --route_iters)")
     p.add_argument("--route_mixup", metavar="ALPHA", type=float, default=0.0,
                    help="route: mixup of the distillation images, lam ~ Beta(ALPHA, ALPHA) per image, teacher and "
                         "student on the same blended images (train_module --mixup; default 0 = off)")

@@ -159,6 +159,24 @@ def test_warmup_then_milestones_per_iteration():
         build_scheduler(opt, warmup_iters=-1)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero_over_the_run():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(opt, warmup_iters=2, schedule="cosine", total_iters=8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    cos = [0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
+    assert lrs == pytest.approx([0.1 * c * min(1.0, (i + 1) / 2) for i, c in enumerate(cos)])
+    assert lrs[1] == pytest.approx(0.1 * cos[1]) and lrs[-1] < 0.005      # warm, then nearly 0 at the end
+    with pytest.raises(UserError, match="drop --milestones"):
+        build_scheduler(opt, milestones=(4,), schedule="cosine", total_iters=8)
+    with pytest.raises(UserError, match="--lr_schedule: expected one of step, cosine"):
+        build_scheduler(opt, schedule="linear")
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -251,6 +269,26 @@ def test_resume_equals_straight_run_and_best_name_carries_metric(tmp_path):
     with pytest.raises(UserError, match="trained with a margin head"):
         finetune_embedder(embedder(), loader(x), quiet(distill="mse"), teacher=embedder(),
                           resume=straight.best_path)
+    with pytest.raises(UserError, match="another --lr_schedule than cosine"):
+        finetune_embedder(embedder(dropout=0.2), loader(x, y, batch_size=16), quiet(epochs=3, lr_schedule="cosine"),
+                          head=ArcFace(8, 4, s=16.0), resume=straight.best_path)
+
+
+def test_cosine_resume_equals_straight_run(tmp_path):
+    """The cosine curve is saved with the run: resuming at step 6 of 12 continues it bit for bit."""
+    (x, y) = identities(16, seed=1)
+    scores = iter([1.0, 3.0, 2.0, 0.5])
+
+    def run(save_dir, eval_fn, resume=None):
+        torch.manual_seed(0)
+        model, head = embedder(), ArcFace(8, 4, s=16.0)
+        cfg = quiet(epochs=3, lr=0.05, warmup_iters=2, lr_schedule="cosine", eval_every=3, save_dir=str(save_dir))
+        return finetune_embedder(model, loader(x, y, batch_size=16), cfg, head=head, eval_fn=eval_fn,
+                                 meta={"model": "tiny"}, resume=resume)
+
+    straight = run(tmp_path / "a", lambda m: OrderedDict(score=next(scores)))
+    resumed = run(tmp_path / "a", lambda m: OrderedDict(score=0.0), resume=straight.best_path)
+    assert straight.best_step == 6 and resumed.losses == straight.losses[6:]
 
 
 def test_checkpoint_name():
@@ -272,6 +310,11 @@ def test_cli_finetunes_a_plain_digits_checkpoint(tmp_path, capsys):
     assert len(saved) == 1 and str(saved[0]) in out
     meta = load_checkpoint(saved[0])["meta"]
     assert meta["model"] == "digits_net" and meta["finetune"]["data"] == "digits"
+    assert meta["finetune"]["lr_schedule"] == "step"
+    with pytest.raises(SystemExit):
+        main(["--model", "digits_net", "--best_model_path", str(src), "--data", "digits", "--epochs", "2",
+              "--milestones", "1", "--lr_schedule", "cosine", "--save_dir", str(tmp_path / "cos")])
+    assert "drop --milestones" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", "digits_net", "--best_model_path", str(src), "--head", "arcface"])
     assert "is a classifier" in capsys.readouterr().err

@@ -55,6 +55,7 @@ class FinetuneConfig:
     milestones: Tuple[int, ...] = ()       # iterations at which the LR is multiplied by gamma
     gamma: float = 0.1
     warmup_iters: int = 0                  # linear warm-up from lr/warmup_iters to lr
+    lr_schedule: str = "step"              # 'step' (milestones x gamma) | 'cosine' (half cosine to 0 at the end)
     distill: Optional[str] = None          # 'cosine' | 'mse' | 'kd' (needs a teacher; 'kd': classifier logits)
     alpha: float = 1.0                     # weight of the distillation term
     temperature: float = 4.0               # 'kd': softmax temperature T (the term is scaled by T**2)
@@ -271,6 +272,11 @@ def restore_training_state(ckpt: Mapping[str, Any], model: nn.Module, head: Opti
         except ValueError as exc:
             raise UserError(f"--resume: optimizer state in {source} does not fit: {exc}") from None
     if ts.get("scheduler") is not None:
+        saved = ts["scheduler"].get("lr_lambdas") or [None]
+        now = scheduler.lr_lambdas[0]
+        if isinstance(saved[0], dict) and set(saved[0]) != set(vars(now)):
+            raise UserError(f"--resume: {source} was trained with another --lr_schedule than "
+                            f"{'cosine' if 'total_iters' in vars(now) else 'step'}; use that run's")
         scheduler.load_state_dict(ts["scheduler"])
     return int(ckpt["meta"]["step"])
 
@@ -386,8 +392,8 @@ def replay_batches(train_loader: Iterable, cfg: FinetuneConfig, step: int, total
 
 
 def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Module], cfg: FinetuneConfig,
-           resume: Optional[str | Path], trust_resume: bool = False, device: Optional[torch.device] = None
-           ) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
+           resume: Optional[str | Path], trust_resume: bool = False, device: Optional[torch.device] = None,
+           total: int = 0) -> Tuple[torch.optim.Optimizer, Any, int, Optional[float]]:
     """Move to the device, build optimizer and schedule, restore a checkpoint: (opt, sched, step, best)."""
     device = device or resolve_device(cfg.device)
     for m in (model, head, teacher):
@@ -396,7 +402,7 @@ def _setup(model: nn.Module, head: Optional[nn.Module], teacher: Optional[nn.Mod
     if teacher is not None:
         teacher.eval()
     optimizer = build_optimizer(model, head, cfg.lr, cfg.momentum, cfg.weight_decay)
-    scheduler = build_scheduler(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_iters)
+    scheduler = build_scheduler(optimizer, cfg.milestones, cfg.gamma, cfg.warmup_iters, cfg.lr_schedule, total)
     if cfg.save_dir is not None:          # an unwritable --save_dir fails now, not after the first epoch
         check_writable_dir(cfg.save_dir)
     if resume is None:
@@ -455,7 +461,7 @@ def _finetune(model, train_loader, cfg, loss_fn, total, iters_per_epoch, was_tra
               meta, resume, trust_resume, ddp) -> FinetuneResult:
     device = ddp.device if ddp is not None else resolve_device(cfg.device)
     check_amp(str(device), cfg.amp)
-    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device)
+    optimizer, scheduler, step, best = _setup(model, head, teacher, cfg, resume, trust_resume, device, total)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     train_model, train_loss = ddp.wrap(model, loss_fn, cfg.sync_bn) if ddp is not None else (model, loss_fn)
     if ddp is not None and loss_fn.features is not None:

@@ -1,7 +1,8 @@
-"""SGD with weight decay only where it belongs, and a per-iteration warm-up + step-milestone LR schedule."""
+"""SGD with weight decay only where it belongs, and a per-iteration warm-up + step-milestone or cosine LR schedule."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -76,13 +77,41 @@ class WarmupMultiStep:
         return warm * self.gamma ** sum(1 for m in self.milestones if m <= it)
 
 
+class WarmupCosine:
+    """LR factor for iteration ``it``: the linear warm-up of ``WarmupMultiStep``, times a half cosine from 1 at
+    iteration 0 to 0 at ``total_iters`` (the last update, ``it = total_iters - 1``, still gets a small LR)."""
+
+    def __init__(self, total_iters: int, warmup_iters: int):
+        self.total_iters = int(total_iters)
+        self.warmup_iters = int(warmup_iters)
+
+    def __call__(self, it: int) -> float:
+        warm = min(1.0, (it + 1) / self.warmup_iters) if self.warmup_iters > 0 else 1.0
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(it, self.total_iters) / self.total_iters))
+
+
+LR_SCHEDULES = ("step", "cosine")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int] = (), gamma: float = 0.1,
-                    warmup_iters: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration schedule (call ``.step()`` after every optimizer step); milestones are iteration counts."""
-    if any(int(m) < 0 for m in milestones):
-        raise UserError(f"--milestones must be non-negative iteration counts, got {list(milestones)}")
+                    warmup_iters: int = 0, schedule: str = "step", total_iters: int = 0
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule (call ``.step()`` after every optimizer step); milestones are iteration counts.
+
+    ``schedule='cosine'`` ignores milestones and gamma and decays to 0 over ``total_iters`` iterations (the run's
+    length, so that a resumed run continues the same curve)."""
     if warmup_iters < 0:
         raise UserError(f"--warmup_iters must be >= 0, got {warmup_iters}")
+    if schedule == "cosine":
+        if milestones:
+            raise UserError("--lr_schedule cosine decays the LR by itself: drop --milestones")
+        if total_iters < 1:
+            raise UserError(f"--lr_schedule cosine needs the run's length in iterations, got {total_iters}")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_iters, warmup_iters))
+    if schedule != "step":
+        raise UserError(f"--lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if any(int(m) < 0 for m in milestones):
+        raise UserError(f"--milestones must be non-negative iteration counts, got {list(milestones)}")
     if not 0 < gamma <= 1:
         raise UserError(f"--gamma must be in (0, 1], got {gamma}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupMultiStep(milestones, gamma, warmup_iters))

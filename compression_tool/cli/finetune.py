@@ -29,6 +29,7 @@ from test_module.setup import EvalConfig
 from train_module.features import FEATURE_LOSSES, parse_layers
 from train_module.finetune import DISTILL_KINDS, FinetuneConfig
 from train_module.heads import HEADS
+from train_module.optim import LR_SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
                    help="comma-separated epochs at which the LR is multiplied by --gamma, e.g. 3,6 (default none)")
     p.add_argument("--gamma", type=float, default=0.1, help="LR factor at each milestone (default 0.1)")
     p.add_argument("--warmup_iters", type=int, default=0, help="linear LR warm-up iterations (default 0)")
+    p.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="step",
+                   help="step: the LR drops by --gamma at each --milestones epoch (none: constant); cosine: a half "
+                        "cosine from --lr to 0 over the whole run (--epochs or --max_iters), after the warm-up")
     p.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm running statistics fixed (small fine-tuning sets)")
     p.add_argument("--sync_bn", choices=("on", "off"), default="on",
@@ -158,6 +162,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
         if eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
+                           lr_schedule=args.lr_schedule,
                            distill=args.distill, alpha=args.alpha, temperature=args.temperature,
                            feature_layers=parse_layers(args.feature_distill), feature_weight=args.feature_weight,
                            feature_loss=args.feature_loss, mixup=args.mixup,
