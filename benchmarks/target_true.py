@@ -83,7 +83,7 @@ def nni_style_greedy(model, x, crit, table, sa_eval, calib, drop: float, max_eva
     return cur, chk.adabn_for(cur)
 
 
-def evaluators(name: str, model, size, split, confirm: float = 0.0):
+def evaluators(name: str, model, size, split, confirm: float = 0.0, unit: str = "identity"):
     """(sa, check, report) evaluators — with ``confirm``, also ``searched`` / ``confirm``: the check split's two parts
     (``apps.target_true.held_back``; faces: by identity) — the SA sweep's evaluate function and metric names,
     calibration batches."""
@@ -99,7 +99,7 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
         if confirm:                             # the check identities split once more (no face on both sides)
             halves = face_parts(data, size, split, confirm=confirm)
             fp["searched"], fp["confirm"] = halves["check"], halves["confirm"]
-        ev = {p: pair_evaluator(v, metric, reference=model) for p, v in fp.items()}
+        ev = {p: pair_evaluator(v, metric, reference=model, unit=unit) for p, v in fp.items()}
         sa_setup = pair_setup(fp["sa"], metric, reference=model)
         n = {p: len(v) for p, v in fp.items()}
         return ev, sa_setup.evaluate, sa_setup.metric_names, calibration_batches(data, size, fp["sa"].images, 8), n
@@ -115,13 +115,13 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0):
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
             search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False,
-            bn_method: str = "adabn") -> List[Dict[str, object]]:
+            bn_method: str = "adabn", unit: str = "identity") -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
     x = example_input(size)
     split = parse_split(split_text or str(spec["split"]), seed)
-    ev, sa_evaluate, names, calib, n_parts = evaluators(name, model, size, split, confirm)
+    ev, sa_evaluate, names, calib, n_parts = evaluators(name, model, size, split, confirm, unit)
     metric = names[0]
     crit = make_criterion("l1")
     tag = (split_text or str(spec["split"])).replace(",", "-").replace("/", "_")
@@ -139,7 +139,8 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
     def row(method: str, sp: Dict[str, float], seconds: float, adabn: bool) -> None:
         m, cost = composed_metric(model, x, crit, sp, report, calib if adabn else [], bn_method=bn_method)
         rows.append({"model": name, "seed": seed, "split": split_text or spec["split"], "drop_asked": drop,
-                     "method": method, "adabn": adabn, "bn_method": bn_method, "target": round(rep_base - drop, 2),
+                     "method": method, "adabn": adabn, "bn_method": bn_method,
+                     "bootstrap_unit": unit if spec.get("metric") else "image", "target": round(rep_base - drop, 2),
                      "report_unpruned": round(rep_base, 2), "report": round(m.value, 2),
                      "report_drop": round(rep_base - m.value, 2), "held": rep_base - m.value <= drop + 0.5,
                      "macs_removed": round(1 - cost["macs"] / full["macs"], 4),
@@ -218,6 +219,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
     p.add_argument("--bn_method", choices=("adabn", "paired"), default="adabn",
                    help="how every row that re-estimates BN statistics after thinning does it (engine.bn_stats)")
+    p.add_argument("--bootstrap_unit", choices=("identity", "image"), default="identity",
+                   help="face models: what the check bound resamples (auto_make_yaml.py --bootstrap_unit; "
+                        "image reproduces the MobileFaceNet rows measured before identity became the default)")
     p.add_argument("--split", action="append", default=[], metavar="MODEL=SIZES",
                    help="override a model's sa,check,report sizes, e.g. resnet20=512,4000,rest")
     p.add_argument("--work", default="work_space/bench_target_true")
@@ -237,7 +241,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                             "bonferroni" if args.bonferroni else args.multiple_testing, args.confirm,
                             args.confirm_only,
                             [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
-                            else [None], not args.target_true_only, args.reanalyse, args.bn_method)
+                            else [None], not args.target_true_only, args.reanalyse, args.bn_method,
+                            args.bootstrap_unit)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

@@ -1,6 +1,7 @@
 """Per-sample face metrics for the target-true search (``compression_tool.engine.target_true``): its check bound
-bootstraps the samples, so each metric is written as a mean over samples (pairs carry their image indices: the
-bound resamples images, since pairs share them).
+bootstraps the samples, so each metric is written as a mean over samples. Each sample carries the units the bound
+resamples (``pair_units``): by default the *identities* of its images, since the report split holds other people
+and a pruned model can fail some people more than others; ``unit="image"`` resamples images (pairs share them).
 
 - ``lfw_acc``: one outcome per pair (100 = right, 0 = wrong) under the threshold its fold learnt on the other
   folds; the mean is the k-fold accuracy in percent (exactly, when the folds are of equal size).
@@ -10,6 +11,7 @@ bound resamples images, since pairs share them).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -22,6 +24,21 @@ from compression_tool.io.errors import UserError
 from test_module.verification import embed_images, kfold_verification, metric_fpr, pair_distances, resolvable
 
 PERCENT_METRICS = ("top1", "top5", "lfw_acc")
+BOOTSTRAP_UNITS = ("identity", "image")
+log = logging.getLogger(__name__)
+
+
+def pair_units(pairset: PairSet, unit: str = "identity") -> np.ndarray:
+    """[P, 2] the resampling units of each pair's two images: their identities (``unit='identity'``; falls back to
+    images, with a warning, when the pair set names no identities) or the images themselves."""
+    if unit not in BOOTSTRAP_UNITS:
+        raise UserError(f"--bootstrap_unit: expected one of {', '.join(BOOTSTRAP_UNITS)}, got {unit!r}")
+    pairs = pairset.pairs.numpy()
+    ids = pairset.identities() if unit == "identity" else None
+    if unit == "identity" and ids is None:
+        log.warning("the check pairs name no identities (no image folders): the bound resamples images, which "
+                    "understates the spread across unseen people")
+    return pairs if ids is None else ids[pairs]
 
 
 def adverse_value(metric: str) -> float:
@@ -54,8 +71,9 @@ def pair_outcomes(dist: np.ndarray, issame: np.ndarray, metric: str, folds: int 
 
 
 def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, flip: bool = False,
-                   reference: Optional[nn.Module] = None, batch_size: int = 64) -> Evaluator:
-    """``evaluate(model) -> Measurement`` on a verification pair set; ``fidelity`` needs ``reference``."""
+                   reference: Optional[nn.Module] = None, batch_size: int = 64, unit: str = "identity") -> Evaluator:
+    """``evaluate(model) -> Measurement`` on a verification pair set; ``fidelity`` needs ``reference``; ``unit``:
+    what the check bound resamples (``pair_units``)."""
     if len(pairset) == 0:
         raise UserError("target-true: a verification split holds no pairs")
     issame = pairset.issame.numpy()
@@ -65,17 +83,19 @@ def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, f
             raise UserError("--metric fidelity: needs the unpruned reference model")
         ref = embed_images(reference, pairset.images, batch_size, flip)
 
-    pairs = pairset.pairs.numpy()
+    units = pair_units(pairset, unit)
     if metric != "fidelity" and metric != "lfw_acc":
-        pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
+        units = units[issame]                           # tpr@fpr: one sample per same-identity pair
+    ids = pairset.identities() if unit == "identity" else None
+    image_units = None if ids is None else np.stack([ids, ids], 1)   # fidelity: each image its identity's
 
     def evaluate(model: nn.Module) -> Measurement:
         emb = embed_images(model, pairset.images, batch_size, flip)
-        if ref is not None:                             # one sample per image: no shared images
+        if ref is not None:                             # one sample per image (clustered by identity if known)
             s = (emb * ref).sum(1).double().numpy()
-            return Measurement(float(s.mean()), s, len(s))
+            return Measurement(float(s.mean()), s, len(s), image_units)
         s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
-        return Measurement(float(s.mean()), s, len(s), pairs)
+        return Measurement(float(s.mean()), s, len(s), units)
     return evaluate
 
 

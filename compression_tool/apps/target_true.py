@@ -57,6 +57,7 @@ class FaceOptions:
     folds: int = 10
     flip: bool = False
     bgr: bool = False
+    bootstrap_unit: str = "identity"    # what the check bound resamples: identity (cluster) | image (per_sample)
 
     @classmethod
     def of(cls, cfg: EvalConfig) -> "FaceOptions":
@@ -206,7 +207,8 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
         parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face, job.confirm)
 
         def ev(ps):
-            return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size)
+            return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size,
+                                  job.face.bootstrap_unit)
         sa = parts["sa"].images
     else:
         if metric != "top1":
@@ -265,6 +267,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
         "search_confidence": job.search_confidence if job.confirm else None, "reanalyse": job.reanalyse,
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "bn_method": job.bn_method,
+        "bootstrap_unit": job.face.bootstrap_unit if parse_data_spec(job.data).is_face else "image",
         "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
         "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),
                   "bound": round(result.check_bound, 4)},

@@ -50,6 +50,7 @@ from compression_tool.engine.sensitivity_ci import resolution_note
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
 from model_define import model_spec
+from test_module.per_sample import BOOTSTRAP_UNITS
 
 POSITIONAL = ["csv", "target", "model", "input_size"]
 
@@ -142,6 +143,11 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bn_recalib", type=int, default=8,
                    help="batches of training-side images to re-estimate BN statistics of every candidate (0: off)")
     add_bn_method_arg(g)
+    g.add_argument("--bootstrap_unit", choices=BOOTSTRAP_UNITS, default="identity",
+                   help="face data: what the check bound resamples. identity (default): the people, since the "
+                        "report split and deployment hold other people and a pruned model can fail some people more "
+                        "than others (honest, wide with few check identities); image: the images (narrower; "
+                        "assumes people do not matter). Pair sets without image folders (bin:) resample images")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
     g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
     g.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default=None,
@@ -337,7 +343,8 @@ def target_true(args: argparse.Namespace) -> Path:
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
                         multiple_testing=args.multiple_testing or ("bonferroni" if args.bonferroni else "none"),
-                        face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr),
+                        face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr,
+                                         args.bootstrap_unit),
                         latency=latency, confirm=args.confirm,
                         search_confidence=args.search_confidence, reanalyse=args.reanalyse)
     result, out, report = run_target_true(job)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
@@ -77,6 +78,18 @@ class PairSet:
         keep = torch.cat([same[torch.randperm(len(same), generator=g)[:k_same]],
                           diff[torch.randperm(len(diff), generator=g)[:max_pairs - k_same]]]).sort().values
         return self.select(keep)
+
+    def identities(self) -> Optional[np.ndarray]:
+        """Identity index per image, from the folder each image lies in (``<root>/<identity>/<image>``: identity
+        folders, LFW); None without ``paths`` (e.g. ``bin:`` files) or when all images share one folder (a flat
+        list names no identities)."""
+        if self.paths is None:
+            return None
+        folders = [str(Path(str(p)).parent) for p in self.paths]
+        names, index = np.unique(np.asarray(folders), return_inverse=True)
+        if len(names) < 2:
+            return None
+        return index.astype(np.int64)
 
     def select(self, keep: torch.Tensor) -> "PairSet":
         """The pairs at indices ``keep`` (in that order), with only the images they use."""

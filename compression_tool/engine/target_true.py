@@ -57,7 +57,8 @@ class Measurement:
     value: float
     per_sample: np.ndarray
     n: int
-    pairs: Optional[np.ndarray] = None   # [n, 2] image indices when each sample is a pair of images (faces)
+    pairs: Optional[np.ndarray] = None   # [n, 2] the units each sample depends on, resampled by the bootstrap:
+                                         # a pair's two images, or their two identities (faces; see pair_units)
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -95,7 +96,10 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
 
     ``pairs`` ([n, 2] image indices): the samples are pairs of images that share images (face verification), so
     the *images* are resampled (the pigeonhole bootstrap of dyadic data): a pair's weight is the product of its two
-    images' multiplicities. Resampling pairs as if independent would understate the spread."""
+    images' multiplicities. Resampling pairs as if independent would understate the spread. The indices may name
+    any resampling unit, e.g. the two images' identities (the cluster bootstrap, when the report split holds other
+    identities): a sample whose two units are the same one (a same-identity pair; one image) weighs that unit's
+    multiplicity, not its square, so the same/different balance is kept on average."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise UserError("bootstrap: no samples")
@@ -116,12 +120,15 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
     else:
         used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
         idx = idx.reshape(-1, 2)
+        single = idx[:, 0] == idx[:, 1]
         extra = 0.0 if adverse is None else float(adverse)
         chunk = max(1, 2_000_000 // max(v.size, used.size))
         for i in range(0, n_boot, chunk):
             j = min(n_boot, i + chunk)
             m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
             w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
+            if single.any():
+                w[:, single] = m[:, idx[single, 0]]
             # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
             wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
             means[i:j] = ((w * v).sum(axis=1) + wa * extra) / np.maximum(w.sum(axis=1) + wa, 1e-12)
