@@ -88,14 +88,15 @@ def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, f
         units = units[issame]                           # tpr@fpr: one sample per same-identity pair
     ids = pairset.identities() if unit == "identity" else None
     image_units = None if ids is None else np.stack([ids, ids], 1)   # fidelity: each image its identity's
+    name = "identity" if ids is not None else "image"
 
     def evaluate(model: nn.Module) -> Measurement:
         emb = embed_images(model, pairset.images, batch_size, flip)
         if ref is not None:                             # one sample per image (clustered by identity if known)
             s = (emb * ref).sum(1).double().numpy()
-            return Measurement(float(s.mean()), s, len(s), image_units)
+            return Measurement(float(s.mean()), s, len(s), image_units, name)
         s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
-        return Measurement(float(s.mean()), s, len(s), units)
+        return Measurement(float(s.mean()), s, len(s), units, name)
     return evaluate
 
 

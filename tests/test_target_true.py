@@ -11,6 +11,7 @@ from compression_tool.data.splits import SplitSpec, parse_split, split_groups, s
 from compression_tool.engine.criteria import make_criterion
 from compression_tool.engine.schedule import choose_sparsities
 from compression_tool.engine.target_true import (
+    Measurement,
     TargetTrueConfig,
     bootstrap_mean_bound,
     classifier_evaluator,
@@ -345,6 +346,19 @@ def test_nothing_pruned_says_how_many_check_samples_would_vouch(caplog):
     assert r.resolvable and not any(r.sparsities.values())
     assert any("nothing pruned. The lightest schedule tried" in m and "the check split has 297" in m
                for m in caplog.messages)
+
+    plain = classifier_evaluator(*parts["check"])            # the same images as 12 clusters ("identities")
+
+    def clustered(model):
+        m = plain(model)
+        ids = np.arange(m.n) % 12
+        return Measurement(m.value, m.per_sample, m.n, np.stack([ids, ids], 1), "identity")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="compression_tool.engine.target_true"):
+        target_true_schedule(model, x[:1], make_criterion("l1"), table, clustered, None, [],
+                             TargetTrueConfig(drop=3.0, bn_recalib_batches=0, max_evals=8), progress=False)
+    hint = [m for m in caplog.messages if "nothing pruned" in m]
+    assert len(hint) == 1 and "check identities would vouch for it (it has 12)" in hint[0]
 
 
 def test_bonferroni_is_stricter():

@@ -50,6 +50,9 @@ MULTIPLE_TESTING = ("none", "bonferroni", "posthoc")
 
 # ---------------------------------------------------------------------------- measurements
 
+PLURAL = {"identity": "identities", "image": "images", "sample": "samples"}
+
+
 @dataclass
 class Measurement:
     """A metric on one split (higher is better, e.g. top-1 in percent), with its per-sample values (their mean is
@@ -59,6 +62,7 @@ class Measurement:
     n: int
     pairs: Optional[np.ndarray] = None   # [n, 2] the units each sample depends on, resampled by the bootstrap:
                                          # a pair's two images, or their two identities (faces; see pair_units)
+    unit: str = "sample"                 # what one resampled unit is, for messages: image | identity | sample
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -598,13 +602,21 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
     light = max(tried, key=lambda t: getattr(t, cfg.resource))
     m, _ = chk.measure(light.sparsities)
     diff = base.per_sample - m.per_sample
-    need = samples_to_vouch(diff, float(cfg.drop), level)
     bound, _ = chk.bound(m, base, level)
+    if m.pairs is None:
+        need = samples_to_vouch(diff, float(cfg.drop), level)
+        what = (f"about {need} check samples would vouch for it" if need is not None else
+                "its measured drop alone exceeds the budget")
+    else:                                # clustered samples: scale the bootstrap's own width by the units
+        units = len(np.unique(m.pairs))
+        margin = float(cfg.drop) - float(diff.mean())
+        width = bound - float(diff.mean())
+        plural = PLURAL.get(m.unit, m.unit + "s")
+        what = ("its measured drop alone exceeds the budget" if margin <= 0 else
+                f"about {math.ceil(units * (width / margin) ** 2)} check {plural} would vouch for it (it has {units})")
     cut = 100 * (1 - getattr(light, cfg.resource) / getattr(trace[0], cfg.resource))
-    what = (f"about {need} check samples would vouch for it" if need is not None else
-            "its measured drop alone exceeds the budget")
     log.warning("target-true: nothing pruned. The lightest schedule tried (%.1f%% %s removed) changed %.1f%% of the "
-                "%d check outcomes for a drop of %.2f (bound %.2f at %.4g %%); %s; the check split has %d",
+                "%d check outcomes for a drop of %.2f (bound %.2f at %.4g %%); %s; the check split has %d samples",
                 cut, cfg.resource, 100 * float(np.mean(diff != 0)), base.n, float(diff.mean()), bound,
                 100 * level, what, base.n)
 
