@@ -133,7 +133,8 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
                                                feature_loss=kind, feature_weight=weight, mixup=args.route_mixup,
                                                save_dir=str(args.work / f"route_distill_{n}"), force=True,
-                                               progress=False))
+                                               progress=False),
+                          resume=args.route_resume or None)
         try:
             out = run_finetune(job)
         except UserError as exc:             # e.g. a loss that diverged: a row saying so, then the next variant
@@ -178,6 +179,10 @@ def main() -> None:
     p.add_argument("--route_lr_schedule", choices=LR_SCHEDULES, default="step",
                    help="route: the distillation's LR schedule (train_module --lr_schedule; step without milestones "
                         "= constant --lr, the default; cosine = a half cosine to 0 over --route_iters)")
+    p.add_argument("--route_resume", metavar="CKPT", default="",
+                   help="route: continue the distillation from a checkpoint an earlier route run wrote (e.g. "
+                        "WORK/route_distill_0/last_step=4800.pth) up to --route_iters; the run is the same, bit for "
+                        "bit, as a straight one with the same flags (one --route_features variant only)")
     p.add_argument("--route_mixup", metavar="ALPHA", type=float, default=0.0,
                    help="route: mixup of the distillation images, lam ~ Beta(ALPHA, ALPHA) per image, teacher and "
                         "student on the same blended images (train_module --mixup; default 0 = off)")
@@ -195,6 +200,8 @@ def main() -> None:
     p.add_argument("--other_per_class", type=int, default=100, help="images taken from each class of --other")
     p.add_argument("--work", type=Path, default=Path("work_space/bench_fidelity"), help="outputs")
     args = p.parse_args()
+    if args.route_resume and len(route_variants(args.route_features)) != 1:
+        p.error("--route_resume continues one distillation: give one --route_features variant")
     torch.set_num_threads(1)
     orl = str(args.data / "orl_faces")
     source = ModelSource(str(args.data / MOBILEFACENET_FILE), "mobilefacenet", input_size=SIZE)
