@@ -1,7 +1,8 @@
 """Per-sample face metrics for the target-true search (``compression_tool.engine.target_true``): its check bound
-bootstraps the samples, so each metric is written as a mean over samples. Each sample carries the units the bound
-resamples (``pair_units``): by default the *identities* of its images, since the report split holds other people
-and a pruned model can fail some people more than others; ``unit="image"`` resamples images (pairs share them).
+bootstraps the samples, so each metric is written as a mean over samples. Pairs carry their image indices (pairs
+share images) and, by default, every image's identity: the bound resamples people, then images within them, since
+the report split holds other people and a pruned model can fail some people more than others (``unit="image"``:
+images only).
 
 - ``lfw_acc``: one outcome per pair (100 = right, 0 = wrong) under the threshold its fold learnt on the other
   folds; the mean is the k-fold accuracy in percent (exactly, when the folds are of equal size).
@@ -28,17 +29,18 @@ BOOTSTRAP_UNITS = ("identity", "image")
 log = logging.getLogger(__name__)
 
 
-def pair_units(pairset: PairSet, unit: str = "identity") -> np.ndarray:
-    """[P, 2] the resampling units of each pair's two images: their identities (``unit='identity'``; falls back to
-    images, with a warning, when the pair set names no identities) or the images themselves."""
+def image_identities(pairset: PairSet, unit: str = "identity") -> Optional[np.ndarray]:
+    """The identity of every image (``unit='identity'``: the bound's two-stage bootstrap, people then images), or
+    None (``unit='image'``, or a pair set that names no identities: then with a warning)."""
     if unit not in BOOTSTRAP_UNITS:
         raise UserError(f"--bootstrap_unit: expected one of {', '.join(BOOTSTRAP_UNITS)}, got {unit!r}")
-    pairs = pairset.pairs.numpy()
-    ids = pairset.identities() if unit == "identity" else None
-    if unit == "identity" and ids is None:
-        log.warning("the check pairs name no identities (no image folders): the bound resamples images, which "
-                    "understates the spread across unseen people")
-    return pairs if ids is None else ids[pairs]
+    if unit == "image":
+        return None
+    ids = pairset.identities()
+    if ids is None:
+        log.warning("the check pairs name no identities (no image folders): the bound resamples images only, "
+                    "which understates the spread across unseen people")
+    return ids
 
 
 def adverse_value(metric: str) -> float:
@@ -83,20 +85,19 @@ def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, f
             raise UserError("--metric fidelity: needs the unpruned reference model")
         ref = embed_images(reference, pairset.images, batch_size, flip)
 
-    units = pair_units(pairset, unit)
+    pairs = pairset.pairs.numpy()
     if metric != "fidelity" and metric != "lfw_acc":
-        units = units[issame]                           # tpr@fpr: one sample per same-identity pair
-    ids = pairset.identities() if unit == "identity" else None
-    image_units = None if ids is None else np.stack([ids, ids], 1)   # fidelity: each image its identity's
+        pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
+    ids = image_identities(pairset, unit)
     name = "identity" if ids is not None else "image"
-
+    own = np.repeat(np.arange(len(pairset.images)), 2).reshape(-1, 2)   # fidelity: sample i is image i
     def evaluate(model: nn.Module) -> Measurement:
         emb = embed_images(model, pairset.images, batch_size, flip)
         if ref is not None:                             # one sample per image (clustered by identity if known)
             s = (emb * ref).sum(1).double().numpy()
-            return Measurement(float(s.mean()), s, len(s), image_units, name)
+            return Measurement(float(s.mean()), s, len(s), own if ids is not None else None, name, ids)
         s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
-        return Measurement(float(s.mean()), s, len(s), units, name)
+        return Measurement(float(s.mean()), s, len(s), pairs, name, ids)
     return evaluate
 
 

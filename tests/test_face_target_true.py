@@ -144,49 +144,45 @@ def test_pair_bootstrap_resamples_images():
         bootstrap_mean_bound(v, 0.95, True, pairs=pairs[:10])
 
 
-def test_identity_bootstrap_is_wider_when_people_differ_and_keeps_the_balance():
-    """The cluster (identity) bound resamples people: wider than the image bound when outcomes carry identity
-    effects; a sample whose two units are one identity weighs m_i (not m_i**2), so all-genuine samples give the
-    cluster bootstrap of identity means."""
+def test_identity_bootstrap_adds_the_spread_between_people_and_keeps_the_balance():
+    """Two-stage (people, then their images): wider than the image bound when outcomes carry identity effects,
+    not narrower when they carry only image effects, and a same-identity pair weighs its person once, so the
+    same/different balance (hence the median) is kept."""
     from compression_tool.engine.target_true import bootstrap_mean_bound
 
     rng = np.random.default_rng(1)
     n_id, per = 8, 6
     ident = np.repeat(np.arange(n_id), per)
     pairs = np.array([(i, j) for i in range(len(ident)) for j in range(i + 1, len(ident))])
-    eff = rng.normal(0, 1, n_id)                     # some people lose more than others
-    v = eff[ident[pairs[:, 0]]] + eff[ident[pairs[:, 1]]] + rng.normal(0, 0.2, len(pairs))
-    by_image = bootstrap_mean_bound(v, 0.95, True, pairs=pairs) - v.mean()
-    by_identity = bootstrap_mean_bound(v, 0.95, True, pairs=ident[pairs]) - v.mean()
-    assert by_identity > 1.5 * by_image
-    same = pairs[ident[pairs[:, 0]] == ident[pairs[:, 1]]]           # genuine pairs only: units (i, i)
-    g = eff[ident[same[:, 0]]] + rng.normal(0, 0.2, len(same))
-    means = np.array([g[ident[same[:, 0]] == k].mean() for k in range(n_id)])
-    cluster = bootstrap_mean_bound(g, 0.95, True, pairs=ident[same], n_boot=4000) - g.mean()
-    by_hand = np.quantile(means[rng.integers(0, n_id, size=(4000, n_id))].mean(1), 0.95) - means.mean()
-    assert cluster == pytest.approx(by_hand, rel=0.15)
-    # genuine (i, i) samples = 100, impostor (i, j) = 0: weights m_i vs m_i*m_j keep the median at the mean (m_i**2
-    # would pull it to about 68)
-    units = np.array([(i, i) for i in range(n_id) for _ in range(4)] + [(i, j) for i in range(n_id)
-                                                                        for j in range(i + 1, n_id)])
-    mix = np.where(units[:, 0] == units[:, 1], 100.0, 0.0)
-    assert bootstrap_mean_bound(mix, 0.5, True, pairs=units, n_boot=4000) == pytest.approx(mix.mean(), abs=4)
+    person, image = rng.normal(0, 1, n_id), rng.normal(0, 1, len(ident))
+    for effect, wider in ((person[ident], True), (image, False)):
+        v = effect[pairs[:, 0]] + effect[pairs[:, 1]] + rng.normal(0, 0.2, len(pairs))
+        by_image = bootstrap_mean_bound(v, 0.95, True, pairs=pairs) - v.mean()
+        by_identity = bootstrap_mean_bound(v, 0.95, True, pairs=pairs, groups=ident) - v.mean()
+        assert by_identity > (1.5 if wider else 0.9) * by_image
+    same = ident[pairs[:, 0]] == ident[pairs[:, 1]]
+    mix = np.where(same, 100.0, 0.0)
+    keep = np.flatnonzero(same | (rng.random(len(pairs)) < same.sum() / (~same).sum()))   # about balanced
+    assert bootstrap_mean_bound(mix[keep], 0.5, True, pairs=pairs[keep], groups=ident, n_boot=4000) == \
+        pytest.approx(mix[keep].mean(), abs=4)
+    with pytest.raises(UserError, match="groups need"):
+        bootstrap_mean_bound(mix, 0.95, True, groups=ident)
 
 
-def test_pair_units_name_identities_and_fall_back_to_images(caplog):
+def test_image_identities_from_folders_and_the_fallback(caplog):
     from compression_tool.data.pairs import PairSet
-    from test_module.per_sample import pair_units
+    from test_module.per_sample import image_identities
 
     images = torch.zeros(4, 1, 2, 2)
     pairs, issame = torch.tensor([[0, 1], [0, 2], [2, 3]]), torch.tensor([True, False, True])
     ps = PairSet(images, pairs, issame, ["r/a/1.pgm", "r/a/2.pgm", "r/b/1.pgm", "r/b/2.pgm"])
-    assert pair_units(ps).tolist() == [[0, 0], [0, 1], [1, 1]]
-    assert pair_units(ps, "image").tolist() == pairs.tolist()
+    assert image_identities(ps).tolist() == [0, 0, 1, 1]
+    assert image_identities(ps, "image") is None
     with caplog.at_level("WARNING"):
-        assert pair_units(PairSet(images, pairs, issame), "identity").tolist() == pairs.tolist()
+        assert image_identities(PairSet(images, pairs, issame)) is None
     assert "name no identities" in caplog.text
     with pytest.raises(UserError, match="--bootstrap_unit"):
-        pair_units(ps, "pair")
+        image_identities(ps, "pair")
 
 
 def test_held_back_splits_classifier_images_and_face_identities(tmp_path, monkeypatch):
@@ -239,7 +235,7 @@ def test_real_orl_split_and_mobilefacenet_per_pair_outcomes():
     model, _ = load_model(str(REAL[1]), "mobilefacenet", input_size=(3, 112, 96))
     m = pair_evaluator(parts["check"], "lfw_acc", reference=model)(model)
     reported = pair_setup(parts["check"], "lfw_acc").evaluate(model)["lfw_acc"]
-    assert m.n == 450 and m.pairs.shape == (450, 2) and set(np.unique(m.pairs)) == set(range(5))  # 5 people
+    assert m.n == 450 and m.pairs.shape == (450, 2) and m.unit == "identity" and len(set(m.groups)) == 5
     assert m.value == pytest.approx(reported, abs=1e-6) and 90.0 < m.value <= 100.0
 
 

@@ -60,9 +60,9 @@ class Measurement:
     value: float
     per_sample: np.ndarray
     n: int
-    pairs: Optional[np.ndarray] = None   # [n, 2] the units each sample depends on, resampled by the bootstrap:
-                                         # a pair's two images, or their two identities (faces; see pair_units)
-    unit: str = "sample"                 # what one resampled unit is, for messages: image | identity | sample
+    pairs: Optional[np.ndarray] = None   # [n, 2] image indices when each sample is a pair of images (faces)
+    unit: str = "sample"                 # what the bound resamples first, for messages: image | identity | sample
+    groups: Optional[np.ndarray] = None  # the identity of every image index (faces): two-stage bootstrap
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -89,9 +89,19 @@ def classifier_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
     return evaluate
 
 
+def _multinomial_within(rng: np.random.Generator, groups: np.ndarray, draws: int) -> np.ndarray:
+    """[draws, units] multiplicities: each group's units resampled within that group (sizes kept)."""
+    m = np.ones((draws, groups.size))
+    for g in np.unique(groups):
+        cols = np.flatnonzero(groups == g)
+        if cols.size > 1:
+            m[:, cols] = rng.multinomial(cols.size, np.full(cols.size, 1.0 / cols.size), size=draws)
+    return m
+
+
 def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_boot: int = 2000,
-                         seed: int = 0, adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None
-                         ) -> float:
+                         seed: int = 0, adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None,
+                         groups: Optional[np.ndarray] = None) -> float:
     """One-sided percentile-bootstrap bound of the mean of ``values`` (upper or lower) at ``confidence``.
 
     ``adverse``: one pseudo-sample with this value is added first (e.g. one lost image), so that a split on
@@ -100,15 +110,21 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
 
     ``pairs`` ([n, 2] image indices): the samples are pairs of images that share images (face verification), so
     the *images* are resampled (the pigeonhole bootstrap of dyadic data): a pair's weight is the product of its two
-    images' multiplicities. Resampling pairs as if independent would understate the spread. The indices may name
-    any resampling unit, e.g. the two images' identities (the cluster bootstrap, when the report split holds other
-    identities): a sample whose two units are the same one (a same-identity pair; one image) weighs that unit's
-    multiplicity, not its square, so the same/different balance is kept on average."""
+    images' multiplicities. Resampling pairs as if independent would understate the spread. A sample whose two
+    indices are the same image (a per-image value) weighs that image's multiplicity.
+
+    ``groups`` (the group of every image index, e.g. its identity): two-stage resampling — the groups first, then
+    the images within each group — so the bound carries both the spread between people and the image noise (the
+    report split holds other people). A pair's weight is its images' multiplicities times its groups' (one group's
+    multiplicity, not its square, when both images are of one person: the same/different balance is kept on
+    average)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise UserError("bootstrap: no samples")
     if pairs is not None and len(pairs) != v.size:
         raise UserError(f"bootstrap: {v.size} samples but {len(pairs)} pairs")
+    if groups is not None and pairs is None:
+        raise UserError("bootstrap: groups need the samples' image indices (pairs)")
     probe = v if adverse is None else np.append(v, adverse)
     if np.all(probe == probe[0]):
         return float(probe[0])
@@ -125,14 +141,24 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
         used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
         idx = idx.reshape(-1, 2)
         single = idx[:, 0] == idx[:, 1]
+        if groups is not None:
+            gused, gidx = np.unique(np.asarray(groups)[used], return_inverse=True)
+            ga, gb = gidx[idx[:, 0]], gidx[idx[:, 1]]
+            same_group = ga == gb
         extra = 0.0 if adverse is None else float(adverse)
         chunk = max(1, 2_000_000 // max(v.size, used.size))
         for i in range(0, n_boot, chunk):
             j = min(n_boot, i + chunk)
-            m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
+            if groups is None:
+                m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
+            else:
+                m = _multinomial_within(rng, gidx, j - i)
+                mg = rng.multinomial(gused.size, np.full(gused.size, 1.0 / gused.size), size=j - i).astype(float)
             w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
             if single.any():
                 w[:, single] = m[:, idx[single, 0]]
+            if groups is not None:
+                w *= np.where(same_group, mg[:, ga], mg[:, ga] * mg[:, gb])
             # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
             wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
             means[i:j] = ((w * v).sum(axis=1) + wa * extra) / np.maximum(w.sum(axis=1) + wa, 1e-12)
@@ -391,10 +417,11 @@ class ComposedChecker:
             if len(base.per_sample) != len(m.per_sample):
                 raise UserError("target-true: the check evaluation returned a different number of samples")
             hi = bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot,
-                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=m.pairs)
+                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=m.pairs,
+                                      groups=m.groups)
             return hi, hi <= cfg.drop + 1e-9
         lo = bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed,
-                                  adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs)
+                                  adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs, groups=m.groups)
         return lo, lo >= float(cfg.target) - 1e-9
 
 
@@ -469,7 +496,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     if cfg.drop is not None:
         # the smallest bound any schedule that changes no check outcome can get
         floor = bootstrap_mean_bound(np.zeros(base.n), level, True, cfg.n_boot, cfg.seed,
-                                     adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs)
+                                     adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs,
+                                     groups=base.groups)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
     sa_chk: Optional[ComposedChecker] = None
@@ -559,10 +587,10 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         rep_base, rep, rep_n = rb.value, rm.value, rm.n
         if cfg.drop is not None:
             rep_bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot,
-                                             cfg.seed, pairs=rm.pairs)
+                                             cfg.seed, pairs=rm.pairs, groups=rm.groups)
         else:
             rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed,
-                                             pairs=rm.pairs)
+                                             pairs=rm.pairs, groups=rm.groups)
     full = chk.cost(model)
     per_layer = [{"layer": layer, "sparsity": best.sparsities[layer],
                   "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(best.sparsities[layer],
@@ -608,7 +636,7 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
         what = (f"about {need} check samples would vouch for it" if need is not None else
                 "its measured drop alone exceeds the budget")
     else:                                # clustered samples: scale the bootstrap's own width by the units
-        units = len(np.unique(m.pairs))
+        units = len(np.unique(m.groups[np.unique(m.pairs)] if m.groups is not None else m.pairs))
         margin = float(cfg.drop) - float(diff.mean())
         width = bound - float(diff.mean())
         plural = PLURAL.get(m.unit, m.unit + "s")
