@@ -81,7 +81,7 @@ def face_chain(tmp_path_factory):
 
 
 @pytest.mark.parametrize("metric, drop", [("lfw_acc", 30.0), ("fidelity", 0.5)])
-def test_face_target_true_chain(face_chain, metric, drop, capsys):
+def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     tmp, root, ckpt = face_chain
     data = f"identity_folders:{root}"
     common = ["--model", "mobilefacenet", "--best_model_path", str(ckpt), "--input_size", "3,32,32", "--data", data,
@@ -96,6 +96,7 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys):
                          "--max_evals", "6", "--bn_recalib", "1"])
     printed = capsys.readouterr().out
     assert "judged on the report split" in printed
+    assert "the check split holds 3 identities" in caplog.text and "at least 30" in caplog.text
     doc = yaml.safe_load(out.read_text())
     tt = doc["extensions"]["target_true"]
     assert tt["metric"] == metric and tt["split"]["sizes"] == [3.0, 3.0, 3.0]

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from compression_tool.data.face_splits import split_pairsets
+from compression_tool.data.pairs import PairSet
 from compression_tool.data.spec import LabelledSubset, classifier_tensors, parse_data_spec, seeded_subset
 from compression_tool.data.splits import SplitSpec, confirm_halves, split_tensors
 from compression_tool.engine.bn_stats import reestimate_bn
@@ -190,6 +191,19 @@ def held_back(check: Tuple[torch.Tensor, torch.Tensor], confirm: float, seed: in
     return (x[keep], y[keep]), (x[held], y[held])
 
 
+FEW_IDENTITIES = 30   # below this many people, a bootstrap over them understates how much other people can differ
+
+
+def warn_few_identities(check: PairSet) -> None:
+    """One warning when the check pairs hold fewer than ``FEW_IDENTITIES`` people: the bound is about them."""
+    ids = check.identities()
+    if ids is not None and len(set(ids.tolist())) < FEW_IDENTITIES:
+        log.warning("target-true: the check split holds %d identities; a bound over so few people is optimistic — "
+                    "other people (the report split's, deployment's) can differ by several points. Use at least %d "
+                    "check identities for a promise that carries to new faces", len(set(ids.tolist())),
+                    FEW_IDENTITIES)
+
+
 class SplitEvaluators(NamedTuple):
     check: Evaluator
     report: Evaluator
@@ -205,6 +219,7 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
         parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face, job.confirm)
+        warn_few_identities(parts["check"])
 
         def ev(ps):
             return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size,
