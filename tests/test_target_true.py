@@ -435,7 +435,7 @@ def test_ci_columns_resume_and_resolution_note(ckpt, tmp_path, capsys):  # noqa:
     import pruning
     from compression_tool.cli import auto_make_yaml
     from compression_tool.engine.sensitivity import load_csv
-    from compression_tool.engine.sensitivity_ci import wilson
+    from compression_tool.engine.sensitivity_ci import samples_to_resolve, wilson
 
     out = tmp_path / "sa.csv"
     args = ["--mode", "sa", "--model", "digits_net", "--best_model_path", str(ckpt), "--output", str(out),
@@ -453,4 +453,11 @@ def test_ci_columns_resume_and_resolution_note(ckpt, tmp_path, capsys):  # noqa:
     _, data = load_csv(out)
     base = data["fc1.weight"][0][1]["top1"]
     auto_make_yaml.main([str(out), str(base - 0.5), "digits_net", "1,16,16", "--output", str(tmp_path / "s.yaml")])
-    assert "finer than the sensitivity measurement resolves" in capsys.readouterr().out
+    note = [line for line in capsys.readouterr().out.splitlines() if "finer than the sensitivity" in line]
+    need = samples_to_resolve(base, 0.5)
+    assert len(note) == 1 and f"about {need} evaluation images would resolve it" in note[0]
+    for n, inside in ((need, True), (need - 1, False)):       # the smallest split whose interval is ±0.5
+        lo, hi = wilson(base, n)
+        assert ((hi - lo) / 2 <= 0.5) == inside
+    assert 150 < samples_to_resolve(100.0, 1.0) < 400 < samples_to_resolve(90.0, 1.0) and \
+        samples_to_resolve(90.0, 0.0) is None

@@ -46,15 +46,43 @@ def with_ci(metric_names: Sequence[str], evaluate, n: int, confidence: float = 0
     return names, evaluate_ci
 
 
+def samples_to_resolve(base: float, gap: float, confidence: float = 0.95) -> Optional[int]:
+    """About how many evaluation images a proportion measured at ``base`` percent needs for the half-width of its
+    Wilson interval (the CSV's columns) to shrink to ``gap`` points; None when ``gap`` <= 0."""
+    if gap <= 0:
+        return None
+
+    def half(n: int) -> float:
+        lo, hi = wilson(base, n, confidence)
+        return (hi - lo) / 2
+
+    lo_n, hi_n = 1, 1
+    while half(hi_n) > gap:
+        lo_n, hi_n = hi_n, hi_n * 2
+    while lo_n < hi_n:                     # the smallest n whose half-width is <= gap
+        mid = (lo_n + hi_n) // 2
+        lo_n, hi_n = (mid + 1, hi_n) if half(mid) > gap else (lo_n, mid)
+    return hi_n
+
+
 def resolution_note(data: Dict[str, List[Tuple[float, Dict[str, float]]]], metric: str, target: float,
                     base: float) -> Optional[str]:
-    """One line when ``target`` lies inside the baseline's confidence interval (the CSV's CI columns)."""
+    """One line when ``target`` lies inside the baseline's confidence interval (the CSV's CI columns), with about
+    how many evaluation images would resolve it (proportion metrics) or how many times the current number."""
     lo_key, hi_key = f"{metric}_lo", f"{metric}_hi"
     zeros = [m for curve in data.values() for s, m in curve if s == 0.0 and lo_key in m and hi_key in m]
     if not zeros:
         return None
     half = (zeros[0][hi_key] - zeros[0][lo_key]) / 2
-    if abs(base - target) < half:
-        return (f"note: target {target:g} is {abs(base - target):.2f} points from the baseline {base:.4g}, finer than "
-                f"the sensitivity measurement resolves (±{half:.2f} points); per-layer levels cannot promise it")
-    return None
+    gap = abs(base - target)
+    if gap >= half:
+        return None
+    if metric in PROPORTION_METRICS:
+        need = samples_to_resolve(base, gap)
+        more = (f"about {need} evaluation images would resolve it" if need is not None else
+                "a target equal to the baseline is never resolved")
+    else:
+        more = (f"about {(half / gap) ** 2:.0f} times as many evaluation samples would resolve it" if gap > 0 else
+                "a target equal to the baseline is never resolved")
+    return (f"note: target {target:g} is {gap:.2f} points from the baseline {base:.4g}, finer than the sensitivity "
+            f"measurement resolves (±{half:.2f} points); per-layer levels cannot promise it; {more}")
