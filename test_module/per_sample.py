@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch.nn as nn
 
 from compression_tool.data.pairs import PairSet
-from compression_tool.engine.target_true import Evaluator, Measurement
+from compression_tool.engine.target_true import Evaluator, Measurement, bootstrap_mean_bound
 from compression_tool.io.errors import UserError
 from test_module.verification import embed_images, kfold_verification, metric_fpr, pair_distances, resolvable
 
@@ -75,30 +75,51 @@ def pair_outcomes(dist: np.ndarray, issame: np.ndarray, metric: str, folds: int 
 def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, flip: bool = False,
                    reference: Optional[nn.Module] = None, batch_size: int = 64, unit: str = "identity") -> Evaluator:
     """``evaluate(model) -> Measurement`` on a verification pair set; ``fidelity`` needs ``reference``; ``unit``:
-    what the check bound resamples (``pair_units``)."""
+    what the check bound resamples (``image_identities``)."""
     if len(pairset) == 0:
         raise UserError("target-true: a verification split holds no pairs")
-    issame = pairset.issame.numpy()
     ref = None
     if metric == "fidelity":
         if reference is None:
             raise UserError("--metric fidelity: needs the unpruned reference model")
         ref = embed_images(reference, pairset.images, batch_size, flip)
 
+    measure = embedding_measure(pairset, metric, folds, unit)
+
+    def evaluate(model: nn.Module) -> Measurement:
+        return measure(embed_images(model, pairset.images, batch_size, flip), ref)
+    return evaluate
+
+
+def embedding_measure(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, unit: str = "identity"):
+    """``measure(emb, ref=None) -> Measurement`` from a model's embeddings of ``pairset.images`` (``ref``: the
+    reference's, for ``fidelity``): the per-sample values and the units the bound resamples (``unit``)."""
+    issame = pairset.issame.numpy()
     pairs = pairset.pairs.numpy()
     if metric != "fidelity" and metric != "lfw_acc":
         pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
     ids = image_identities(pairset, unit)
     name = "identity" if ids is not None else "image"
     own = np.repeat(np.arange(len(pairset.images)), 2).reshape(-1, 2)   # fidelity: sample i is image i
-    def evaluate(model: nn.Module) -> Measurement:
-        emb = embed_images(model, pairset.images, batch_size, flip)
-        if ref is not None:                             # one sample per image (clustered by identity if known)
+
+    def measure(emb, ref=None) -> Measurement:
+        if metric == "fidelity":                        # one sample per image (clustered by identity if known)
+            if ref is None:
+                raise UserError("--metric fidelity: needs the unpruned reference model")
             s = (emb * ref).sum(1).double().numpy()
             return Measurement(float(s.mean()), s, len(s), own if ids is not None else None, name, ids)
         s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
         return Measurement(float(s.mean()), s, len(s), pairs, name, ids)
-    return evaluate
+    return measure
 
 
-__all__ = ["adverse_value", "accepted_at_fpr", "pair_outcomes", "pair_evaluator", "PERCENT_METRICS"]
+def interval(m: Measurement, confidence: float = 0.95, n_boot: int = 1000) -> Tuple[float, float]:
+    """Two-sided bootstrap interval of a measurement's mean (the sensitivity CSV's ``<metric>_lo,<metric>_hi``
+    on face data): the same resampling as the target-true bound (people, then images)."""
+    tail = 0.5 + confidence / 2
+    return (bootstrap_mean_bound(m.per_sample, tail, False, n_boot, pairs=m.pairs, groups=m.groups),
+            bootstrap_mean_bound(m.per_sample, tail, True, n_boot, pairs=m.pairs, groups=m.groups))
+
+
+__all__ = ["adverse_value", "accepted_at_fpr", "pair_outcomes", "pair_evaluator", "embedding_measure", "interval",
+           "PERCENT_METRICS"]

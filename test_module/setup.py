@@ -54,6 +54,7 @@ class EvalConfig:
     std: Optional[Sequence[float]] = None
     device: str = "cpu"                       # cpu | cuda | cuda:N | auto: where the model runs (batches follow it)
     amp: bool = False                         # CUDA only: float16 autocast during evaluation
+    ci: bool = False                          # face pairs: also <metric>_lo,_hi (bootstrap over people, then images)
     preloaded: "LabelledSubset | PairSet | None" = None   # the subset already decoded (--workers: the main
     #                                           process's, in shared memory); used instead of reading the data
 
@@ -76,7 +77,7 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
                eval_batches: Optional[int] = None, seed: int = 0, test_root: Optional[str] = None,
                folds: int = 10, flip: bool = False, bgr: bool = False,
                reference: Optional[nn.Module] = None, subjects: Optional[str] = None,
-               preloaded: Optional[PairSet] = None) -> EvalSetup:
+               preloaded: Optional[PairSet] = None, ci: bool = False) -> EvalSetup:
     """Verification on pairs (``orl:``, ``lfw:``, ``pairs:``, ``bin:``, ``identity_folders:``); with ``metric``
     ``fidelity`` the ``reference`` model's embeddings of the same images are taken now, and every evaluation adds
     the cosine fidelity to them (first) to the verification metrics."""
@@ -89,13 +90,23 @@ def face_setup(spec: str, input_size: Sequence[int], metric: str = "lfw_acc", ba
                                        subjects=subjects)
         if eval_batches:
             pairset = pairset.subset(eval_batches * batch_size, seed=seed)
-    return pair_setup(pairset, metric, batch_size, folds, flip, reference, spec.split(":")[0])
+    return pair_setup(pairset, metric, batch_size, folds, flip, reference, spec.split(":")[0], ci)
 
 
 def pair_setup(pairset: PairSet, metric: str = "lfw_acc", batch_size: int = 64, folds: int = 10,
-               flip: bool = False, reference: Optional[nn.Module] = None, dataset: str = "pairs") -> EvalSetup:
-    """Verification on a loaded pair set (see :func:`face_setup`)."""
-    from test_module.verification import embed_images, ordered_metrics, pair_distances, verification_metrics
+               flip: bool = False, reference: Optional[nn.Module] = None, dataset: str = "pairs",
+               ci: bool = False) -> EvalSetup:
+    """Verification on a loaded pair set (see :func:`face_setup`). ``ci``: every evaluation also gives
+    ``<first metric>_lo,_hi``, a 95 % bootstrap interval over the pairs' people, then images
+    (``per_sample.interval``), from the same embeddings."""
+    from test_module.per_sample import embedding_measure, interval
+    from test_module.verification import (
+        embed_images,
+        metric_fpr,
+        ordered_metrics,
+        pair_distances,
+        verification_metrics,
+    )
 
     wants_fidelity = metric == "fidelity"
     names = list(evaluate_names("lfw_acc" if wants_fidelity else metric))
@@ -108,13 +119,23 @@ def pair_setup(pairset: PairSet, metric: str = "lfw_acc", batch_size: int = 64, 
                             "fine-tuning with a --teacher_path provide it)")
         ref = embed_images(reference, pairset.images, batch_size, flip)
         names = list(FIDELITY_METRICS) + names
+    measure = None
+    if ci:
+        if names[0] not in ("lfw_acc", "fidelity") and metric_fpr(names[0]) is None:
+            raise UserError(f"--ci: intervals on face pairs are for lfw_acc, tpr@fpr=X and fidelity, not {names[0]}")
+        measure = embedding_measure(pairset, names[0], folds)
+        names = names + [f"{names[0]}_lo", f"{names[0]}_hi"]
 
     def evaluate(m: nn.Module):
         emb = embed_images(m, pairset.images, batch_size, flip)
         out = verification_metrics(pair_distances(emb, pairset.pairs), pairset.issame.numpy(), folds)
         if ref is not None:
-            return OrderedDict([*fidelity(emb, ref).items(), *ordered_metrics(out, "lfw_acc").items()])
-        return ordered_metrics(out, metric)
+            row = OrderedDict([*fidelity(emb, ref).items(), *ordered_metrics(out, "lfw_acc").items()])
+        else:
+            row = ordered_metrics(out, metric)
+        if measure is not None:
+            row[names[-2]], row[names[-1]] = interval(measure(emb, ref))
+        return row
 
     return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (pairset.images[i:i + batch_size]
@@ -179,6 +200,7 @@ def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], m
                         f"({', '.join(k + ':…' for k in FACE_KINDS)})")
     if ds.is_face:
         return face_setup(cfg.data, input_size, cfg.metric, cfg.batch_size, cfg.eval_batches, cfg.seed,
-                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects, cfg.preloaded)
+                          cfg.test_root, cfg.folds, cfg.flip, cfg.bgr, reference, cfg.subjects, cfg.preloaded,
+                          cfg.ci)
     return classifier_setup(cfg.data, input_size, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.mean, cfg.std,
                             model_mean, model_std, cfg.preloaded)

@@ -110,6 +110,32 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
         assert tt["check"]["n"] == 15 and report["check_baseline"] == pytest.approx(1.0)
 
 
+def test_face_sensitivity_ci_columns_and_resume(face_chain):
+    """--ci on face pairs: <metric>_lo,_hi after Distiller's columns, bracketing the metric, from the bootstrap over
+    people then images; a resumed sweep recomputes them to the same file."""
+    import csv as csvmod
+
+    tmp, root, ckpt = face_chain
+    out = tmp / "ci.csv"
+    args = ["--mode", "sa", "--model", "mobilefacenet", "--best_model_path", str(ckpt), "--input_size", "3,32,32",
+            "--data", f"identity_folders:{root}", "--metric", "lfw_acc", "--split", "3,3,3", "--folds", "5",
+            "--sparsities", "0,0.5", "--output", str(out), "--work_space", str(tmp / "ws_ci"), "--ci"]
+    pruning_cli.main(args)
+    rows = list(csvmod.reader(open(out)))
+    assert rows[0][:3] == ["parameter", "sparsity", "lfw_acc"] and rows[0][-2:] == ["lfw_acc_lo", "lfw_acc_hi"]
+    for r in rows[1:]:
+        v, lo, hi = float(r[2]), float(r[-2]), float(r[-1])
+        assert lo <= v + 1.0 and v - 1.0 <= hi and (hi - lo > 5.0 or v == 100.0)   # 3 people: wide
+    full = out.read_text()
+    out.write_text("\n".join(full.splitlines()[:-1]) + "\n")
+    pruning_cli.main(args)
+    assert out.read_text() == full
+    from compression_tool.cli.plot_csv import figure
+    assert figure(str(out))[1] == 20 and figure(str(out), "auc")[1] == 0    # a band per layer, for lfw_acc only
+    with pytest.raises(SystemExit):
+        pruning_cli.main([*args[:-1], "--metric", "auc", "--output", str(tmp / "auc.csv"), "--ci"])
+
+
 def test_schedule_info_reads_pruners_and_adabn(tmp_path, capsys):
     from compression_tool.cli.schedule_info import main, schedule_fact
 

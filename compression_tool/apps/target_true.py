@@ -174,7 +174,7 @@ def split_setup(cfg: EvalConfig, input_size: Sequence[int], model_mean=None, mod
         if eval_batches:
             pairset = pairset.subset(eval_batches * cfg.batch_size, seed=cfg.seed)
         return pair_setup(pairset, cfg.metric, cfg.batch_size, cfg.folds, cfg.flip, reference,
-                          cfg.data.split(":")[0])
+                          cfg.data.split(":")[0], cfg.ci)
     xs, ys = split_data(cfg.data, input_size, split, cfg.seed, cfg.mean, cfg.std, model_mean,
                         model_std)[cfg.split_part]
     pick = seeded_subset(len(ys), eval_batches * cfg.batch_size if eval_batches else None, cfg.seed)

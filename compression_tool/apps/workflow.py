@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from compression_tool.data.pairs import PairSet
 from compression_tool.data.spec import parse_data_spec, parse_input_size
 from compression_tool.engine.checkpoint import example_input, load_model, save_pruned
 from compression_tool.engine.cost import interleaved_latency, params_and_macs
@@ -235,13 +236,17 @@ class SweepParts:
 
 def sweep_parts(cfg: SensitivityConfig, model: nn.Module, meta: Dict[str, Any], device: torch.device) -> SweepParts:
     """The groups, the prepared criterion, the metric names, ``evaluate`` and the evaluation setup of a sweep."""
-    setup = eval_setup(cfg.eval, meta, reference=model)    # fidelity: reference embeddings are taken now
+    # fidelity: reference embeddings are taken now; face pairs compute their own intervals (--ci)
+    setup = eval_setup(replace(cfg.eval, ci=cfg.ci), meta, reference=model)
     check_classes(model, setup, meta, cfg.eval.data)
     index = GroupIndex(model, example_input(meta["input_size"]).to(device), ignore=cfg.ignore)
     crit = prepared_criterion(cfg.criterion, model, index, setup, meta["model"])
     names, evaluate = setup.metric_names, setup.evaluate
-    if cfg.ci:
+    if cfg.ci and not isinstance(setup.decoded, PairSet):
         names, evaluate = with_ci(names, evaluate, sum(len(b) for b in setup.batches()))
+    if cfg.ci and not any(n.endswith("_lo") for n in names):
+        log.warning("--ci: no interval for %s on this data (classifier top1/top5, face-pair lfw_acc, tpr@fpr=X and "
+                    "fidelity have one)", names[0])
     return SweepParts(index, crit, names, evaluate, setup)
 
 

@@ -67,8 +67,10 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
     p.add_argument("--sparsities", type=_sparsity_levels, default=default_sparsities(),
                    help="levels as '0,0.2,0.4' or 'start:stop:step' (stop exclusive; default 0.0..0.9 step 0.1)")
     p.add_argument("--ci", action="store_true",
-                   help="append top1_lo,top1_hi,top5_lo,top5_hi (95%% Wilson interval on the evaluation images) after "
-                        "Distiller's columns: the measurement noise of every row")
+                   help="append confidence-interval columns after Distiller's: the measurement noise of every row. "
+                        "Classifiers: top1_lo,top1_hi,top5_lo,top5_hi (95%% Wilson interval on the evaluation "
+                        "images); face pairs: <metric>_lo,<metric>_hi for lfw_acc, tpr@fpr=X or fidelity (95%% "
+                        "bootstrap over the pairs' people, then their images)")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the unchanged prefix of the network instead of reusing its activations")
     add_worker_args(p, "measure the groups in N workers, one task per group (--threads split among them); the CSV "
