@@ -100,17 +100,25 @@ def embedding_measure(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10
         pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
     ids = image_identities(pairset, unit)
     name = "identity" if ids is not None else "image"
-    own = np.repeat(np.arange(len(pairset.images)), 2).reshape(-1, 2)   # fidelity: sample i is image i
 
     def measure(emb, ref=None) -> Measurement:
         if metric == "fidelity":                        # one sample per image (clustered by identity if known)
             if ref is None:
                 raise UserError("--metric fidelity: needs the unpruned reference model")
-            s = (emb * ref).sum(1).double().numpy()
-            return Measurement(float(s.mean()), s, len(s), own if ids is not None else None, name, ids)
+            return image_measure((emb * ref).sum(1).double().numpy(), ids)
         s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
         return Measurement(float(s.mean()), s, len(s), pairs, name, ids)
     return measure
+
+
+def image_measure(values, groups: Optional[np.ndarray] = None) -> Measurement:
+    """One value per image (e.g. a cosine fidelity), clustered by ``groups`` (each image's folder) when there are
+    two or more groups."""
+    v = np.asarray(values, dtype=np.float64)
+    if groups is None or len(np.unique(groups)) < 2:
+        return Measurement(float(v.mean()), v, len(v))
+    own = np.repeat(np.arange(len(v)), 2).reshape(-1, 2)
+    return Measurement(float(v.mean()), v, len(v), own, "identity", np.asarray(groups))
 
 
 def interval(m: Measurement, confidence: float = 0.95, n_boot: int = 1000) -> Tuple[float, float]:
@@ -122,4 +130,5 @@ def interval(m: Measurement, confidence: float = 0.95, n_boot: int = 1000) -> Tu
 
 
 __all__ = ["adverse_value", "accepted_at_fpr", "pair_outcomes", "pair_evaluator", "embedding_measure", "interval",
+           "image_measure",
            "PERCENT_METRICS"]

@@ -144,24 +144,34 @@ def pair_setup(pairset: PairSet, metric: str = "lfw_acc", batch_size: int = 64, 
 
 
 def fidelity_setup(folder: str, input_size: Sequence[int], reference: Optional[nn.Module], batch_size: int = 64,
-                   eval_batches: Optional[int] = None, seed: int = 0, flip: bool = False, bgr: bool = False
-                   ) -> EvalSetup:
+                   eval_batches: Optional[int] = None, seed: int = 0, flip: bool = False, bgr: bool = False,
+                   ci: bool = False) -> EvalSetup:
     """Label-free evaluation of an embedder on any face images (``image_folder:DIR``, ``DIR/<any>/<img>``, face
-    preprocessing): fidelity to the reference model's embeddings only."""
+    preprocessing): fidelity to the reference model's embeddings only. ``ci``: also ``fidelity_lo,_hi``, a 95 %
+    bootstrap interval over the subfolders (people, when they are), then the images in them."""
     from compression_tool.data import readers
     from compression_tool.data.preprocess import ImageTransform
+    from test_module.per_sample import image_measure, interval
     from test_module.verification import embed_images
 
     if reference is None:
         raise UserError("--metric fidelity: needs the unpruned reference model")
     c, h, w = (int(v) for v in input_size)
-    images = readers.read_identity_dataset(folder, ImageTransform(size=(h, w), channels=c, bgr=bgr))[0]
+    images, folders = readers.read_identity_dataset(folder, ImageTransform(size=(h, w), channels=c, bgr=bgr))
     if eval_batches and eval_batches * batch_size < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
-        images = images[pick.sort().values]
+        images, folders = images[pick.sort().values], folders[pick.sort().values]
     ref = embed_images(reference, images, batch_size, flip)
-    return EvalSetup(evaluate=lambda m: OrderedDict(fidelity(embed_images(m, images, batch_size, flip), ref)),
-                     metric_names=list(FIDELITY_METRICS),
+    names = list(FIDELITY_METRICS) + (["fidelity_lo", "fidelity_hi"] if ci else [])
+
+    def evaluate(m: nn.Module):
+        emb = embed_images(m, images, batch_size, flip)
+        row = OrderedDict(fidelity(emb, ref))
+        if ci:
+            row["fidelity_lo"], row["fidelity_hi"] = interval(image_measure((emb * ref).sum(1), folders.numpy()))
+        return row
+
+    return EvalSetup(evaluate=evaluate, metric_names=names,
                      batches=lambda: (images[i:i + batch_size] for i in range(0, len(images), batch_size)),
                      dataset="image_folder")
 
@@ -194,7 +204,7 @@ def build_setup(cfg: "EvalConfig | str", kind: str, input_size: Sequence[int], m
     ds = parse_data_spec(cfg.data)
     if kind == "embedder" and cfg.metric == "fidelity" and ds.kind == "image_folder":
         return fidelity_setup(ds.path, input_size, reference, cfg.batch_size, cfg.eval_batches, cfg.seed, cfg.flip,
-                              cfg.bgr)
+                              cfg.bgr, cfg.ci)
     if kind == "embedder" and not ds.is_face:
         raise UserError(f"--data {cfg.data}: this model is a face embedder; give verification data "
                         f"({', '.join(k + ':…' for k in FACE_KINDS)})")

@@ -71,6 +71,10 @@ def test_label_free_distillation_raises_fidelity(tmp_path):
     save_pruned(tmp_path / "teacher.pth", teacher, meta)
     setup = build_setup(EvalConfig(data=data, metric="fidelity"), "embedder", size, reference=teacher)
     before = setup.evaluate(student)["fidelity"]
+    ci = build_setup(EvalConfig(data=data, metric="fidelity", ci=True), "embedder", size, reference=teacher)
+    row = ci.evaluate(student)                        # --ci on image folders: a band around the same value
+    assert ci.metric_names[-2:] == ["fidelity_lo", "fidelity_hi"] and row["fidelity"] == pytest.approx(before)
+    assert row["fidelity_lo"] < before < row["fidelity_hi"]
     job = FinetuneJob(source=ModelSource(str(tmp_path / "student.pth")), unlabeled=data,
                       teacher=ModelSource(str(tmp_path / "teacher.pth")), batch_size=8,
                       train=FinetuneConfig(epochs=6, lr=0.01, distill="cosine", freeze_bn=True,

@@ -70,7 +70,8 @@ def sa_parser(prog: str = "pruning.py --mode sa") -> argparse.ArgumentParser:
                    help="append confidence-interval columns after Distiller's: the measurement noise of every row. "
                         "Classifiers: top1_lo,top1_hi,top5_lo,top5_hi (95%% Wilson interval on the evaluation "
                         "images); face pairs: <metric>_lo,<metric>_hi for lfw_acc, tpr@fpr=X or fidelity (95%% "
-                        "bootstrap over the pairs' people, then their images)")
+                        "bootstrap over the pairs' people, then their images); image_folder: fidelity_lo,fidelity_hi "
+                        "(over its subfolders, then images)")
     p.add_argument("--no_cache", action="store_true",
                    help="recompute the unchanged prefix of the network instead of reusing its activations")
     add_worker_args(p, "measure the groups in N workers, one task per group (--threads split among them); the CSV "
