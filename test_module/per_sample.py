@@ -38,7 +38,7 @@ def image_identities(pairset: PairSet, unit: str = "identity") -> Optional[np.nd
         return None
     ids = pairset.identities()
     if ids is None:
-        log.warning("the check pairs name no identities (no image folders): the bound resamples images only, "
+        log.warning("the pairs name no identities (no image folders): bounds and intervals resample images only, "
                     "which understates the spread across unseen people")
     return ids
 

@@ -54,7 +54,7 @@ class EvalConfig:
     std: Optional[Sequence[float]] = None
     device: str = "cpu"                       # cpu | cuda | cuda:N | auto: where the model runs (batches follow it)
     amp: bool = False                         # CUDA only: float16 autocast during evaluation
-    ci: bool = False                          # face pairs: also <metric>_lo,_hi (bootstrap over people, then images)
+    ci: bool = False                          # embedders: also <metric>_lo,_hi (bootstrap over people, then images)
     preloaded: "LabelledSubset | PairSet | None" = None   # the subset already decoded (--workers: the main
     #                                           process's, in shared memory); used instead of reading the data
 
@@ -160,7 +160,8 @@ def fidelity_setup(folder: str, input_size: Sequence[int], reference: Optional[n
     images, folders = readers.read_identity_dataset(folder, ImageTransform(size=(h, w), channels=c, bgr=bgr))
     if eval_batches and eval_batches * batch_size < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: eval_batches * batch_size]
-        images, folders = images[pick.sort().values], folders[pick.sort().values]
+        pick = pick.sort().values
+        images, folders = images[pick], folders[pick]
     ref = embed_images(reference, images, batch_size, flip)
     names = list(FIDELITY_METRICS) + (["fidelity_lo", "fidelity_hi"] if ci else [])
 

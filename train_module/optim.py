@@ -60,6 +60,11 @@ def build_optimizer(model: nn.Module, head: Optional[nn.Module] = None, lr: floa
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
+def warmup_factor(it: int, warmup_iters: int) -> float:
+    """``(it + 1) / warmup_iters`` during a linear warm-up of ``warmup_iters`` iterations, then 1."""
+    return min(1.0, (it + 1) / warmup_iters) if warmup_iters > 0 else 1.0
+
+
 class WarmupMultiStep:
     """LR factor for iteration ``it`` (0-based; the LR of the (it+1)-th update).
 
@@ -73,8 +78,7 @@ class WarmupMultiStep:
         self.warmup_iters = int(warmup_iters)
 
     def __call__(self, it: int) -> float:
-        warm = min(1.0, (it + 1) / self.warmup_iters) if self.warmup_iters > 0 else 1.0
-        return warm * self.gamma ** sum(1 for m in self.milestones if m <= it)
+        return warmup_factor(it, self.warmup_iters) * self.gamma ** sum(1 for m in self.milestones if m <= it)
 
 
 class WarmupCosine:
@@ -86,8 +90,8 @@ class WarmupCosine:
         self.warmup_iters = int(warmup_iters)
 
     def __call__(self, it: int) -> float:
-        warm = min(1.0, (it + 1) / self.warmup_iters) if self.warmup_iters > 0 else 1.0
-        return warm * 0.5 * (1.0 + math.cos(math.pi * min(it, self.total_iters) / self.total_iters))
+        return warmup_factor(it, self.warmup_iters) * 0.5 * (
+            1.0 + math.cos(math.pi * min(it, self.total_iters) / self.total_iters))
 
 
 LR_SCHEDULES = ("step", "cosine")
@@ -98,8 +102,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int] 
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule (call ``.step()`` after every optimizer step); milestones are iteration counts.
 
-    ``schedule='cosine'`` ignores milestones and gamma and decays to 0 over ``total_iters`` iterations (the run's
-    length, so that a resumed run continues the same curve)."""
+    ``schedule='cosine'`` decays to 0 over ``total_iters`` iterations (the run's length, so that a resumed run
+    continues the same curve); it refuses milestones and does not use gamma."""
     if warmup_iters < 0:
         raise UserError(f"--warmup_iters must be >= 0, got {warmup_iters}")
     if schedule == "cosine":

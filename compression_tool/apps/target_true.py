@@ -197,11 +197,11 @@ FEW_IDENTITIES = 30   # below this many people, a bootstrap over them understate
 def warn_few_identities(check: PairSet) -> None:
     """One warning when the check pairs hold fewer than ``FEW_IDENTITIES`` people: the bound is about them."""
     ids = check.identities()
-    if ids is not None and len(set(ids.tolist())) < FEW_IDENTITIES:
+    people = 0 if ids is None else len(set(ids.tolist()))
+    if 0 < people < FEW_IDENTITIES:
         log.warning("target-true: the check split holds %d identities; a bound over so few people is optimistic — "
                     "other people (the report split's, deployment's) can differ by several points. Use at least %d "
-                    "check identities for a promise that carries to new faces", len(set(ids.tolist())),
-                    FEW_IDENTITIES)
+                    "check identities for a promise that carries to new faces", people, FEW_IDENTITIES)
 
 
 class SplitEvaluators(NamedTuple):

@@ -89,13 +89,19 @@ def classifier_evaluator(x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
     return evaluate
 
 
-def _multinomial_within(rng: np.random.Generator, groups: np.ndarray, draws: int) -> np.ndarray:
-    """[draws, units] multiplicities: each group's units resampled within that group (sizes kept)."""
-    m = np.ones((draws, groups.size))
-    for g in np.unique(groups):
-        cols = np.flatnonzero(groups == g)
-        if cols.size > 1:
-            m[:, cols] = rng.multinomial(cols.size, np.full(cols.size, 1.0 / cols.size), size=draws)
+def _group_members(groups: np.ndarray) -> List[np.ndarray]:
+    """The unit indices of each group of two or more units, groups in ascending order."""
+    order = np.argsort(groups, kind="stable")
+    cuts = np.flatnonzero(np.diff(groups[order])) + 1
+    return [cols for cols in np.split(order, cuts) if cols.size > 1]
+
+
+def _multinomial_within(rng: np.random.Generator, members: Sequence[np.ndarray], units: int,
+                        draws: int) -> np.ndarray:
+    """[draws, units] multiplicities: each group's units (``_group_members``) resampled within that group."""
+    m = np.ones((draws, units))
+    for cols in members:
+        m[:, cols] = rng.multinomial(cols.size, np.full(cols.size, 1.0 / cols.size), size=draws)
     return m
 
 
@@ -145,6 +151,7 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
             gused, gidx = np.unique(np.asarray(groups)[used], return_inverse=True)
             ga, gb = gidx[idx[:, 0]], gidx[idx[:, 1]]
             same_group = ga == gb
+            members = _group_members(gidx)
         extra = 0.0 if adverse is None else float(adverse)
         chunk = max(1, 2_000_000 // max(v.size, used.size))
         for i in range(0, n_boot, chunk):
@@ -152,7 +159,7 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
             if groups is None:
                 m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
             else:
-                m = _multinomial_within(rng, gidx, j - i)
+                m = _multinomial_within(rng, members, used.size, j - i)
                 mg = rng.multinomial(gused.size, np.full(gused.size, 1.0 / gused.size), size=j - i).astype(float)
             w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
             if single.any():
