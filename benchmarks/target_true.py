@@ -34,6 +34,7 @@ from compression_tool.engine.criteria import make_criterion  # noqa: E402
 from compression_tool.engine.groups import GroupIndex  # noqa: E402
 from compression_tool.engine.sensitivity import load_csv, sweep  # noqa: E402
 from compression_tool.engine.target_true import (  # noqa: E402
+    MULTIPLE_TESTING,
     ComposedChecker,
     TargetTrueConfig,
     classifier_evaluator,
@@ -113,7 +114,7 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0, unit: str = 
 
 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
-            multiple_testing: str = "none", confirm: float = 0.0, confirm_only: bool = False,
+            multiple_testing: str = "simultaneous", confirm: float = 0.0, confirm_only: bool = False,
             search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False,
             bn_method: str = "adabn", unit: str = "identity") -> List[Dict[str, object]]:
     spec = MODELS[name]
@@ -173,9 +174,18 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         rows[-1]["check_bound"] = round(r.check_bound, 2)
         rows[-1]["check"] = round(r.check, 2)
         rows[-1]["check_unpruned"] = round(r.check_baseline, 2)
-        if r.search_pick is not None:       # the same search's own pick, before the adjustment backed off from it
-            row("target-true (the search's pick: none)", r.search_pick["sparsities"], 0.0, r.search_pick["adabn"])
+        rows[-1]["level"] = round(r.level, 5)
+        if r.guards and multiple_testing != "none":   # the same search's own pick, before a guard backed off
+            pick = r.search_pick or {"sparsities": r.sparsities, "adabn": r.adabn, "bound": r.check_bound}
+            row("target-true (the search's pick: none)", pick["sparsities"], 0.0, pick["adabn"])
+            rows[-1]["check_bound"] = round(pick["bound"], 2)
+        elif r.search_pick is not None:
+            row("target-true (the search's pick)", r.search_pick["sparsities"], 0.0, r.search_pick["adabn"])
             rows[-1]["check_bound"] = round(r.search_pick["bound"], 2)
+        for guard, pick in (r.guards or {}).items():   # the other back-off guards on the same search (cached: free)
+            if guard != multiple_testing:
+                row(f"target-true ({guard}, same search)", pick["sparsities"], 0.0, pick["adabn"])
+                rows[-1]["level"] = round(pick["level"], 5)
     for level in search_levels if confirm else ():
         # the same search on (1 - confirm) of check; its chain re-tested on the rest
         t = time.perf_counter()
@@ -207,8 +217,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--drop", type=float, default=1.0)
     p.add_argument("--max_evals", type=int, default=60, help="composed models per search (NNI-style and ours)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default="none",
-                   help="target-true's TargetTrueConfig.multiple_testing")
+    p.add_argument("--multiple_testing", choices=MULTIPLE_TESTING, default="simultaneous",
+                   help="target-true's TargetTrueConfig.multiple_testing; the other back-off guards' picks on the "
+                        "same search (posthoc, simultaneous) are added as rows")
     p.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     p.add_argument("--confirm", type=float, default=0.0,
                    help="also run target-true with this fraction of check held back to confirm the winner")

@@ -245,7 +245,7 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     """multiple_testing='posthoc': the search runs at ``confidence``; its pick is then re-decided at Bonferroni over
     the candidates it measured, backing off along its chain (from cached measurements) to the most pruned link that
     passes there."""
-    from compression_tool.engine.target_true import Measurement, Trial, _posthoc
+    from compression_tool.engine.target_true import Measurement, Trial, _back_off
 
     cfg = TargetTrueConfig(drop=1.0, multiple_testing="posthoc")
     assert cfg.adjusted_level(50) == pytest.approx(0.999) and cfg.adjusted_level(0) == cfg.confidence
@@ -262,10 +262,10 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
         def bound(self, m, base, level=None):
             b = 0.5 + margin[m.value] * (level > 0.99)
             return b, b <= 1.0
-    assert _posthoc(FakeChecker(), None, chain, 0.999) is chain[2]
-    assert _posthoc(FakeChecker(), None, chain, 0.95) is chain[4]
+    assert _back_off(FakeChecker(), None, chain, 0.999) is chain[2]
+    assert _back_off(FakeChecker(), None, chain, 0.95) is chain[4]
     margin.update({0.1: 0.9, 0.2: 0.9})
-    assert _posthoc(FakeChecker(), None, chain, 0.999) is chain[0]
+    assert _back_off(FakeChecker(), None, chain, 0.999) is chain[0]
 
     model, x, y = toy_problem(900, seed=3)
     parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
@@ -273,17 +273,53 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     runs = {mt: target_true_schedule(model, x[:1], make_criterion("l1"), table, classifier_evaluator(*parts["check"]),
                                      None, [], TargetTrueConfig(drop=30.0, bn_recalib_batches=0, max_evals=15,
                                                                 multiple_testing=mt), progress=False)
-            for mt in ("none", "posthoc")}
+            for mt in ("none", "posthoc", "simultaneous")}
     assert runs["posthoc"].level == pytest.approx(cfg.adjusted_level(runs["posthoc"].evals))
     assert runs["posthoc"].macs >= runs["none"].macs and runs["none"].level == 0.95
     assert runs["posthoc"].check_bound <= 30.0 + 1e-9
+    sim = runs["simultaneous"]             # between the search's level and Bonferroni's, and cuts at least as much
+    assert 0.95 <= sim.level <= cfg.adjusted_level(sim.evals) and sim.check_bound <= 30.0 + 1e-9
+    assert runs["posthoc"].macs >= sim.macs >= runs["none"].macs
+    for r in runs.values():                # every run reports both guards' picks; the active one is the result
+        assert set(r.guards) == {"posthoc", "simultaneous"}
+        assert r.guards["simultaneous"]["level"] == pytest.approx(sim.level)
+    assert runs["none"].guards["posthoc"]["sparsities"] == runs["posthoc"].sparsities
+    assert runs["none"].guards["simultaneous"]["sparsities"] == sim.sparsities
     adj = runs["none"].adjusted            # unguarded: the pick's bound once its candidates are accounted for
-    assert adj["level"] == pytest.approx(cfg.adjusted_level(runs["none"].evals)) and runs["posthoc"].adjusted is None
+    assert adj["level"] == pytest.approx(sim.level) and runs["posthoc"].adjusted is None
     assert adj["passed"] == (adj["bound"] <= 30.0) and adj["bound"] >= runs["none"].check_bound
     assert not adj["passed"] or runs["posthoc"].sparsities == runs["none"].sparsities
     ph = runs["posthoc"]                   # the search's own pick is kept when the adjustment backs off from it
     assert (ph.search_pick is None) == (ph.sparsities == runs["none"].sparsities)
     assert ph.search_pick is None or ph.search_pick["sparsities"] == runs["none"].sparsities
+
+
+def test_simultaneous_level_counts_how_candidates_move_together():
+    """The max-rank level: one candidate, or many copies of it, need no correction; independent candidates need
+    about Šidák's level; a candidate that moves with another costs nothing extra."""
+    from compression_tool.engine.target_true import bootstrap_means, simultaneous_level
+
+    rng = np.random.default_rng(0)
+    one = 100.0 * (rng.random(400) < 0.1)
+    m1 = bootstrap_means(one, n_boot=4000, seed=1)
+    assert m1.shape == (1, 4000)
+    assert simultaneous_level(m1, 0.95, True) == pytest.approx(0.95, abs=1e-3)
+    assert simultaneous_level(np.repeat(m1, 20, axis=0), 0.95, True) == pytest.approx(0.95, abs=1e-3)
+    indep = 100.0 * (rng.random((20, 400)) < 0.1)
+    level = simultaneous_level(bootstrap_means(indep, n_boot=4000, seed=1), 0.95, True)
+    assert level == pytest.approx(0.95 ** (1 / 20), abs=1.5e-3) and level > 0.995
+    lower = simultaneous_level(bootstrap_means(indep, n_boot=4000, seed=1), 0.95, False)
+    assert lower == pytest.approx(0.95 ** (1 / 20), abs=1.5e-3)
+    nested = np.stack([one, np.where(np.arange(400) < 5, 100.0, one)])   # the second changes 5 more outcomes
+    assert simultaneous_level(bootstrap_means(nested, n_boot=4000, seed=1), 0.95, True) < 0.97
+    # the same draws for every row: a row's bound from the many-row call is its single-row bound
+    many = bootstrap_means(np.stack([one, indep[0]]), n_boot=500, seed=2, adverse=100.0)
+    assert np.array_equal(many[1], bootstrap_means(indep[0], n_boot=500, seed=2, adverse=100.0)[0])
+    pairs = rng.integers(0, 60, size=(200, 2))
+    groups = np.arange(60) // 6
+    pv = rng.random((3, 200))
+    many = bootstrap_means(pv, n_boot=300, seed=3, pairs=pairs, groups=groups)
+    assert np.array_equal(many[2], bootstrap_means(pv[2], n_boot=300, seed=3, pairs=pairs, groups=groups)[0])
 
 
 def test_reanalyse_orders_greedy_moves_by_the_composed_model_on_sa(monkeypatch):

@@ -108,7 +108,7 @@ class TargetTrueJob:
     output: Optional[str] = None
     force: bool = False
     work_space: str = "work_space"
-    multiple_testing: str = "none"
+    multiple_testing: str = "simultaneous"
     trust: bool = False
     face: FaceOptions = field(default_factory=FaceOptions)
     confirm: float = 0.0        # fraction of the check split held back to confirm the winner (0: off)

@@ -47,6 +47,7 @@ from compression_tool.engine.schedule import (
 )
 from compression_tool.engine.sensitivity import load_csv
 from compression_tool.engine.sensitivity_ci import resolution_note
+from compression_tool.engine.target_true import MULTIPLE_TESTING
 from compression_tool.io.errors import UserError, cli_main
 from compression_tool.io.files import check_writable
 from model_define import model_spec
@@ -150,12 +151,15 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                         "assumes people do not matter). Pair sets without image folders (bin:) resample images")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
     g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
-    g.add_argument("--multiple_testing", choices=("none", "bonferroni", "posthoc"), default=None,
+    g.add_argument("--multiple_testing", choices=MULTIPLE_TESTING, default=None,
                    help="guard against keeping a lucky pass among the many candidates the search measures: "
                         "bonferroni tests every candidate at 1 - (1 - confidence) / max_evals; posthoc lets the "
                         "search run at --confidence and then backs its pick off along the accepted schedules until "
-                        "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements "
-                        "(default: none; both need a larger check split than none)")
+                        "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements; "
+                        "simultaneous backs off the same way, to the level at which the bounds of all candidates "
+                        "measured hold together on the same bootstrap resamples (they are nested and move together, "
+                        "so it costs less cut than posthoc; the default). none keeps the search's own pick and prints "
+                        "its selection-adjusted bound")
     g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     g.add_argument("--reanalyse", action="store_true",
                    help="NNI-style iterative re-analysis: each greedy round re-measures every layer's next level on "
@@ -342,7 +346,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
-                        multiple_testing=args.multiple_testing or ("bonferroni" if args.bonferroni else "none"),
+                        multiple_testing=multiple_testing(args),
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr,
                                          args.bootstrap_unit),
                         latency=latency, confirm=args.confirm,
@@ -418,6 +422,14 @@ def budget(args: argparse.Namespace) -> Path:
           f"params {result.params / 1e6:.3f}M of "
           f"{result.base_params / 1e6:.3f}M; {result.moves} of {result.total_moves} moves")
     return out
+
+
+def multiple_testing(args: argparse.Namespace) -> str:
+    """The guard asked for: --multiple_testing, else --bonferroni, else none with --confirm (the confirm part is the
+    guard), else simultaneous."""
+    if args.multiple_testing:
+        return args.multiple_testing
+    return "bonferroni" if args.bonferroni else "none" if args.confirm else "simultaneous"
 
 
 @cli_main

@@ -45,7 +45,7 @@ from compression_tool.io.errors import UserError
 log = logging.getLogger(__name__)
 
 RESOURCES = ("macs", "params", "latency")
-MULTIPLE_TESTING = ("none", "bonferroni", "posthoc")
+MULTIPLE_TESTING = ("none", "bonferroni", "posthoc", "simultaneous")
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -105,6 +105,66 @@ def _multinomial_within(rng: np.random.Generator, members: Sequence[np.ndarray],
     return m
 
 
+def _check_samples(n: int, pairs: Optional[np.ndarray], groups: Optional[np.ndarray]) -> None:
+    if n == 0:
+        raise UserError("bootstrap: no samples")
+    if pairs is not None and len(pairs) != n:
+        raise UserError(f"bootstrap: {n} samples but {len(pairs)} pairs")
+    if groups is not None and pairs is None:
+        raise UserError("bootstrap: groups need the samples' image indices (pairs)")
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, adverse: Optional[float] = None,
+                    pairs: Optional[np.ndarray] = None, groups: Optional[np.ndarray] = None) -> np.ndarray:
+    """[C, n_boot] bootstrap means of every row of ``values`` ([C, n], or [n] for one row): the *same* resamples
+    for every row (the draws depend on ``seed`` and the sizes only), so rows that are candidates measured on the
+    same samples keep their correlation (``simultaneous_level``). ``adverse``, ``pairs`` and ``groups`` as in
+    ``bootstrap_mean_bound``."""
+    V = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    rows, n = V.shape
+    _check_samples(n, pairs, groups)
+    rng = np.random.default_rng(seed)
+    means = np.empty((rows, n_boot))
+    if pairs is None:
+        if adverse is not None:
+            V = np.concatenate([V, np.full((rows, 1), float(adverse))], axis=1)
+        chunk = max(1, 2_000_000 // V.shape[1])
+        for i in range(0, n_boot, chunk):
+            j = min(n_boot, i + chunk)
+            pick = rng.integers(0, V.shape[1], size=(j - i, V.shape[1]))
+            for r in range(rows):
+                means[r, i:j] = V[r][pick].mean(axis=1)
+        return means
+    used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
+    idx = idx.reshape(-1, 2)
+    single = idx[:, 0] == idx[:, 1]
+    if groups is not None:
+        gused, gidx = np.unique(np.asarray(groups)[used], return_inverse=True)
+        ga, gb = gidx[idx[:, 0]], gidx[idx[:, 1]]
+        same_group = ga == gb
+        members = _group_members(gidx)
+    extra = 0.0 if adverse is None else float(adverse)
+    chunk = max(1, 2_000_000 // max(n, used.size))
+    for i in range(0, n_boot, chunk):
+        j = min(n_boot, i + chunk)
+        if groups is None:
+            m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
+        else:
+            m = _multinomial_within(rng, members, used.size, j - i)
+            mg = rng.multinomial(gused.size, np.full(gused.size, 1.0 / gused.size), size=j - i).astype(float)
+        w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
+        if single.any():
+            w[:, single] = m[:, idx[single, 0]]
+        if groups is not None:
+            w *= np.where(same_group, mg[:, ga], mg[:, ga] * mg[:, gb])
+        # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
+        wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
+        total = np.maximum(w.sum(axis=1) + wa, 1e-12)
+        for r in range(rows):
+            means[r, i:j] = ((w * V[r]).sum(axis=1) + wa * extra) / total
+    return means
+
+
 def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_boot: int = 2000,
                          seed: int = 0, adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None,
                          groups: Optional[np.ndarray] = None) -> float:
@@ -125,52 +185,30 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
     multiplicity, not its square, when both images are of one person: the same/different balance is kept on
     average)."""
     v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise UserError("bootstrap: no samples")
-    if pairs is not None and len(pairs) != v.size:
-        raise UserError(f"bootstrap: {v.size} samples but {len(pairs)} pairs")
-    if groups is not None and pairs is None:
-        raise UserError("bootstrap: groups need the samples' image indices (pairs)")
+    _check_samples(v.size, pairs, groups)
     probe = v if adverse is None else np.append(v, adverse)
     if np.all(probe == probe[0]):
         return float(probe[0])
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    if pairs is None:
-        if adverse is not None:
-            v = np.append(v, adverse)
-        chunk = max(1, 2_000_000 // v.size)
-        for i in range(0, n_boot, chunk):
-            j = min(n_boot, i + chunk)
-            means[i:j] = v[rng.integers(0, v.size, size=(j - i, v.size))].mean(axis=1)
-    else:
-        used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
-        idx = idx.reshape(-1, 2)
-        single = idx[:, 0] == idx[:, 1]
-        if groups is not None:
-            gused, gidx = np.unique(np.asarray(groups)[used], return_inverse=True)
-            ga, gb = gidx[idx[:, 0]], gidx[idx[:, 1]]
-            same_group = ga == gb
-            members = _group_members(gidx)
-        extra = 0.0 if adverse is None else float(adverse)
-        chunk = max(1, 2_000_000 // max(v.size, used.size))
-        for i in range(0, n_boot, chunk):
-            j = min(n_boot, i + chunk)
-            if groups is None:
-                m = rng.multinomial(used.size, np.full(used.size, 1.0 / used.size), size=j - i).astype(np.float64)
-            else:
-                m = _multinomial_within(rng, members, used.size, j - i)
-                mg = rng.multinomial(gused.size, np.full(gused.size, 1.0 / gused.size), size=j - i).astype(float)
-            w = m[:, idx[:, 0]] * m[:, idx[:, 1]]
-            if single.any():
-                w[:, single] = m[:, idx[single, 0]]
-            if groups is not None:
-                w *= np.where(same_group, mg[:, ga], mg[:, ga] * mg[:, gb])
-            # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
-            wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
-            means[i:j] = ((w * v).sum(axis=1) + wa * extra) / np.maximum(w.sum(axis=1) + wa, 1e-12)
-    q = confidence if upper else 1.0 - confidence
-    return float(np.quantile(means, q))
+    means = bootstrap_means(v, n_boot, seed, adverse, pairs, groups)[0]
+    return float(np.quantile(means, confidence if upper else 1.0 - confidence))
+
+
+def simultaneous_level(means: np.ndarray, confidence: float, upper: bool) -> float:
+    """The per-candidate level at which the percentile bounds of *all* rows of ``means`` ([C, B] bootstrap means on
+    the same resamples, ``bootstrap_means``) hold together in ``confidence`` of the resamples: max-rank calibration
+    (Westfall–Young). A search that keeps the best of C candidates it measured needs its pick's bound at this level,
+    not at ``confidence``. Candidates that move together (nested schedules changing the same few predictions) cost
+    little: C copies of one candidate give ``confidence`` itself, C independent ones about Šidák's
+    ``confidence ** (1 / C)``."""
+    m = np.asarray(means, dtype=np.float64) if upper else -np.asarray(means, dtype=np.float64)
+    rows, draws = m.shape
+    if rows == 0 or draws < 2:
+        return confidence
+    ordered = np.sort(m, axis=1)
+    # the level each draw needs for each row's bound (np.quantile's linear rule) to cover it; then the worst row
+    need = np.stack([np.searchsorted(ordered[r], m[r], side="left") for r in range(rows)]).max(axis=0) / (draws - 1)
+    k = min(draws - 1, max(0, math.ceil(confidence * draws) - 1))
+    return max(confidence, float(np.sort(need)[k]))
 
 
 def samples_to_vouch(diff: np.ndarray, drop: float, confidence: float) -> Optional[int]:
@@ -204,7 +242,8 @@ class TargetTrueConfig:
     adverse: float = 100.0               # its value in the drop mode: one lost image (metric in percent)
     greedy: bool = True
     layer_report: bool = True            # also measure the composed model layer by layer (check and report)
-    multiple_testing: str = "none"       # none | bonferroni | posthoc (see decision_confidence, adjusted_level)
+    multiple_testing: str = "simultaneous"   # none | bonferroni | posthoc | simultaneous (decision_confidence,
+                                             # adjusted_level, ComposedChecker.family_level)
     confirm_tries: int = 16              # with a confirm split: points of the search's chain tested there (at most)
     search_confidence: Optional[float] = None   # with a confirm split: the search's level (None: decision_confidence)
     reanalyse: bool = False              # greedy rounds re-measure every layer's next level on the composed model
@@ -303,10 +342,13 @@ class TargetTrueResult:
                                                   # value, bound} (the last two: the link kept)
     level: float = 0.95                  # the one-sided level of check_bound (after any multiplicity adjustment)
     sa_evals: int = 0                    # composed models measured on the SA split (reanalyse)
-    search_pick: Optional[Dict[str, object]] = None   # the search's own pick before posthoc / confirm changed it
-    adjusted: Optional[Dict[str, object]] = None      # unguarded searches: the pick's check bound at Bonferroni
+    search_pick: Optional[Dict[str, object]] = None   # the search's own pick before a guard / confirm changed it
+    adjusted: Optional[Dict[str, object]] = None      # unguarded searches: the pick's check bound at the
+                                                      # simultaneous level over the candidates {level, bound, passed}
     bn_method: str = "adabn"             # how BN statistics were re-estimated when ``adabn`` (engine.bn_stats)
-                                                      # over the candidates measured {level, bound, passed}
+    guards: Optional[Dict[str, Dict[str, object]]] = None   # the pick each back-off guard gives on this search
+                                                            # {posthoc|simultaneous: {level, sparsities, adabn,
+                                                            # reduction}}
 
     @property
     def reduction(self) -> float:
@@ -430,6 +472,26 @@ class ComposedChecker:
         lo = bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed,
                                   adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs, groups=m.groups)
         return lo, lo >= float(cfg.target) - 1e-9
+
+    def family_level(self, base: Measurement) -> float:
+        """``multiple_testing='simultaneous'``: the level at which the check bounds of every composed candidate
+        measured so far hold together at ``cfg.confidence`` (``simultaneous_level`` on the same resamples), never
+        above Bonferroni's. The search's candidates are nested and change mostly the same predictions, so this is
+        far below Bonferroni over them. (Under ``bn_mode='auto'`` each candidate is the better of two BN variants on
+        check; that choice is not counted.)"""
+        cfg = self.cfg
+        measured = [m for key, (m, _) in self.cache.items() if key]
+        if not measured:
+            return cfg.confidence
+        if cfg.drop is not None:
+            values = np.stack([base.per_sample - m.per_sample for m in measured])
+            adverse = cfg.adverse if cfg.pseudo_sample else None
+        else:
+            values = np.stack([m.per_sample for m in measured])
+            adverse = 0.0 if cfg.pseudo_sample else None
+        means = bootstrap_means(values, cfg.n_boot, cfg.seed, adverse, measured[0].pairs, measured[0].groups)
+        return min(simultaneous_level(means, cfg.confidence, upper=cfg.drop is not None),
+                   cfg.adjusted_level(len(measured)))
 
 
 def sign_of(metric: str) -> float:
@@ -564,9 +626,17 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         chain[-1] = best                  # (a greedy step that changed no count renamed the last link)
     search_pick = {"sparsities": dict(best.sparsities), "adabn": chk.adabn_for(best.sparsities),
                    "check": best.check, "bound": best.bound}
-    if cfg.multiple_testing == "posthoc" and resolvable and confirm_eval is None:
-        level = cfg.adjusted_level(search_evals)
-        best = _posthoc(chk, base, chain, level)
+    guards: Optional[Dict[str, Dict[str, object]]] = None
+    if resolvable and confirm_eval is None and search_evals > 0 and cfg.multiple_testing != "bonferroni":
+        # the pick re-decided once the search's candidates are accounted for, both ways (cached measurements)
+        levels = {"posthoc": cfg.adjusted_level(search_evals), "simultaneous": chk.family_level(base)}
+        guards = {}
+        for guard, lv in levels.items():
+            t = _back_off(chk, base, chain, lv, quiet=guard != cfg.multiple_testing)
+            guards[guard] = {"level": lv, "sparsities": dict(t.sparsities), "adabn": chk.adabn_for(t.sparsities),
+                             "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
+            if guard == cfg.multiple_testing:
+                level, best = lv, t
     confirmed = None
     if confirm_eval is not None and resolvable:
         best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
@@ -576,16 +646,16 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     if cfg.drop is not None and resolvable and confirm_eval is None and not pruned:
         _resolution_hint(chk, base, trace, cfg, level)
     adjusted = None
-    if resolvable and confirm_eval is None and cfg.multiple_testing == "none" and search_evals > 0:
+    if guards is not None and cfg.multiple_testing == "none":
         # what the pick's check margin is worth once the search's candidates are accounted for (cached: free)
-        adj_level = cfg.adjusted_level(search_evals)
+        adj_level = float(guards["simultaneous"]["level"])
         b_adj, ok_adj = chk.bound(m_check, base, adj_level)
         adjusted = {"level": adj_level, "bound": b_adj, "passed": ok_adj}
         if not ok_adj:
             log.warning("target-true: the schedule passes at %.4g %% but not once the %d candidates the search "
                         "measured are accounted for (bound %.3g at %.4g %%): on new data it may miss the target "
-                        "(winner's curse); --multiple_testing posthoc, --confirm or a larger check split guard it",
-                        100 * level, search_evals, b_adj, 100 * adj_level)
+                        "(winner's curse); --multiple_testing simultaneous, --confirm or a larger check split guard "
+                        "it", 100 * level, search_evals, b_adj, 100 * adj_level)
     rep_base = rep = rep_bound = None
     rep_n = None
     final = chk.build(best.sparsities)
@@ -624,7 +694,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         base_latency=full.get("latency"), model=final, confirm=confirmed, level=level,
         sa_evals=sa_chk.evals if sa_chk is not None else 0,
         search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted,
-        bn_method=cfg.bn_method)
+        bn_method=cfg.bn_method, guards=guards)
 
 
 def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Trial], cfg: TargetTrueConfig,
@@ -656,17 +726,19 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
                 100 * level, what, base.n)
 
 
-def _posthoc(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float) -> Trial:
+def _back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float,
+              quiet: bool = False) -> Trial:
     """The most pruned link of the chain whose check bound passes at ``level`` (its measurement is cached: no new
-    evaluation), else the unpruned start."""
+    evaluation), else the unpruned start. ``quiet``: a diagnostic, nothing logged."""
     for t in reversed(chain[1:]):
         m, _ = chk.measure(t.sparsities)
         if chk.bound(m, base, level)[1]:
-            if t is not chain[-1]:
+            if t is not chain[-1] and not quiet:
                 log.info("target-true: the search's pick does not pass once its %d candidates are accounted for "
                          "(%.4g %%); backed off along its chain", chk.evals, 100 * level)
             return t
-    log.warning("target-true: no schedule passes on the check split once the search's %d candidates are accounted "
+    if not quiet:
+        log.warning("target-true: no schedule passes on the check split once the search's %d candidates are accounted "
                 "for (%.4g %%); nothing is pruned: use a larger check split or a larger drop", chk.evals, 100 * level)
     return chain[0]
 
@@ -737,10 +809,11 @@ def format_result(r: TargetTrueResult) -> str:
                  f"at {100 * r.level:.4g} %)")
     if r.adjusted is not None:
         a = r.adjusted
-        lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (Bonferroni over the "
-                     f"{r.evals} candidates measured): " + ("holds" if a["passed"] else
-                                                             "does NOT hold: it may miss on new data (winner's curse; "
-                                                             "--multiple_testing posthoc / --confirm guard it)"))
+        lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (simultaneous over "
+                     f"the {r.evals} candidates measured): " + ("holds" if a["passed"] else
+                                                               "does NOT hold: it may miss on new data (winner's "
+                                                               "curse; --multiple_testing simultaneous / --confirm "
+                                                               "guard it)"))
     if r.confirm is not None:
         c = r.confirm
         lines.append(f"  confirm split ({c['n']} samples, unpruned {c['unpruned']:.2f}): {c['tries']} of the search's "
@@ -764,5 +837,6 @@ def format_result(r: TargetTrueResult) -> str:
 
 
 __all__ = ["Measurement", "Evaluator", "TargetTrueConfig", "TargetTrueResult", "Trial", "classifier_evaluator",
-           "bootstrap_mean_bound", "target_true_schedule", "composed_metric", "format_result",
+           "bootstrap_mean_bound", "bootstrap_means", "simultaneous_level",
+           "target_true_schedule", "composed_metric", "format_result",
            "correct_per_sample", "ComposedChecker"]
