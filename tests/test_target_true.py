@@ -372,6 +372,16 @@ def test_nothing_pruned_says_how_many_check_samples_would_vouch(caplog):
     assert 3000 < need < 6000
     assert bootstrap_mean_bound(rng.permutation(d)[:need], 0.95, True) == pytest.approx(1.0, abs=0.25)
     assert samples_to_vouch(d, 0.2, 0.95) is None         # its mean drop alone exceeds 0.2
+    # with the adverse pseudo-sample the bound adds: 2 of 144 outcomes changed, net 0, yet 144 do not vouch for 3
+    # points at 98.45 % (digits' case), and the size it names does, as the bootstrap sees it
+    small = np.zeros(144)
+    small[:2] = (100.0, -100.0)
+    assert bootstrap_mean_bound(small, 0.9845, True, adverse=100.0) > 3.0
+    need = samples_to_vouch(small, 3.0, 0.9845, adverse=100.0)
+    assert need > 144 and need > samples_to_vouch(small, 3.0, 0.9845)
+    grown = np.zeros(need)
+    grown[:2 * round(need / 144)] = np.tile([100.0, -100.0], round(need / 144))
+    assert bootstrap_mean_bound(grown, 0.9845, True, adverse=100.0) == pytest.approx(3.0, abs=0.3)
     model, x, y = toy_problem(900, seed=3)
     parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
     table = sensitivity_table(model, *parts["sa"])
@@ -435,6 +445,9 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     assert ext["split"] == {"parts": ["sa", "check", "report"], "sizes": [0.2, 0.4, 0.4], "seed": 1}
     rep = json.loads(out.with_suffix(".report.json").read_text())
     assert rep["check_bound"] <= 5.0 and rep["report"] is not None and rep["evals"] <= 12
+    # the default guard: the pick re-decided at the simultaneous level over the candidates measured
+    assert ext["multiple_testing"] == "simultaneous" and rep["level"] == rep["guards"]["simultaneous"]["level"]
+    assert 0.95 <= rep["level"] <= 1 - 0.05 / rep["evals"]
     # the guards against the winner's curse, and NNI-style re-analysis, from the CLI
     base = [str(csv), "--drop", "5", "--model", "digits_net", "--best_model_path", str(ckpt), "--data", "digits",
             "--bn_recalib", "2", "--max_evals", "12", "--force", *split]
@@ -448,6 +461,7 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     cf = json.loads((tmp_path / "cf.report.json").read_text())
     assert cf["confirm"]["n"] == pytest.approx(rep["check_n"] / 2, abs=1) and cf["check_n"] < rep["check_n"]
     assert all(t["passed"] for t in cf["confirm"]["tested"][:-1]) and cf["level"] == 0.5
+    assert cf["guards"] is None                 # with a confirm part, the confirm test is the guard
     for bad in ([str(csv), "--drop", "5", "--output", str(out)],                 # never overwrite without --force
                 [str(csv), "101", "--output", str(tmp_path / "x.yaml")],              # above the unpruned model
                 [str(csv), "nan", "--output", str(tmp_path / "y.yaml")]):             # not a number

@@ -211,16 +211,37 @@ def simultaneous_level(means: np.ndarray, confidence: float, upper: bool) -> flo
     return max(confidence, float(np.sort(need)[k]))
 
 
-def samples_to_vouch(diff: np.ndarray, drop: float, confidence: float) -> Optional[int]:
+def samples_to_vouch(diff: np.ndarray, drop: float, confidence: float,
+                     adverse: Optional[float] = None) -> Optional[int]:
     """About how many check samples a one-sided normal bound at ``confidence`` would need for the per-sample drops
-    ``diff`` (unpruned − pruned) to stay within ``drop``: (z·sd / (drop − mean))². None when the measured mean drop
-    itself exceeds ``drop`` (no split size vouches for it). Pairs that share images make the real need larger."""
+    ``diff`` (unpruned − pruned) to stay within ``drop``: the smallest n with mean + z·sd/√n ≤ ``drop``, where
+    mean and sd are those of n samples distributed like ``diff`` plus the one ``adverse`` pseudo-sample the check
+    bound adds (without it, a cut that changed almost nothing would seem to need fewer samples than the bound
+    does). None when the measured mean drop itself exceeds ``drop`` (no split size vouches for it). Pairs that
+    share images make the real need larger."""
     d = np.asarray(diff, dtype=np.float64)
-    margin = drop - float(d.mean())
-    if margin <= 0:
+    m, var = float(d.mean()), float(d.var())
+    if m >= drop:
         return None
     z = NormalDist().inv_cdf(confidence)
-    return int(math.ceil((z * float(d.std(ddof=1) if d.size > 1 else 0.0) / margin) ** 2))
+    if adverse is None:
+        return int(math.ceil((z * float(d.std(ddof=1) if d.size > 1 else 0.0) / (drop - m)) ** 2))
+
+    def bound(n: int) -> float:
+        mean = (n * m + adverse) / (n + 1)
+        spread = (n * (var + (m - mean) ** 2) + (adverse - mean) ** 2) / n      # ddof = 1 over the n + 1
+        return mean + z * math.sqrt(spread / (n + 1))
+
+    hi = 1
+    while bound(hi) > drop:
+        hi *= 2
+        if hi > 1 << 40:
+            return None
+    lo = hi // 2
+    while hi - lo > 1:                   # the bound shrinks with n: the first n that fits
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if bound(mid) > drop else (lo, mid)
+    return hi
 
 
 # ---------------------------------------------------------------------------- config and result
@@ -709,7 +730,7 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
     diff = base.per_sample - m.per_sample
     bound, _ = chk.bound(m, base, level)
     if m.pairs is None:
-        need = samples_to_vouch(diff, float(cfg.drop), level)
+        need = samples_to_vouch(diff, float(cfg.drop), level, cfg.adverse if cfg.pseudo_sample else None)
         what = (f"about {need} check samples would vouch for it" if need is not None else
                 "its measured drop alone exceeds the budget")
     else:                                # clustered samples: scale the bootstrap's own width by the units
