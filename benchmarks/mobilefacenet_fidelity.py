@@ -132,8 +132,8 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                                                warmup_iters=args.route_warmup, lr_schedule=args.route_lr_schedule,
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
                                                feature_loss=kind, feature_weight=weight, mixup=args.route_mixup,
-                                               save_dir=str(args.work / f"route_distill_{n}"), force=True,
-                                               progress=False),
+                                               seed=args.route_seed, save_dir=str(args.work / f"route_distill_{n}"),
+                                               force=True, progress=False),
                           resume=args.route_resume or None)
         try:
             out = run_finetune(job)
@@ -186,6 +186,9 @@ def main() -> None:
     p.add_argument("--route_mixup", metavar="ALPHA", type=float, default=0.0,
                    help="route: mixup of the distillation images, lam ~ Beta(ALPHA, ALPHA) per image, teacher and "
                         "student on the same blended images (train_module --mixup; default 0 = off)")
+    p.add_argument("--route_seed", type=int, default=0,
+                   help="route: seed of the distillation (batch order, augmentation, mixup draws); the thinned start "
+                        "is the same for every seed, so runs with other seeds measure the fine-tune's own spread")
     p.add_argument("--route_subjects", default="s31..s40",
                    help="route: the identities whose (unlabeled) images AdaBN and distillation use")
     p.add_argument("--route_check", default="",
