@@ -16,6 +16,7 @@ from compression_tool.engine.target_true import (
     bootstrap_mean_bound,
     classifier_evaluator,
     composed_metric,
+    format_result,
     target_true_schedule,
 )
 from compression_tool.io.errors import UserError
@@ -289,6 +290,11 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     assert adj["level"] == pytest.approx(sim.level) and runs["posthoc"].adjusted is None
     assert adj["passed"] == (adj["bound"] <= 30.0) and adj["bound"] >= runs["none"].check_bound
     assert not adj["passed"] or runs["posthoc"].sparsities == runs["none"].sparsities
+    for r in runs.values():                # the report says when a guard backed off from the search's pick
+        assert ("the search's own pick" in format_result(r)) == (r.search_pick is not None)
+    backed = replace(sim, search_pick={"sparsities": {}, "adabn": False, "check": 0.0, "bound": 31.0})
+    assert f"own pick (upper bound of the drop 31.00 at its per-candidate level) does not hold at " \
+           f"{100 * sim.level:.4g} %" in format_result(backed)
     ph = runs["posthoc"]                   # the search's own pick is kept when the adjustment backs off from it
     assert (ph.search_pick is None) == (ph.sparsities == runs["none"].sparsities)
     assert ph.search_pick is None or ph.search_pick["sparsities"] == runs["none"].sparsities

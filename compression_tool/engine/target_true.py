@@ -829,6 +829,10 @@ def format_result(r: TargetTrueResult) -> str:
     bound = "upper bound of the drop" if r.mode == "drop" else "lower bound"
     lines.append(f"  composed on check : {r.check:.2f} (unpruned {r.check_baseline:.2f}; {bound} {r.check_bound:.2f} "
                  f"at {100 * r.level:.4g} %)")
+    if r.search_pick is not None and r.guards and r.confirm is None:
+        lines.append(f"  the search's own pick ({bound} {r.search_pick['bound']:.2f} at its per-candidate level) does "
+                     f"not hold at {100 * r.level:.4g} %, the level that accounts for its {r.evals} candidates; kept "
+                     f"the most pruned accepted schedule that does")
     if r.adjusted is not None:
         a = r.adjusted
         lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (simultaneous over "
