@@ -831,8 +831,9 @@ def format_result(r: TargetTrueResult) -> str:
                  f"at {100 * r.level:.4g} %)")
     if r.search_pick is not None and r.guards and r.confirm is None:
         lines.append(f"  the search's own pick ({bound} {r.search_pick['bound']:.2f} at its per-candidate level) does "
-                     f"not hold at {100 * r.level:.4g} %, the level that accounts for its {r.evals} candidates; kept "
-                     f"the most pruned accepted schedule that does")
+                     f"not hold at {100 * r.level:.4g} %, the level that accounts for its {r.evals} candidates; "
+                     + ("kept the most pruned accepted schedule that does" if r.per_layer else
+                        "no accepted schedule does: nothing pruned"))
     if r.adjusted is not None:
         a = r.adjusted
         lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (simultaneous over "
