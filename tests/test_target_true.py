@@ -139,6 +139,7 @@ def test_composition_matters_and_target_true_meets_the_target():
     again, _ = composed_metric(model, ex, crit, r.sparsities, check)
     assert again.value >= target and r.check_bound >= target       # composed and noise-aware on the check split
     assert r.macs < r.base_macs                                      # and it still prunes
+    assert r.level == r.guards["simultaneous"]["level"] >= 0.9      # at the default guard's level (lower bounds)
     assert r.report is not None and r.report >= target - 3.0
     assert r.trace[0].step == "baseline" and len(r.trace) == r.evals + 1
 
