@@ -157,9 +157,9 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                         "search run at --confidence and then backs its pick off along the accepted schedules until "
                         "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements; "
                         "simultaneous backs off the same way, to the level at which the bounds of all candidates "
-                        "measured hold together on the same bootstrap resamples (they are nested and move together, "
-                        "so it costs less cut than posthoc; the default). none keeps the search's own pick and prints "
-                        "its selection-adjusted bound")
+                        "measured hold together on the same bootstrap resamples (it counts how far their outcomes "
+                        "move together, so it never keeps less than posthoc; the default, except with --confirm). "
+                        "none keeps the search's own pick and prints its selection-adjusted bound")
     g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     g.add_argument("--reanalyse", action="store_true",
                    help="NNI-style iterative re-analysis: each greedy round re-measures every layer's next level on "
