@@ -760,8 +760,9 @@ def _back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], l
                          "(%.4g %%); backed off along its chain", chk.evals, 100 * level)
             return t
     if not quiet:
-        log.warning("target-true: no schedule passes on the check split once the search's %d candidates are accounted "
-                "for (%.4g %%); nothing is pruned: use a larger check split or a larger drop", chk.evals, 100 * level)
+        log.warning("target-true: no schedule passes on the check split once the search's %d candidates are "
+                    "accounted for (%.4g %%); nothing is pruned: use a larger check split, a larger drop or a lower "
+                    "target", chk.evals, 100 * level)
     return chain[0]
 
 
