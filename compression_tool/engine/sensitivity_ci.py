@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from compression_tool.io.errors import UserError
 
@@ -56,13 +56,21 @@ def samples_to_resolve(base: float, gap: float, confidence: float = 0.95) -> Opt
         lo, hi = wilson(base, n, confidence)
         return (hi - lo) / 2
 
-    lo_n, hi_n = 1, 1
-    while half(hi_n) > gap:
-        lo_n, hi_n = hi_n, hi_n * 2
-    while lo_n < hi_n:                     # the smallest n whose half-width is <= gap
-        mid = (lo_n + hi_n) // 2
-        lo_n, hi_n = (mid + 1, hi_n) if half(mid) > gap else (lo_n, mid)
-    return hi_n
+    return smallest_n(lambda n: half(n) <= gap)
+
+
+def smallest_n(fits: Callable[[int], bool], limit: int = 1 << 40) -> Optional[int]:
+    """The smallest sample size n >= 1 for which ``fits(n)`` holds, ``fits`` being monotone in n (a bound or a
+    half-width that shrinks as n grows): doubling, then bisection. None when not even ``limit`` fits."""
+    lo, hi = 0, 1
+    while not fits(hi):
+        if hi >= limit:
+            return None
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:                     # fits(hi), not fits(lo) (lo = 0: none tried)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def resolution_note(data: Dict[str, List[Tuple[float, Dict[str, float]]]], metric: str, target: float,

@@ -39,6 +39,7 @@ from compression_tool.engine.cost import params_and_macs
 from compression_tool.engine.criteria import Criterion
 from compression_tool.engine.groups import GroupIndex
 from compression_tool.engine.latency import LatencyModel
+from compression_tool.engine.sensitivity_ci import smallest_n
 from compression_tool.engine.thinning import thin
 from compression_tool.io.errors import UserError
 
@@ -232,16 +233,7 @@ def samples_to_vouch(diff: np.ndarray, drop: float, confidence: float,
         spread = (n * (var + (m - mean) ** 2) + (adverse - mean) ** 2) / n      # ddof = 1 over the n + 1
         return mean + z * math.sqrt(spread / (n + 1))
 
-    hi = 1
-    while bound(hi) > drop:
-        hi *= 2
-        if hi > 1 << 40:
-            return None
-    lo = hi // 2
-    while hi - lo > 1:                   # the bound shrinks with n: the first n that fits
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if bound(mid) > drop else (lo, mid)
-    return hi
+    return smallest_n(lambda n: bound(n) <= drop)
 
 
 # ---------------------------------------------------------------------------- config and result
@@ -289,6 +281,13 @@ class TargetTrueConfig:
         if confirming and self.search_confidence is not None:
             return self.search_confidence
         return self.decision_confidence()
+
+    def pseudo_value(self) -> Optional[float]:
+        """The adverse pseudo-sample every check bound adds (``pseudo_sample``): one lost image in the drop mode
+        (``adverse``), one failure (0) in the target mode; None when off."""
+        if not self.pseudo_sample:
+            return None
+        return self.adverse if self.drop is not None else 0.0
 
     def validate(self) -> None:
         if (self.target is None) == (self.drop is None):
@@ -487,11 +486,10 @@ class ComposedChecker:
             if len(base.per_sample) != len(m.per_sample):
                 raise UserError("target-true: the check evaluation returned a different number of samples")
             hi = bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot,
-                                      cfg.seed, adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=m.pairs,
-                                      groups=m.groups)
+                                      cfg.seed, adverse=cfg.pseudo_value(), pairs=m.pairs, groups=m.groups)
             return hi, hi <= cfg.drop + 1e-9
         lo = bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed,
-                                  adverse=0.0 if cfg.pseudo_sample else None, pairs=m.pairs, groups=m.groups)
+                                  adverse=cfg.pseudo_value(), pairs=m.pairs, groups=m.groups)
         return lo, lo >= float(cfg.target) - 1e-9
 
     def family_level(self, base: Measurement) -> float:
@@ -505,13 +503,10 @@ class ComposedChecker:
         measured = [m for key, (m, _) in self.cache.items() if key]
         if not measured:
             return cfg.confidence
-        if cfg.drop is not None:
-            values = np.stack([base.per_sample - m.per_sample for m in measured])
-            adverse = cfg.adverse if cfg.pseudo_sample else None
-        else:
-            values = np.stack([m.per_sample for m in measured])
-            adverse = 0.0 if cfg.pseudo_sample else None
-        means = bootstrap_means(values, cfg.n_boot, cfg.seed, adverse, measured[0].pairs, measured[0].groups)
+        values = np.stack([base.per_sample - m.per_sample if cfg.drop is not None else m.per_sample
+                           for m in measured])
+        means = bootstrap_means(values, cfg.n_boot, cfg.seed, cfg.pseudo_value(), measured[0].pairs,
+                                measured[0].groups)
         return min(simultaneous_level(means, cfg.confidence, upper=cfg.drop is not None),
                    cfg.adjusted_level(len(measured)))
 
@@ -587,7 +582,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     if cfg.drop is not None:
         # the smallest bound any schedule that changes no check outcome can get
         floor = bootstrap_mean_bound(np.zeros(base.n), level, True, cfg.n_boot, cfg.seed,
-                                     adverse=cfg.adverse if cfg.pseudo_sample else None, pairs=base.pairs,
+                                     adverse=cfg.pseudo_value(), pairs=base.pairs,
                                      groups=base.groups)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
@@ -731,7 +726,7 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
     diff = base.per_sample - m.per_sample
     bound, _ = chk.bound(m, base, level)
     if m.pairs is None:
-        need = samples_to_vouch(diff, float(cfg.drop), level, cfg.adverse if cfg.pseudo_sample else None)
+        need = samples_to_vouch(diff, float(cfg.drop), level, cfg.pseudo_value())
         what = (f"about {need} check samples would vouch for it" if need is not None else
                 "its measured drop alone exceeds the budget")
     else:                                # clustered samples: scale the bootstrap's own width by the units
