@@ -116,7 +116,8 @@ def evaluators(name: str, model, size, split, confirm: float = 0.0, unit: str = 
 def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split_text: Optional[str] = None,
             multiple_testing: str = "simultaneous", confirm: float = 0.0, confirm_only: bool = False,
             search_levels: Sequence[Optional[float]] = (None,), others: bool = True, reanalyse: bool = False,
-            bn_method: str = "adabn", unit: str = "identity") -> List[Dict[str, object]]:
+            bn_method: str = "adabn", unit: str = "identity",
+            sa_levels: Sequence[float] = (), sa_bn_mode: str = "auto") -> List[Dict[str, object]]:
     spec = MODELS[name]
     model, meta = load_model(str(spec["ckpt"]), name, bool(spec["dp"]), spec.get("input_size"))
     size = meta["input_size"]
@@ -197,6 +198,17 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
         name = f"target-true, confirm {confirm:g}" + (f", search at {level:g}" if level is not None else "")
         row(name, rc.sparsities, time.perf_counter() - t, rc.adabn)
         rows[-1]["confirm"] = rc.confirm
+    for level in sa_levels:
+        # the search on the SA part (no check data), its chain tested on the whole check split (fixed sequence)
+        t = time.perf_counter()
+        rc = target_true_schedule(model, x, crit, table, ev["sa"], None, calib,
+                                  TargetTrueConfig(drop=drop, metric=metric, bn_recalib_batches=8, seed=seed,
+                                                   max_evals=max_evals, adverse=adverse, search_confidence=level,
+                                                   bn_method=bn_method, bn_mode=sa_bn_mode),
+                                  confirm_eval=ev["check"])
+        row(f"target-true, searched on SA at {level:g} (BN {sa_bn_mode}), sequence on check", rc.sparsities,
+            time.perf_counter() - t, rc.adabn)
+        rows[-1]["confirm"] = rc.confirm
     return rows
 
 
@@ -223,7 +235,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     p.add_argument("--confirm", type=float, default=0.0,
                    help="also run target-true with this fraction of check held back to confirm the winner")
-    p.add_argument("--confirm_only", action="store_true", help="with --confirm: run only that row")
+    p.add_argument("--confirm_only", action="store_true",
+                   help="run only the --confirm / --sa_search rows")
+    p.add_argument("--sa_bn_mode", choices=("auto", "always", "never"), default="auto",
+                   help="the --sa_search rows' TargetTrueConfig.bn_mode")
+    p.add_argument("--sa_search", default="",
+                   help="comma-separated search levels: one row each for target-true searched on the SA part only, "
+                        "its chain then tested on the whole check split (a fixed-sequence test)")
     p.add_argument("--target_true_only", action="store_true", help="skip the seed rule and NNI-style rows")
     p.add_argument("--reanalyse", action="store_true", help="target-true with NNI-style re-analysis of greedy moves")
     p.add_argument("--search_confidence", default="",
@@ -253,7 +271,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                             args.confirm_only,
                             [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
                             else [None], not args.target_true_only, args.reanalyse, args.bn_method,
-                            args.bootstrap_unit)
+                            args.bootstrap_unit,
+                            [float(v) for v in args.sa_search.split(",")] if args.sa_search else [], args.sa_bn_mode)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")

@@ -192,17 +192,22 @@ def test_confirm_split_retests_the_winner():
 def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
     """The confirm split tests the search's nested chain least pruned first (a fixed-sequence test): the result is
     the last link that holds before the first that fails, and nothing after that failure is tested."""
-    from compression_tool.engine.target_true import Measurement, Trial, _confirm, chain_points
+    from compression_tool.engine.target_true import Measurement, _confirm, chain_points
 
     links = list(range(10))
     assert chain_points(links, 3) == [3, 6, 9] and chain_points(links, 20) == links[1:]
-    chain = [Trial("baseline", {"a": 0.0}, 90.0, 0.0, True, 100.0, 10.0)] + [
-        Trial("greedy", {"a": k / 10}, 90.0, 0.5, True, 100.0 - 10 * k, 10.0) for k in range(1, 8)]
+    sequence = [{"a": k / 10} for k in range(8)]
     drops = {0.0: 0.0, 0.1: 0.2, 0.2: 0.4, 0.3: 3.0, 0.4: 3.0, 0.5: 3.0, 0.6: 0.1, 0.7: 0.1}  # 0.3-0.5 fail
 
     class FakeChecker:                  # the model "is" its level; the bound is the drop looked up for it
         def build(self, sp):
             return sp["a"]
+
+        def measure(self, sp):               # (the BN choice on the search's data)
+            return None
+
+        def cost(self, m):
+            return {"macs": 100.0 - (100 * m if isinstance(m, float) else 0.0), "params": 10.0}
 
         def bound(self, m, base, level=None):
             assert level == 0.95                 # the confirm level is never Bonferroni-corrected
@@ -212,13 +217,72 @@ def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
         v = 0.0 if not isinstance(m, float) else drops[m]
         return Measurement(v, np.zeros(4), 4)
     cfg = TargetTrueConfig(drop=1.0, confirm_tries=20)
-    held, info = _confirm(FakeChecker(), None, chain, confirm_eval, cfg)
-    assert held is chain[2] and info["tries"] == 3 and info["passed"] and info["chain"] == 7
+    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, cfg)
+    assert held.sparsities == {"a": 0.2} and info["tries"] == 3 and info["passed"] and info["chain"] == 7
     assert [r["passed"] for r in info["tested"]] == [True, True, False]
     assert [round(r["reduction"], 2) for r in info["tested"]] == [0.1, 0.2, 0.3]
-    held, info = _confirm(FakeChecker(), None, chain, confirm_eval, replace(cfg, confirm_tries=3))
+    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, replace(cfg, confirm_tries=3))
     assert [round(r["reduction"], 2) for r in info["tested"]] == [0.2, 0.5]    # links 2, 5 (fails); 7 untested
-    assert held is chain[2]
+    assert held.sparsities == {"a": 0.2}
+    drops[0.1] = 2.0                             # the lightest link fails: nothing is pruned
+    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, cfg)
+    assert held.sparsities == {"a": 0.0} and not info["passed"] and info["tries"] == 1
+
+
+def test_confirm_sequence_walks_every_prefix_of_the_bisection():
+    """The schedules a confirm test walks: every prefix of the moves up to the bisection's, then the greedy's links,
+    each thinning different channels once; the bisection's own coarse links alone could end the test at once."""
+    from compression_tool.engine.target_true import Trial, _sequence
+
+    class FakeChecker:
+        def counts(self, sp):
+            return {k: int(round(10 * v)) for k, v in sp.items()}
+
+    moves = [("a", 0.1, 0), ("b", 0.1, 0), ("a", 0.2, 0), ("b", 0.2, 0), ("a", 0.3, 0)]
+    layers = ["a", "b"]
+    zero = {"a": 0.0, "b": 0.0}
+    chain = [Trial("baseline", zero, 90.0, 0.0, True, 100.0, 10.0),
+             Trial("bisect", {"a": 0.2, "b": 0.2}, 90.0, 0.5, True, 60.0, 10.0),
+             Trial("greedy", {"a": 0.2, "b": 0.3}, 90.0, 0.5, True, 50.0, 10.0),
+             Trial("greedy", {"a": 0.2, "b": 0.3}, 90.0, 0.5, True, 50.0, 10.0)]
+    seq = _sequence(FakeChecker(), moves, layers, 4, chain)
+    assert seq == [zero, {"a": 0.1, "b": 0.0}, {"a": 0.1, "b": 0.1}, {"a": 0.2, "b": 0.1}, {"a": 0.2, "b": 0.2},
+                   {"a": 0.2, "b": 0.3}]
+    assert _sequence(FakeChecker(), moves, layers, 0, chain[:1]) == [zero]
+
+
+def test_guard_backs_off_to_lighter_schedules_than_the_search_tried():
+    """The back-off guards walk the search's chain plus lighter nested schedules measured for them: when the
+    guard's level rejects the search's only (coarse) link, a light cut that passes is kept instead of nothing."""
+    from compression_tool.engine.target_true import Measurement, Trial, _back_off, _guard_steps
+
+    drops = {k: (0.2 if k <= 4 else 3.0) for k in range(9)}     # levels 0.1..0.4 pass, 0.5.. fail
+
+    class FakeChecker:
+        evals = 0
+
+        def counts(self, sp):
+            return {"a": int(round(10 * sp["a"]))}
+
+        def measure(self, sp):
+            self.evals += 1
+            k = int(round(10 * sp["a"]))
+            return Measurement(drops[k], np.zeros(4), 4), {"macs": 100.0 - 10 * k, "params": 10.0}
+
+        def bound(self, m, base, level=None):
+            return m.value, m.value <= 1.0
+
+    sequence = [{"a": k / 10} for k in range(9)]
+    chain = [Trial("baseline", {"a": 0.0}, 90.0, 0.0, True, 100.0, 10.0),
+             Trial("bisect", {"a": 0.8}, 90.0, 0.9, True, 20.0, 10.0)]   # passed at the search's level only
+    chk, trace = FakeChecker(), []
+    steps = _guard_steps(chk, None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=4), 0.95, trace)
+    assert [t.sparsities["a"] for t in steps] == [0.0, 0.2, 0.4, 0.6, 0.8] and steps[-1] is chain[-1]
+    assert chk.evals == 3 and [t.step for t in trace] == ["guard"] * 3
+    assert _back_off(chk, None, steps, 0.99, quiet=True).sparsities == {"a": 0.4}
+    assert _back_off(chk, None, chain, 0.99, quiet=True) is chain[0]          # the chain alone keeps nothing
+    none = _guard_steps(FakeChecker(), None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=0), 0.95, [])
+    assert none == chain
 
 
 def test_search_confidence_only_loosens_the_search_under_confirm():
@@ -471,7 +535,9 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     ext = doc["extensions"]["target_true"]
     assert ext["split"] == {"parts": ["sa", "check", "report"], "sizes": [0.2, 0.4, 0.4], "seed": 1}
     rep = json.loads(out.with_suffix(".report.json").read_text())
-    assert rep["check_bound"] <= 5.0 and rep["report"] is not None and rep["evals"] <= 12
+    # up to 12 for the search, up to 16 (--guard_steps) lighter schedules for the guard to back off to
+    assert rep["check_bound"] <= 5.0 and rep["report"] is not None and rep["evals"] <= 12 + 16
+    assert ext["guard_steps"] == 16
     # the default guard: the pick re-decided at the simultaneous level over the candidates measured
     assert ext["multiple_testing"] == "simultaneous" and rep["level"] == rep["guards"]["simultaneous"]["level"]
     assert 0.95 <= rep["level"] <= 1 - 0.05 / rep["evals"]
@@ -479,8 +545,9 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     base = [str(csv), "--drop", "5", "--model", "digits_net", "--best_model_path", str(ckpt), "--data", "digits",
             "--bn_recalib", "2", "--max_evals", "12", "--force", *split]
     auto_make_yaml.main([*base, "--output", str(tmp_path / "ph.yaml"), "--multiple_testing", "posthoc",
-                         "--reanalyse"])
+                         "--reanalyse", "--guard_steps", "0"])
     ph = json.loads((tmp_path / "ph.report.json").read_text())
+    assert ph["evals"] <= 12 and not any(t["step"] == "guard" for t in ph["trace"])
     assert ph["level"] == pytest.approx(1 - 0.05 / ph["evals"]) and ph["check_bound"] <= 5.0
     assert ph["sa_evals"] > 0
     auto_make_yaml.main([*base, "--output", str(tmp_path / "cf.yaml"), "--confirm", "0.5", "--search_confidence",
@@ -491,7 +558,8 @@ def test_cli_chain_target_true(ckpt, tmp_path):  # noqa: F811
     assert cf["guards"] is None                 # with a confirm part, the confirm test is the guard
     for bad in ([str(csv), "--drop", "5", "--output", str(out)],                 # never overwrite without --force
                 [str(csv), "101", "--output", str(tmp_path / "x.yaml")],              # above the unpruned model
-                [str(csv), "nan", "--output", str(tmp_path / "y.yaml")]):             # not a number
+                [str(csv), "nan", "--output", str(tmp_path / "y.yaml")],              # not a number
+                [str(csv), "--drop", "5", "--guard_steps", "-1", "--output", str(tmp_path / "z.yaml")]):
         with pytest.raises(SystemExit) as e:
             auto_make_yaml.main([*bad, "--model", "digits_net", "--best_model_path", str(ckpt), "--data", "digits",
                                  *split])

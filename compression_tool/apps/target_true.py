@@ -109,6 +109,7 @@ class TargetTrueJob:
     force: bool = False
     work_space: str = "work_space"
     multiple_testing: str = "simultaneous"
+    guard_steps: int = 16       # lighter nested schedules measured for a back-off guard (TargetTrueConfig)
     trust: bool = False
     face: FaceOptions = field(default_factory=FaceOptions)
     confirm: float = 0.0        # fraction of the check split held back to confirm the winner (0: off)
@@ -266,6 +267,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     cfg = TargetTrueConfig(target=job.target, drop=job.drop, metric=metric, resource=job.resource,
                            bn_recalib_batches=job.bn_recalib, confidence=job.confidence, seed=job.split.seed,
                            max_evals=job.max_evals, multiple_testing=job.multiple_testing,
+                           guard_steps=job.guard_steps,
                            adverse=adverse_value(metric), search_confidence=job.search_confidence,
                            reanalyse=job.reanalyse, bn_method=job.bn_method)
     latency = job.latency.model_for(model, input_size) if job.latency is not None else None
@@ -278,7 +280,7 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
     doc = build_schedule(result.sparsities, job.method, arch, job.data.split(":")[0], input_size)
     doc["extensions"]["target_true"] = {
         "mode": result.mode, "threshold": result.threshold, "metric": metric, "confidence": job.confidence,
-        "multiple_testing": job.multiple_testing, "confirm": job.confirm or None,
+        "multiple_testing": job.multiple_testing, "guard_steps": job.guard_steps, "confirm": job.confirm or None,
         "search_confidence": job.search_confidence if job.confirm else None, "reanalyse": job.reanalyse,
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "bn_method": job.bn_method,

@@ -160,6 +160,12 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                         "measured hold together on the same bootstrap resamples (it counts how far their outcomes "
                         "move together, so it never keeps less than posthoc; the default, except with --confirm). "
                         "none keeps the search's own pick and prints its selection-adjusted bound")
+    g.add_argument("--guard_steps", type=int, default=16,
+                   help="with a back-off guard (simultaneous, posthoc): up to this many lighter schedules along the "
+                        "search's accepted moves (every prefix of its move order, then its greedy steps) are also "
+                        "measured on the check split, so the guard can back off to a light cut the search itself "
+                        "never tried instead of to nothing; they join the family the guard accounts for "
+                        "(0: back off along the search's own accepted schedules only)")
     g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     g.add_argument("--reanalyse", action="store_true",
                    help="NNI-style iterative re-analysis: each greedy round re-measures every layer's next level on "
@@ -314,6 +320,8 @@ def target_true_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UserError(f"--{name}: expected a finite number >= 0, got {v}")
     if not 0.5 <= args.confidence < 1.0:
         raise UserError(f"--confidence: expected a level in [0.5, 1), got {args.confidence}")
+    if args.guard_steps < 0:
+        raise UserError(f"--guard_steps: expected a count >= 0, got {args.guard_steps}")
     if not 0.0 <= args.confirm < 1.0:      # also NaN
         raise UserError(f"--confirm: expected the fraction of the check split to hold back, in [0, 1), got "
                         f"{args.confirm}")
@@ -346,7 +354,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         max_evals=args.max_evals, from_data_parallel=args.from_data_parallel,
                         input_size=list(size) if size else None, ignore=args.ignore, data_seed=args.data_seed,
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
-                        multiple_testing=multiple_testing(args),
+                        multiple_testing=multiple_testing(args), guard_steps=args.guard_steps,
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr,
                                          args.bootstrap_unit),
                         latency=latency, confirm=args.confirm,

@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from compression_tool.engine.thinning import thin
 from compression_tool.io.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RESOURCES = ("macs", "params", "latency")
 MULTIPLE_TESTING = ("none", "bonferroni", "posthoc", "simultaneous")
@@ -258,6 +259,7 @@ class TargetTrueConfig:
     multiple_testing: str = "simultaneous"   # none | bonferroni | posthoc | simultaneous (decision_confidence,
                                              # adjusted_level, ComposedChecker.family_level)
     confirm_tries: int = 16              # with a confirm split: points of the search's chain tested there (at most)
+    guard_steps: int = 16                # back-off guards: lighter nested schedules measured on check (at most)
     search_confidence: Optional[float] = None   # with a confirm split: the search's level (None: decision_confidence)
     reanalyse: bool = False              # greedy rounds re-measure every layer's next level on the composed model
                                          # (on the SA split, NNI-style) to order the moves; needs sa_eval
@@ -304,6 +306,8 @@ class TargetTrueConfig:
             raise UserError(f"target-true: confidence must be in [0.5, 1), got {self.confidence}")
         if self.search_confidence is not None and not 0.5 <= self.search_confidence < 1.0:
             raise UserError(f"target-true: the search confidence must be in [0.5, 1), got {self.search_confidence}")
+        if self.guard_steps < 0:
+            raise UserError(f"target-true: guard_steps must be >= 0, got {self.guard_steps}")
         if self.confirm_tries < 1:
             raise UserError(f"target-true: confirm_tries must be >= 1, got {self.confirm_tries}")
         if self.multiple_testing not in MULTIPLE_TESTING:
@@ -320,7 +324,7 @@ class TargetTrueConfig:
 @dataclass
 class Trial:
     """One composed candidate measured on the check split."""
-    step: str                            # "baseline" | "bisect" | "greedy"
+    step: str                            # "baseline" | "bisect" | "greedy" | "guard" | "confirm"
     sparsities: Dict[str, float]
     check: float
     bound: float                         # the check bound the decision used (lower metric / upper drop)
@@ -586,6 +590,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                                      groups=base.groups)
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
+    prefix = 0                           # the longest passing prefix of the moves (bisection)
     sa_chk: Optional[ComposedChecker] = None
     if not resolvable:
         log.warning("target-true: the %s target is finer than the %d-sample check split can resolve at %.2f%% "
@@ -604,6 +609,7 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                 chain.append(t)
             else:
                 hi = mid - 1
+        prefix = lo
         # 2. greedy: raise single layers by one level on top of the best schedule, least sensitive first
         levels = _levels(table)
         env = {layer: dict(envelope(curve, cfg.metric)) for layer, curve in table.items()}
@@ -646,17 +652,20 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     guards: Optional[Dict[str, Dict[str, object]]] = None
     if resolvable and confirm_eval is None and search_evals > 0 and cfg.multiple_testing != "bonferroni":
         # the pick re-decided once the search's candidates are accounted for, both ways (cached measurements)
+        steps = _guard_steps(chk, base, _sequence(chk, moves, layers, prefix, chain), chain, cfg, level,
+                             trace)
+        search_evals = chk.evals         # the lighter steps measured for the back-off belong to the family too
         levels = {"posthoc": cfg.adjusted_level(search_evals), "simultaneous": chk.family_level(base)}
         guards = {}
         for guard, lv in levels.items():
-            t = _back_off(chk, base, chain, lv, quiet=guard != cfg.multiple_testing)
+            t = _back_off(chk, base, steps, lv, quiet=guard != cfg.multiple_testing)
             guards[guard] = {"level": lv, "sparsities": dict(t.sparsities), "adabn": chk.adabn_for(t.sparsities),
                              "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
             if guard == cfg.multiple_testing:
                 level, best = lv, t
     confirmed = None
     if confirm_eval is not None and resolvable:
-        best, confirmed = _confirm(chk, model, chain, confirm_eval, cfg)
+        best, confirmed = _confirm(chk, model, _sequence(chk, moves, layers, prefix, chain), confirm_eval, cfg)
     m_check, cost = chk.measure(best.sparsities)
     b_check, _ = chk.bound(m_check, base, level)
     pruned = any(n > 0 for n in chk.counts(best.sparsities).values())
@@ -743,6 +752,31 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
                 100 * level, what, base.n)
 
 
+def _guard_steps(chk: ComposedChecker, base: Measurement, sequence: Sequence[Dict[str, float]],
+                 chain: Sequence[Trial], cfg: TargetTrueConfig, level: float, trace: List[Trial]) -> List[Trial]:
+    """The nested schedules a back-off guard walks: the search's chain plus up to ``cfg.guard_steps`` evenly spaced
+    schedules of ``sequence`` (every prefix of the moves, then the greedy's links), measured on check (and added to
+    ``trace``). The search's
+    bisection lands on few, coarse links; without lighter ones a guard that rejects them keeps nothing, where a
+    light cut that changes almost no prediction would pass. Nested light cuts change much the same predictions,
+    so the simultaneous level barely rises for them."""
+    extra = {ComposedChecker._key(chk.counts(sp)) for sp in chain_points(sequence, cfg.guard_steps)}
+    on_chain = {ComposedChecker._key(chk.counts(t.sparsities)): t for t in chain}
+    steps = [chain[0]]
+    for sp in sequence[1:]:
+        key = ComposedChecker._key(chk.counts(sp))
+        if key in on_chain:
+            steps.append(on_chain[key])
+        elif key in extra:
+            before = chk.evals
+            m, cost = chk.measure(sp)
+            b, ok = chk.bound(m, base, level)
+            steps.append(Trial("guard", dict(sp), m.value, b, ok, cost["macs"], cost["params"], cost.get("latency")))
+            if chk.evals > before:
+                trace.append(steps[-1])
+    return steps
+
+
 def _back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float,
               quiet: bool = False) -> Trial:
     """The most pruned link of the chain whose check bound passes at ``level`` (its measurement is cached: no new
@@ -761,7 +795,7 @@ def _back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], l
     return chain[0]
 
 
-def chain_points(chain: Sequence[Trial], k: int) -> List[Trial]:
+def chain_points(chain: Sequence[T], k: int) -> List[T]:
     """At most ``k`` links of the nested chain (the unpruned start excluded), evenly spaced along it, the last (the
     search's winner) always included; least pruned first."""
     links = list(chain[1:])
@@ -771,24 +805,46 @@ def chain_points(chain: Sequence[Trial], k: int) -> List[Trial]:
     return [links[i] for i in picks]
 
 
-def _confirm(chk: ComposedChecker, model: nn.Module, chain: Sequence[Trial], confirm_eval: Evaluator,
+def _sequence(chk: ComposedChecker, moves: Sequence[Move], layers: Sequence[str], prefix: int,
+              chain: Sequence[Trial]) -> List[Dict[str, float]]:
+    """The nested schedules a confirm test walks, fixed by the search alone: every prefix of the moves up to the
+    bisection's (not only the few links the bisection happened to land on: a coarse first link that fails ends
+    the test with nothing), then the greedy's links. Schedules that thin the same channels appear once."""
+    seq: List[Dict[str, float]] = [dict(chain[0].sparsities)]
+    seen = {ComposedChecker._key(chk.counts(seq[0]))}
+    steps = [schedule_after(moves, k, layers) for k in range(1, prefix + 1)]
+    steps += [dict(t.sparsities) for t in chain[1:] if t.step == "greedy"]
+    for sp in steps:
+        key = ComposedChecker._key(chk.counts(sp))
+        if key not in seen:
+            seen.add(key)
+            seq.append(sp)
+    return seq
+
+
+def _confirm(chk: ComposedChecker, model: nn.Module, sequence: Sequence[Dict[str, float]], confirm_eval: Evaluator,
              cfg: TargetTrueConfig) -> Tuple[Trial, Dict[str, object]]:
-    """Fixed-sequence test of the chain on the confirm split: least pruned first, stop at the first failure."""
+    """Fixed-sequence test of the search's nested schedules on the confirm split (up to ``confirm_tries`` of them,
+    evenly spaced): least pruned first, stop at the first failure; the last that held wins."""
     base = confirm_eval(model)
+    full = chk.cost(model)
     info: Dict[str, object] = {"n": base.n, "unpruned": base.value, "tries": 0, "passed": False,
-                               "chain": len(chain) - 1, "tested": []}
-    held = chain[0]
-    for t in chain_points(chain, cfg.confirm_tries):
-        m = confirm_eval(chk.build(t.sparsities))
+                               "chain": len(sequence) - 1, "tested": []}
+    held = Trial("baseline", dict(sequence[0]), base.value, 0.0, True, full["macs"], full["params"],
+                 full.get("latency"))
+    for sp in chain_points(sequence, cfg.confirm_tries):
+        chk.measure(sp)              # the BN variant chosen on the search's data, as for the links it measured
+        built = chk.build(sp)
+        m, cost = confirm_eval(built), chk.cost(built)
         b, ok = chk.bound(m, base, cfg.confidence)     # a fixed sequence needs no multiplicity correction
         info["tries"] = int(info["tries"]) + 1
-        info["tested"].append({"reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource),
+        info["tested"].append({"reduction": 1.0 - cost[cfg.resource] / full[cfg.resource],
                                "value": m.value, "bound": b, "passed": ok})
         if not ok:
             break
-        held = t
+        held = Trial("confirm", dict(sp), m.value, b, True, cost["macs"], cost["params"], cost.get("latency"))
         info.update(value=m.value, bound=b, passed=True)
-    if held is chain[0] and info["tries"]:
+    if held.step == "baseline" and info["tries"]:
         log.warning("target-true: the least pruned schedule of the search did not hold on the confirm split; "
                     "nothing is pruned")
     return held, info
