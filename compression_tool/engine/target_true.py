@@ -17,6 +17,11 @@ outcome changes add variance) and its one-sided upper bound at ``confidence`` mu
 absolute ``target`` the one-sided lower bound of the pruned model's check metric must be >= ``target``.
 When the unpruned model itself cannot pass (a target finer than the check split can resolve), the result is the
 empty schedule and ``resolvable`` is False.
+
+The search keeps one of the many candidates that passed, so its margin is optimistic (the winner's curse). By
+default (``multiple_testing='simultaneous'``) the pick is re-decided at the level at which every candidate measured
+holds together, backing off along the nested schedules of the search's moves; lighter ones than the search tried
+are measured for that (``guard_steps``).
 """
 from __future__ import annotations
 
@@ -755,11 +760,10 @@ def _resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Tr
 def _guard_steps(chk: ComposedChecker, base: Measurement, sequence: Sequence[Dict[str, float]],
                  chain: Sequence[Trial], cfg: TargetTrueConfig, level: float, trace: List[Trial]) -> List[Trial]:
     """The nested schedules a back-off guard walks: the search's chain plus up to ``cfg.guard_steps`` evenly spaced
-    schedules of ``sequence`` (every prefix of the moves, then the greedy's links), measured on check (and added to
-    ``trace``). The search's
-    bisection lands on few, coarse links; without lighter ones a guard that rejects them keeps nothing, where a
-    light cut that changes almost no prediction would pass. Nested light cuts change much the same predictions,
-    so the simultaneous level barely rises for them."""
+    schedules of ``sequence`` (``_sequence``), measured on check and added to ``trace``. The bisection lands on few,
+    coarse links; without lighter ones a guard that rejects them keeps nothing, where a light cut that changes
+    almost no prediction would pass. Nested light cuts change much the same predictions, so the simultaneous level
+    barely rises for them."""
     extra = {ComposedChecker._key(chk.counts(sp)) for sp in chain_points(sequence, cfg.guard_steps)}
     on_chain = {ComposedChecker._key(chk.counts(t.sparsities)): t for t in chain}
     steps = [chain[0]]
@@ -807,9 +811,10 @@ def chain_points(chain: Sequence[T], k: int) -> List[T]:
 
 def _sequence(chk: ComposedChecker, moves: Sequence[Move], layers: Sequence[str], prefix: int,
               chain: Sequence[Trial]) -> List[Dict[str, float]]:
-    """The nested schedules a confirm test walks, fixed by the search alone: every prefix of the moves up to the
-    bisection's (not only the few links the bisection happened to land on: a coarse first link that fails ends
-    the test with nothing), then the greedy's links. Schedules that thin the same channels appear once."""
+    """The nested schedules along the search's moves, unpruned first: every prefix of the move order up to the
+    bisection's (not only the few links the bisection happened to land on), then the greedy's links. Schedules that
+    thin the same channels appear once. A back-off guard (``_guard_steps``) and a confirm test (``_confirm``) walk
+    them; for the confirm test they are fixed by the search alone, as a fixed-sequence test needs."""
     seq: List[Dict[str, float]] = [dict(chain[0].sparsities)]
     seen = {ComposedChecker._key(chk.counts(seq[0]))}
     steps = [schedule_after(moves, k, layers) for k in range(1, prefix + 1)]
