@@ -790,7 +790,7 @@ def _back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], l
         if chk.bound(m, base, level)[1]:
             if t is not chain[-1] and not quiet:
                 log.info("target-true: the search's pick does not pass once its %d candidates are accounted for "
-                         "(%.4g %%); backed off along its chain", chk.evals, 100 * level)
+                         "(%.4g %%); backed off along its moves", chk.evals, 100 * level)
             return t
     if not quiet:
         log.warning("target-true: no schedule passes on the check split once the search's %d candidates are "
@@ -889,8 +889,8 @@ def format_result(r: TargetTrueResult) -> str:
     if r.search_pick is not None and r.guards and r.confirm is None:
         lines.append(f"  the search's own pick ({bound} {r.search_pick['bound']:.2f} at its per-candidate level) does "
                      f"not hold at {100 * r.level:.4g} %, the level that accounts for its {r.evals} candidates; "
-                     + ("kept the most pruned accepted schedule that does" if r.per_layer else
-                        "no accepted schedule does: nothing pruned"))
+                     + ("kept the most pruned of the nested schedules along its moves that does" if r.per_layer
+                        else "none of the nested schedules along its moves does: nothing pruned"))
     if r.adjusted is not None:
         a = r.adjusted
         lines.append(f"  selection-adjusted: {bound} {a['bound']:.2f} at {100 * a['level']:.4g} % (simultaneous over "
