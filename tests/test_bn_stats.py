@@ -127,3 +127,21 @@ def test_cli_paired_schedule_is_thinned_the_way_it_was_checked(ckpt, tmp_path): 
                              "--data", "digits", "--output", str(tmp_path / "b.yaml"), "--bn_method", "median",
                              *split])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("bn_mode,variants", [("auto", 2), ("never", 1)])
+def test_the_guards_family_holds_every_bn_variant_measured(bn_mode, variants):
+    """Under bn_mode auto a candidate is the better of two BN variants on check: both count in the family the
+    winner's-curse guard accounts for (ComposedChecker.family)."""
+    from compression_tool.engine.target_true import ComposedChecker, classifier_evaluator
+
+    model, size = build_randomised("resnet20")
+    torch.manual_seed(0)
+    x, y = torch.randn(48, *size), torch.randint(0, 10, (48,))
+    cfg = TargetTrueConfig(drop=1.0, bn_recalib_batches=1, bn_mode=bn_mode)
+    chk = ComposedChecker(model, x[:1], make_criterion("l1"), classifier_evaluator(x, y), [x[:16]], cfg)
+    first = chk.index.groups[1].name
+    chk.measure({first: 0.5})
+    chk.measure({first: 0.5})                    # cached: no new measurement
+    assert chk.evals == 1 and len(chk.family()) == variants
+    assert 0.95 <= chk.family_level(chk.base) <= 1 - 0.05 / variants + 1e-12

@@ -419,6 +419,7 @@ class ComposedChecker:
         self.bn = BNReestimator(cfg.bn_method, model, self.calib)    # the reference's BN inputs measured once
         self.cache: Dict[Tuple[Tuple[str, int], ...], Tuple[Measurement, Dict[str, float]]] = {}
         self.adabn: Dict[Tuple[Tuple[str, int], ...], bool] = {}
+        self.variants: Dict[Tuple[Tuple[str, int], ...], List[Measurement]] = {}   # every BN variant measured
         self.evals = 0
 
     def on(self, evaluate: Evaluator) -> "ComposedChecker":
@@ -427,7 +428,7 @@ class ComposedChecker:
         shared, not recomputed, so both checkers thin exactly the same channels."""
         other = copy.copy(self)
         other.check_eval, other.base = evaluate, evaluate(self.model)
-        other.cache, other.adabn, other.evals = {}, {}, 0
+        other.cache, other.adabn, other.variants, other.evals = {}, {}, {}, 0
         return other
 
     def counts(self, sparsities: Mapping[str, float]) -> Dict[str, int]:
@@ -465,9 +466,11 @@ class ComposedChecker:
                 if not self.calib:
                     variants = [False]
                 best = None
+                self.variants[key] = []
                 for v in variants:
                     m = self.build(sparsities, adabn=v)
                     got = self.check_eval(m)
+                    self.variants[key].append(got)
                     if best is None or got.value > best[0].value:
                         best = (got, self.cost(m), v)
                 self.cache[key] = best[:2]
@@ -501,15 +504,20 @@ class ComposedChecker:
                                   adverse=cfg.pseudo_value(), pairs=m.pairs, groups=m.groups)
         return lo, lo >= float(cfg.target) - 1e-9
 
+    def family(self) -> List[Measurement]:
+        """Every check measurement of a thinned candidate so far: under ``bn_mode='auto'`` both BN variants of each,
+        since keeping the better of two on check is a choice among them too."""
+        return [m for key in self.cache if key for m in self.variants.get(key, [self.cache[key][0]])]
+
     def family_level(self, base: Measurement) -> float:
         """``multiple_testing='simultaneous'``: the level at which the check bounds of every composed candidate
         measured so far hold together at ``cfg.confidence`` (``simultaneous_level`` on the same resamples), never
         above Bonferroni's. It counts how far the candidates' outcomes move together: on digits it came out at
         98.4–98.8 % (Bonferroni 99.4–99.6 %), on ResNet-20 at 99.5 % (99.7 %), since a light cut of one layer changes
-        other predictions than one of the next. (Under ``bn_mode='auto'`` each candidate is the better of two BN
-        variants on check; that choice is not counted.)"""
+        other predictions than one of the next. Under ``bn_mode='auto'`` each candidate is the better of two BN
+        variants on check, so both variants are in the family."""
         cfg = self.cfg
-        measured = [m for key, (m, _) in self.cache.items() if key]
+        measured = self.family()
         if not measured:
             return cfg.confidence
         values = np.stack([base.per_sample - m.per_sample if cfg.drop is not None else m.per_sample
@@ -660,11 +668,12 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         steps = _guard_steps(chk, base, _sequence(chk, moves, layers, prefix, chain), chain, cfg, level,
                              trace)
         search_evals = chk.evals         # the lighter steps measured for the back-off belong to the family too
-        levels = {"posthoc": cfg.adjusted_level(search_evals), "simultaneous": chk.family_level(base)}
+        levels = {"posthoc": cfg.adjusted_level(len(chk.family())), "simultaneous": chk.family_level(base)}
         guards = {}
         for guard, lv in levels.items():
             t = _back_off(chk, base, steps, lv, quiet=guard != cfg.multiple_testing)
-            guards[guard] = {"level": lv, "sparsities": dict(t.sparsities), "adabn": chk.adabn_for(t.sparsities),
+            guards[guard] = {"level": lv, "tests": len(chk.family()), "sparsities": dict(t.sparsities),
+                             "adabn": chk.adabn_for(t.sparsities),
                              "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
             if guard == cfg.multiple_testing:
                 level, best = lv, t
