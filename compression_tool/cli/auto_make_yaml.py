@@ -154,18 +154,19 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--multiple_testing", choices=MULTIPLE_TESTING, default=None,
                    help="guard against keeping a lucky pass among the many candidates the search measures: "
                         "bonferroni tests every candidate at 1 - (1 - confidence) / max_evals; posthoc lets the "
-                        "search run at --confidence and then backs its pick off along the accepted schedules until "
-                        "one passes at 1 - (1 - confidence) / (candidates measured), from cached measurements; "
+                        "search run at --confidence and then backs its pick off along the nested schedules of its "
+                        "moves until one passes at 1 - (1 - confidence) / (check measurements: candidates, both BN "
+                        "variants each under auto, and the --guard_steps); "
                         "simultaneous backs off the same way, to the level at which the bounds of all candidates "
                         "measured hold together on the same bootstrap resamples (it counts how far their outcomes "
                         "move together, so it never keeps less than posthoc; the default, except with --confirm). "
                         "none keeps the search's own pick and prints its selection-adjusted bound")
     g.add_argument("--guard_steps", type=int, default=16,
                    help="with a back-off guard (simultaneous, posthoc): up to this many lighter schedules along the "
-                        "search's accepted moves (every prefix of its move order, then its greedy steps) are also "
+                        "search's moves (every prefix of its move order, then its greedy steps) are also "
                         "measured on the check split, so the guard can back off to a light cut the search itself "
                         "never tried instead of to nothing; they join the family the guard accounts for "
-                        "(0: back off along the search's own accepted schedules only)")
+                        "(0: back off along the schedules the search accepted only)")
     g.add_argument("--bonferroni", action="store_true", help="the same as --multiple_testing bonferroni")
     g.add_argument("--reanalyse", action="store_true",
                    help="NNI-style iterative re-analysis: each greedy round re-measures every layer's next level on "
