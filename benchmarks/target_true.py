@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from compression_tool.apps.target_true import calibration_batches, held_back, split_data  # noqa: E402
 from compression_tool.cli.auto_make_yaml import baseline, choose_sparsities  # noqa: E402
+from compression_tool.cli.common import floats  # noqa: E402
 from compression_tool.data.splits import parse_split  # noqa: E402
 from compression_tool.engine.checkpoint import example_input, load_model  # noqa: E402
 from compression_tool.engine.cost import params_and_macs  # noqa: E402
@@ -195,8 +196,8 @@ def run_one(name: str, seed: int, drop: float, work: Path, max_evals: int, split
                                                    max_evals=max_evals, adverse=adverse, search_confidence=level,
                                                    bn_method=bn_method),
                                   confirm_eval=ev["confirm"])
-        name = f"target-true, confirm {confirm:g}" + (f", search at {level:g}" if level is not None else "")
-        row(name, rc.sparsities, time.perf_counter() - t, rc.adabn)
+        label = f"target-true, confirm {confirm:g}" + (f", search at {level:g}" if level is not None else "")
+        row(label, rc.sparsities, time.perf_counter() - t, rc.adabn)
         rows[-1]["confirm"] = rc.confirm
     for level in sa_levels:
         # the search on the SA part (no check data), its chain tested on the whole check split (fixed sequence)
@@ -239,12 +240,12 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="run only the --confirm / --sa_search rows")
     p.add_argument("--sa_bn_mode", choices=("auto", "always", "never"), default="auto",
                    help="the --sa_search rows' TargetTrueConfig.bn_mode")
-    p.add_argument("--sa_search", default="",
+    p.add_argument("--sa_search", type=floats, default=[],
                    help="comma-separated search levels: one row each for target-true searched on the SA part only, "
                         "its chain then tested on the whole check split (a fixed-sequence test)")
     p.add_argument("--target_true_only", action="store_true", help="skip the seed rule and NNI-style rows")
     p.add_argument("--reanalyse", action="store_true", help="target-true with NNI-style re-analysis of greedy moves")
-    p.add_argument("--search_confidence", default="",
+    p.add_argument("--search_confidence", type=floats, default=[None],
                    help="with --confirm: comma-separated search levels, one confirm row each (default: --confidence)")
     p.add_argument("--bn_method", choices=("adabn", "paired"), default="adabn",
                    help="how every row that re-estimates BN statistics after thinning does it (engine.bn_stats)")
@@ -269,10 +270,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             rows += run_one(name, seed, args.drop, work, args.max_evals, overrides.get(name),
                             "bonferroni" if args.bonferroni else args.multiple_testing, args.confirm,
                             args.confirm_only,
-                            [float(s) for s in args.search_confidence.split(",")] if args.search_confidence
-                            else [None], not args.target_true_only, args.reanalyse, args.bn_method,
-                            args.bootstrap_unit,
-                            [float(v) for v in args.sa_search.split(",")] if args.sa_search else [], args.sa_bn_mode)
+                            args.search_confidence, not args.target_true_only, args.reanalyse, args.bn_method,
+                            args.bootstrap_unit, args.sa_search, args.sa_bn_mode)
             atomic_write_json(args.out, rows)
     print(table_md(rows))
     print(f"results: {args.out}")
