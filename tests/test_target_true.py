@@ -192,7 +192,7 @@ def test_confirm_split_retests_the_winner():
 def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
     """The confirm split tests the search's nested chain least pruned first (a fixed-sequence test): the result is
     the last link that holds before the first that fails, and nothing after that failure is tested."""
-    from compression_tool.engine.target_true import Measurement, _confirm, chain_points
+    from compression_tool.engine.target_true import Measurement, chain_points, confirm_sequence
 
     links = list(range(10))
     assert chain_points(links, 3) == [3, 6, 9] and chain_points(links, 20) == links[1:]
@@ -217,22 +217,22 @@ def test_confirm_walks_the_chain_and_stops_at_the_first_failure():
         v = 0.0 if not isinstance(m, float) else drops[m]
         return Measurement(v, np.zeros(4), 4)
     cfg = TargetTrueConfig(drop=1.0, confirm_tries=20)
-    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, cfg)
+    held, info = confirm_sequence(FakeChecker(), None, sequence, confirm_eval, cfg)
     assert held.sparsities == {"a": 0.2} and info["tries"] == 3 and info["passed"] and info["chain"] == 7
     assert [r["passed"] for r in info["tested"]] == [True, True, False]
     assert [round(r["reduction"], 2) for r in info["tested"]] == [0.1, 0.2, 0.3]
-    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, replace(cfg, confirm_tries=3))
+    held, info = confirm_sequence(FakeChecker(), None, sequence, confirm_eval, replace(cfg, confirm_tries=3))
     assert [round(r["reduction"], 2) for r in info["tested"]] == [0.2, 0.5]    # links 2, 5 (fails); 7 untested
     assert held.sparsities == {"a": 0.2}
     drops[0.1] = 2.0                             # the lightest link fails: nothing is pruned
-    held, info = _confirm(FakeChecker(), None, sequence, confirm_eval, cfg)
+    held, info = confirm_sequence(FakeChecker(), None, sequence, confirm_eval, cfg)
     assert held.sparsities == {"a": 0.0} and not info["passed"] and info["tries"] == 1
 
 
 def test_confirm_sequence_walks_every_prefix_of_the_bisection():
     """The schedules a confirm test walks: every prefix of the moves up to the bisection's, then the greedy's links,
     each thinning different channels once; the bisection's own coarse links alone could end the test at once."""
-    from compression_tool.engine.target_true import Trial, _sequence
+    from compression_tool.engine.target_true import Trial, nested_schedules
 
     class FakeChecker:
         def key(self, sp):
@@ -245,16 +245,16 @@ def test_confirm_sequence_walks_every_prefix_of_the_bisection():
              Trial("bisect", {"a": 0.2, "b": 0.2}, 90.0, 0.5, True, 60.0, 10.0),
              Trial("greedy", {"a": 0.2, "b": 0.3}, 90.0, 0.5, True, 50.0, 10.0),
              Trial("greedy", {"a": 0.2, "b": 0.3}, 90.0, 0.5, True, 50.0, 10.0)]
-    seq = _sequence(FakeChecker(), moves, layers, 4, chain)
+    seq = nested_schedules(FakeChecker(), moves, layers, 4, chain)
     assert seq == [zero, {"a": 0.1, "b": 0.0}, {"a": 0.1, "b": 0.1}, {"a": 0.2, "b": 0.1}, {"a": 0.2, "b": 0.2},
                    {"a": 0.2, "b": 0.3}]
-    assert _sequence(FakeChecker(), moves, layers, 0, chain[:1]) == [zero]
+    assert nested_schedules(FakeChecker(), moves, layers, 0, chain[:1]) == [zero]
 
 
 def test_guard_backs_off_to_lighter_schedules_than_the_search_tried():
     """The back-off guards walk the search's chain plus lighter nested schedules measured for them: when the
     guard's level rejects the search's only (coarse) link, a light cut that passes is kept instead of nothing."""
-    from compression_tool.engine.target_true import Measurement, Trial, _back_off, _guard_steps
+    from compression_tool.engine.target_true import Measurement, Trial, back_off, guard_steps
 
     drops = {k: (0.2 if k <= 4 else 3.0) for k in range(9)}     # levels 0.1..0.4 pass, 0.5.. fail
 
@@ -276,12 +276,12 @@ def test_guard_backs_off_to_lighter_schedules_than_the_search_tried():
     chain = [Trial("baseline", {"a": 0.0}, 90.0, 0.0, True, 100.0, 10.0),
              Trial("bisect", {"a": 0.8}, 90.0, 0.9, True, 20.0, 10.0)]   # passed at the search's level only
     chk, trace = FakeChecker(), []
-    steps = _guard_steps(chk, None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=4), 0.95, trace)
+    steps = guard_steps(chk, None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=4), 0.95, trace)
     assert [t.sparsities["a"] for t in steps] == [0.0, 0.2, 0.4, 0.6, 0.8] and steps[-1] is chain[-1]
     assert chk.evals == 3 and [t.step for t in trace] == ["guard"] * 3
-    assert _back_off(chk, None, steps, 0.99, quiet=True).sparsities == {"a": 0.4}
-    assert _back_off(chk, None, chain, 0.99, quiet=True) is chain[0]          # the chain alone keeps nothing
-    none = _guard_steps(FakeChecker(), None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=0), 0.95, [])
+    assert back_off(chk, None, steps, 0.99, quiet=True).sparsities == {"a": 0.4}
+    assert back_off(chk, None, chain, 0.99, quiet=True) is chain[0]          # the chain alone keeps nothing
+    none = guard_steps(FakeChecker(), None, sequence, chain, TargetTrueConfig(drop=1.0, guard_steps=0), 0.95, [])
     assert none == chain
 
 
@@ -311,7 +311,7 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
     """multiple_testing='posthoc': the search runs at ``confidence``; its pick is then re-decided at Bonferroni over
     the candidates it measured, backing off along its chain (from cached measurements) to the most pruned link that
     passes there."""
-    from compression_tool.engine.target_true import Measurement, Trial, _back_off
+    from compression_tool.engine.target_true import Measurement, Trial, back_off
 
     cfg = TargetTrueConfig(drop=1.0, multiple_testing="posthoc")
     assert cfg.adjusted_level(50) == pytest.approx(0.999) and cfg.adjusted_level(0) == cfg.confidence
@@ -328,10 +328,10 @@ def test_posthoc_backs_off_along_the_chain_at_the_adjusted_level():
         def bound(self, m, base, level=None):
             b = 0.5 + margin[m.value] * (level > 0.99)
             return b, b <= 1.0
-    assert _back_off(FakeChecker(), None, chain, 0.999) is chain[2]
-    assert _back_off(FakeChecker(), None, chain, 0.95) is chain[4]
+    assert back_off(FakeChecker(), None, chain, 0.999) is chain[2]
+    assert back_off(FakeChecker(), None, chain, 0.95) is chain[4]
     margin.update({0.1: 0.9, 0.2: 0.9})
-    assert _back_off(FakeChecker(), None, chain, 0.999) is chain[0]
+    assert back_off(FakeChecker(), None, chain, 0.999) is chain[0]
 
     model, x, y = toy_problem(900, seed=3)
     parts = split_tensors(x, y, SplitSpec((0.34, 0.33, 0.33), seed=3))
