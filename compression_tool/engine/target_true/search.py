@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -124,38 +124,9 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                 hi = mid - 1
         prefix = lo
         # 2. greedy: raise single layers by one level on top of the best schedule, least sensitive first
-        levels = _levels(table)
-        env = {layer: dict(envelope(curve, cfg.metric)) for layer, curve in table.items()}
-        sign = sign_of(cfg.metric)
-        failed: set = set()
-        improved = cfg.greedy
         sa_chk = chk.on(sa_eval) if cfg.reanalyse else None
-        while improved and chk.evals < cfg.max_evals:
-            improved = False
-            options = []
-            for layer in layers:
-                nxt = [s for s in levels[layer] if s > best.sparsities[layer] + 1e-9]
-                if nxt and (layer, nxt[0]) not in failed:
-                    if sa_chk is not None:       # NNI-style: this move on top of the current schedule, on SA
-                        score = sa_chk.measure({**best.sparsities, layer: nxt[0]})[0].value
-                    else:                        # the move alone, from the sensitivity table
-                        score = env[layer][nxt[0]]
-                    options.append((-sign * score, layer, nxt[0]))
-            for _, layer, s in sorted(options):
-                if chk.evals >= cfg.max_evals:
-                    break
-                sp = dict(best.sparsities)
-                sp[layer] = s
-                if chk.counts(sp) == chk.counts(best.sparsities):
-                    best = Trial("greedy", sp, best.check, best.bound, True, best.macs, best.params, best.latency)
-                    improved = True
-                    continue
-                t = trial("greedy", sp)
-                if t.passed and getattr(t, cfg.resource) <= getattr(best, cfg.resource):
-                    best, improved = t, True
-                    chain.append(t)
-                else:
-                    failed.add((layer, s))
+        if cfg.greedy:
+            best = _greedy_rounds(chk, sa_chk, table, best, chain, trial, cfg)
     bar.close()
     search_evals = chk.evals
     if len(chain) > 1:
@@ -198,33 +169,10 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                         "measured are accounted for (bound %.3g at %.4g %%): on new data it may miss the target "
                         "(winner's curse); --multiple_testing simultaneous, --confirm or a larger check split guard "
                         "it", 100 * level, search_evals, b_adj, 100 * adj_level)
-    rep_base = rep = rep_bound = None
-    rep_n = None
     final = chk.build(best.sparsities)
-    if report_eval is not None:
-        rb, rm = report_eval(model), report_eval(final)
-        rep_base, rep, rep_n = rb.value, rm.value, rm.n
-        if cfg.drop is not None:
-            rep_bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot,
-                                             cfg.seed, pairs=rm.pairs, groups=rm.groups)
-        else:
-            rep_bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed,
-                                             pairs=rm.pairs, groups=rm.groups)
+    rep_base, rep, rep_bound, rep_n = _on_report(model, final, report_eval, cfg)
     full = chk.cost(model)
-    per_layer = [{"layer": layer, "sparsity": best.sparsities[layer],
-                  "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(best.sparsities[layer],
-                                                                                  base.value)}
-                 for layer in layers if best.sparsities[layer] > 0]
-    if cfg.layer_report:
-        # composed metric as the layers are added (least sensitive first): predicted alone vs achieved composed
-        per_layer.sort(key=lambda row: -sign_of(cfg.metric) * float(row["predicted_alone"]))
-        cum = {layer: 0.0 for layer in layers}
-        for row in per_layer:
-            cum[str(row["layer"])] = float(row["sparsity"])
-            m_c, _ = chk.measure(cum)
-            row["composed_check"] = m_c.value
-            if report_eval is not None:
-                row["composed_report"] = report_eval(chk.build(cum)).value
+    per_layer = _layer_report(chk, table, best.sparsities, base.value, report_eval, cfg)
     return TargetTrueResult(
         sparsities=dict(best.sparsities), metric=cfg.metric, mode="drop" if cfg.drop is not None else "target",
         threshold=float(cfg.drop if cfg.drop is not None else cfg.target), resolvable=resolvable,
@@ -237,3 +185,79 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
         sa_evals=sa_chk.evals if sa_chk is not None else 0,
         search_pick=search_pick if search_pick["sparsities"] != best.sparsities else None, adjusted=adjusted,
         bn_method=cfg.bn_method, guards=guards)
+
+
+def _greedy_rounds(chk: ComposedChecker, sa_chk: Optional[ComposedChecker],
+                   table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]], best: Trial, chain: List[Trial],
+                   trial: Callable[[str, Dict[str, float]], Trial], cfg: TargetTrueConfig) -> Trial:
+    """Greedy rounds on top of ``best``: each layer's next level, least sensitive first (by the table, or re-measured
+    on the composed model on SA with ``sa_chk``), kept when the composed model still passes; a move that fails is
+    not retried (it was the damaging one). Accepted trials are appended to ``chain``; returns the last."""
+    levels = _levels(table)
+    env = {layer: dict(envelope(curve, cfg.metric)) for layer, curve in table.items()}
+    sign = sign_of(cfg.metric)
+    failed: set = set()
+    improved = True
+    while improved and chk.evals < cfg.max_evals:
+        improved = False
+        options = []
+        for layer in table:
+            nxt = [s for s in levels[layer] if s > best.sparsities[layer] + 1e-9]
+            if nxt and (layer, nxt[0]) not in failed:
+                if sa_chk is not None:       # NNI-style: this move on top of the current schedule, on SA
+                    score = sa_chk.measure({**best.sparsities, layer: nxt[0]})[0].value
+                else:                        # the move alone, from the sensitivity table
+                    score = env[layer][nxt[0]]
+                options.append((-sign * score, layer, nxt[0]))
+        for _, layer, s in sorted(options):
+            if chk.evals >= cfg.max_evals:
+                break
+            sp = dict(best.sparsities)
+            sp[layer] = s
+            if chk.counts(sp) == chk.counts(best.sparsities):
+                best = Trial("greedy", sp, best.check, best.bound, True, best.macs, best.params, best.latency)
+                improved = True
+                continue
+            t = trial("greedy", sp)
+            if t.passed and getattr(t, cfg.resource) <= getattr(best, cfg.resource):
+                best, improved = t, True
+                chain.append(t)
+            else:
+                failed.add((layer, s))
+    return best
+
+
+def _on_report(model: nn.Module, final: nn.Module, report_eval: Optional[Evaluator], cfg: TargetTrueConfig
+               ) -> Tuple[Optional[float], Optional[float], Optional[float], Optional[int]]:
+    """(unpruned, pruned, bound, samples) on the report split, measured once; the bound at ``cfg.confidence``:
+    upper of the drop, or lower of the metric."""
+    if report_eval is None:
+        return None, None, None, None
+    rb, rm = report_eval(model), report_eval(final)
+    if cfg.drop is not None:
+        bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot, cfg.seed,
+                                     pairs=rm.pairs, groups=rm.groups)
+    else:
+        bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed, pairs=rm.pairs,
+                                     groups=rm.groups)
+    return rb.value, rm.value, bound, rm.n
+
+
+def _layer_report(chk: ComposedChecker, table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
+                  sparsities: Mapping[str, float], unpruned: float, report_eval: Optional[Evaluator],
+                  cfg: TargetTrueConfig) -> List[Dict[str, object]]:
+    """Per pruned layer: its level and the metric the table predicts for it alone; with ``cfg.layer_report`` also
+    the composed metric as the layers are added, least sensitive first, on check (cached) and report."""
+    rows: List[Dict[str, object]] = [
+        {"layer": layer, "sparsity": sparsities[layer],
+         "predicted_alone": dict(envelope(table[layer], cfg.metric)).get(sparsities[layer], unpruned)}
+        for layer in table if sparsities[layer] > 0]
+    if cfg.layer_report:
+        rows.sort(key=lambda row: -sign_of(cfg.metric) * float(row["predicted_alone"]))
+        cum = {layer: 0.0 for layer in table}
+        for row in rows:
+            cum[str(row["layer"])] = float(row["sparsity"])
+            row["composed_check"] = chk.measure(cum)[0].value
+            if report_eval is not None:
+                row["composed_report"] = report_eval(chk.build(cum)).value
+    return rows
