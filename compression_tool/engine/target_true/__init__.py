@@ -47,6 +47,7 @@ from compression_tool.engine.target_true.config import (
 )
 from compression_tool.engine.target_true.guards import (
     back_off,
+    back_off_guards,
     chain_points,
     confirm_sequence,
     guard_steps,
@@ -59,4 +60,4 @@ __all__ = ["Measurement", "Evaluator", "TargetTrueConfig", "TargetTrueResult", "
            "correct_per_sample", "bootstrap_mean_bound", "bootstrap_means", "simultaneous_level", "samples_to_vouch",
            "ComposedChecker", "composed_metric", "target_true_schedule", "format_result", "sign_of",
            "MULTIPLE_TESTING", "RESOURCES", "chain_points", "nested_schedules", "guard_steps", "back_off",
-           "confirm_sequence"]
+           "back_off_guards", "confirm_sequence"]

@@ -71,6 +71,26 @@ def guard_steps(chk: ComposedChecker, base: Measurement, sequence: Sequence[Dict
     return steps
 
 
+def back_off_guards(chk: ComposedChecker, base: Measurement, sequence: Sequence[Dict[str, float]],
+                    chain: Sequence[Trial], cfg: TargetTrueConfig, level: float, trace: List[Trial]
+                    ) -> Tuple[Dict[str, Dict[str, object]], Dict[str, Trial]]:
+    """The search's pick re-decided both ways once its candidates are accounted for: ``posthoc`` (Bonferroni over
+    every check measurement) and ``simultaneous`` (``ComposedChecker.family_level``), each backing off along the
+    guard's steps (``guard_steps``). Returns the record for the report ({guard: {level, tests, sparsities, adabn,
+    reduction}}) and each guard's pick; only ``cfg.multiple_testing``'s logs what it did."""
+    steps = guard_steps(chk, base, sequence, chain, cfg, level, trace)
+    tests = len(chk.family())        # check measurements: candidates, each BN variant, the guard's steps
+    levels = {"posthoc": cfg.adjusted_level(tests), "simultaneous": chk.family_level(base)}
+    record: Dict[str, Dict[str, object]] = {}
+    picks: Dict[str, Trial] = {}
+    for guard, lv in levels.items():
+        t = back_off(chk, base, steps, lv, quiet=guard != cfg.multiple_testing)
+        picks[guard] = t
+        record[guard] = {"level": lv, "tests": tests, "sparsities": dict(t.sparsities),
+                         "adabn": chk.adabn_for(t.sparsities),
+                         "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
+    return record, picks
+
 def back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float,
               quiet: bool = False) -> Trial:
     """The most pruned link of the chain whose check bound passes at ``level`` (its measurement is cached: no new

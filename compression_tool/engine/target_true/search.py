@@ -18,9 +18,8 @@ from compression_tool.engine.target_true.bounds import Evaluator, bootstrap_mean
 from compression_tool.engine.target_true.checker import ComposedChecker
 from compression_tool.engine.target_true.config import TargetTrueConfig, TargetTrueResult, Trial
 from compression_tool.engine.target_true.guards import (
-    back_off,
+    back_off_guards,
     confirm_sequence,
-    guard_steps,
     nested_schedules,
     resolution_hint,
 )
@@ -136,19 +135,11 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     guards: Optional[Dict[str, Dict[str, object]]] = None
     if resolvable and confirm_eval is None and search_evals > 0 and cfg.multiple_testing != "bonferroni":
         # the pick re-decided once the search's candidates are accounted for, both ways (cached measurements)
-        steps = guard_steps(chk, base, nested_schedules(chk, moves, layers, prefix, chain), chain, cfg, level,
-                             trace)
+        guards, picks = back_off_guards(chk, base, nested_schedules(chk, moves, layers, prefix, chain), chain, cfg,
+                                        level, trace)
         search_evals = chk.evals         # the lighter steps measured for the back-off belong to the family too
-        tests = len(chk.family())        # check measurements: candidates, each BN variant, the guard's steps
-        levels = {"posthoc": cfg.adjusted_level(tests), "simultaneous": chk.family_level(base)}
-        guards = {}
-        for guard, lv in levels.items():
-            t = back_off(chk, base, steps, lv, quiet=guard != cfg.multiple_testing)
-            guards[guard] = {"level": lv, "tests": tests, "sparsities": dict(t.sparsities),
-                             "adabn": chk.adabn_for(t.sparsities),
-                             "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
-            if guard == cfg.multiple_testing:
-                level, best = lv, t
+        if cfg.multiple_testing in picks:
+            level, best = float(guards[cfg.multiple_testing]["level"]), picks[cfg.multiple_testing]
     confirmed = None
     if confirm_eval is not None and resolvable:
         best, confirmed = confirm_sequence(chk, model, nested_schedules(chk, moves, layers, prefix, chain),
