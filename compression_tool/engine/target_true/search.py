@@ -41,9 +41,9 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
                          cfg: TargetTrueConfig, ignore: Sequence[str] = (), progress: bool = True,
                          latency: Optional[LatencyModel] = None, confirm_eval: Optional[Evaluator] = None,
                          sa_eval: Optional[Evaluator] = None) -> TargetTrueResult:
-    """Search the schedule (see the module doc). ``table`` is the sensitivity CSV as
-    ``compression_tool.engine.sensitivity.load_csv``
-    returns it (measured on the SA split); ``check_eval`` / ``report_eval`` measure on the disjoint splits;
+    """Search the schedule (see the package doc, ``compression_tool.engine.target_true``). ``table`` is the
+    sensitivity CSV as ``compression_tool.engine.sensitivity.load_csv`` returns it (measured on the SA split);
+    ``check_eval`` / ``report_eval`` measure on the disjoint splits;
     ``calib_batches`` are input batches from the training side for BN re-estimation; ``latency`` predicts each
     candidate's latency (needed for ``resource='latency'``). ``confirm_eval`` (a part of the check data the search
     never saw): the search keeps one candidate among many that passed, so its check margin is optimistic (the
