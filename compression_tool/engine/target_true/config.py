@@ -14,6 +14,7 @@ from compression_tool.io.errors import UserError
 RESOURCES = ("macs", "params", "latency")
 MULTIPLE_TESTING = ("none", "bonferroni", "posthoc", "simultaneous")
 
+
 @dataclass
 class TargetTrueConfig:
     target: Optional[float] = None       # absolute metric the pruned model must keep (e.g. top-1 96.0)

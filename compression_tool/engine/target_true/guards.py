@@ -18,6 +18,7 @@ from compression_tool.engine.target_true.config import TargetTrueConfig, Trial
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 def resolution_hint(chk: ComposedChecker, base: Measurement, trace: Sequence[Trial], cfg: TargetTrueConfig,
                      level: float) -> None:
     """Nothing was pruned: say what the lightest schedule tried did to the check predictions, and how large a
@@ -90,6 +91,7 @@ def back_off_guards(chk: ComposedChecker, base: Measurement, sequence: Sequence[
                          "adabn": chk.adabn_for(t.sparsities),
                          "reduction": 1.0 - getattr(t, cfg.resource) / getattr(chain[0], cfg.resource)}
     return record, picks
+
 
 def back_off(chk: ComposedChecker, base: Measurement, chain: Sequence[Trial], level: float,
               quiet: bool = False) -> Trial:

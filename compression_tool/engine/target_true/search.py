@@ -27,6 +27,7 @@ from compression_tool.io.errors import UserError
 
 log = logging.getLogger(__name__)
 
+
 def sign_of(metric: str) -> float:
     return -1.0 if metric in ("loss", "eer", "threshold", "lfw_std") else 1.0
 
