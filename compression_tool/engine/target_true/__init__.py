@@ -37,7 +37,7 @@ from compression_tool.engine.target_true.bounds import (
     samples_to_vouch,
     simultaneous_level,
 )
-from compression_tool.engine.target_true.checker import ComposedChecker, composed_metric
+from compression_tool.engine.target_true.checker import ComposedChecker, composed_metric, promise_bound
 from compression_tool.engine.target_true.config import (
     MULTIPLE_TESTING,
     RESOURCES,
@@ -58,6 +58,6 @@ from compression_tool.engine.target_true.search import sign_of, target_true_sche
 
 __all__ = ["Measurement", "Evaluator", "TargetTrueConfig", "TargetTrueResult", "Trial", "classifier_evaluator",
            "correct_per_sample", "bootstrap_mean_bound", "bootstrap_means", "simultaneous_level", "samples_to_vouch",
-           "ComposedChecker", "composed_metric", "target_true_schedule", "format_result", "sign_of",
+           "ComposedChecker", "composed_metric", "promise_bound", "target_true_schedule", "format_result", "sign_of",
            "MULTIPLE_TESTING", "RESOURCES", "chain_points", "nested_schedules", "guard_steps", "back_off",
            "back_off_guards", "confirm_sequence"]

@@ -27,6 +27,18 @@ from compression_tool.engine.thinning import thin
 from compression_tool.io.errors import UserError
 
 
+def promise_bound(m: Measurement, base: Measurement, cfg: TargetTrueConfig, level: float,
+                  adverse: Optional[float] = None) -> float:
+    """The one-sided bound the promise is judged by at ``level``: the upper bound of the drop ``base`` − ``m`` (drop
+    mode) or the lower bound of ``m`` (target mode), resampled as the measurement's samples are (pairs, identities);
+    ``adverse``: the pseudo-sample of ``cfg.pseudo_value()`` on check, none on report."""
+    if cfg.drop is not None:
+        return bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot, cfg.seed,
+                                    adverse=adverse, pairs=m.pairs, groups=m.groups)
+    return bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed, adverse=adverse, pairs=m.pairs,
+                                groups=m.groups)
+
+
 class ComposedChecker:
     """Builds and measures composed candidates (deep copy -> thin -> AdaBN -> check split), cached."""
 
@@ -124,20 +136,15 @@ class ComposedChecker:
         level = cfg.decision_confidence() if level is None else level
         if cfg.drop is not None and m is base:
             return 0.0, True                 # the unpruned model itself: no drop by definition
-        if cfg.drop is not None:
-            if len(base.per_sample) != len(m.per_sample):
-                raise UserError("target-true: the check evaluation returned a different number of samples")
-            hi = bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot,
-                                      cfg.seed, adverse=cfg.pseudo_value(), pairs=m.pairs, groups=m.groups)
-            return hi, hi <= cfg.drop + 1e-9
-        lo = bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed,
-                                  adverse=cfg.pseudo_value(), pairs=m.pairs, groups=m.groups)
-        return lo, lo >= float(cfg.target) - 1e-9
+        if cfg.drop is not None and len(base.per_sample) != len(m.per_sample):
+            raise UserError("target-true: the check evaluation returned a different number of samples")
+        b = promise_bound(m, base, cfg, level, cfg.pseudo_value())
+        return b, (b <= cfg.drop + 1e-9) if cfg.drop is not None else (b >= float(cfg.target) - 1e-9)
 
     def family(self) -> List[Measurement]:
         """Every check measurement of a thinned candidate so far: under ``bn_mode='auto'`` both BN variants of each,
         since keeping the better of two on check is a choice among them too."""
-        return [m for key in self.cache if key for m in self.variants.get(key, [self.cache[key][0]])]
+        return [m for measured in self.variants.values() for m in measured]
 
     def family_level(self, base: Measurement) -> float:
         """``multiple_testing='simultaneous'``: the level at which the check bounds of every composed candidate

@@ -15,7 +15,7 @@ from compression_tool.engine.budget import Move, envelope, ordered_moves, schedu
 from compression_tool.engine.criteria import Criterion
 from compression_tool.engine.latency import LatencyModel
 from compression_tool.engine.target_true.bounds import Evaluator, bootstrap_mean_bound
-from compression_tool.engine.target_true.checker import ComposedChecker
+from compression_tool.engine.target_true.checker import ComposedChecker, promise_bound
 from compression_tool.engine.target_true.config import TargetTrueConfig, TargetTrueResult, Trial
 from compression_tool.engine.target_true.guards import (
     back_off_guards,
@@ -226,13 +226,7 @@ def _on_report(model: nn.Module, final: nn.Module, report_eval: Optional[Evaluat
     if report_eval is None:
         return None, None, None, None
     rb, rm = report_eval(model), report_eval(final)
-    if cfg.drop is not None:
-        bound = bootstrap_mean_bound(rb.per_sample - rm.per_sample, cfg.confidence, True, cfg.n_boot, cfg.seed,
-                                     pairs=rm.pairs, groups=rm.groups)
-    else:
-        bound = bootstrap_mean_bound(rm.per_sample, cfg.confidence, False, cfg.n_boot, cfg.seed, pairs=rm.pairs,
-                                     groups=rm.groups)
-    return rb.value, rm.value, bound, rm.n
+    return rb.value, rm.value, promise_bound(rm, rb, cfg, cfg.confidence), rm.n
 
 
 def _layer_report(chk: ComposedChecker, table: Mapping[str, Sequence[Tuple[float, Mapping[str, float]]]],
