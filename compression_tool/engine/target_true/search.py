@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -14,7 +13,7 @@ from tqdm import tqdm
 from compression_tool.engine.budget import Move, envelope, ordered_moves, schedule_after
 from compression_tool.engine.criteria import Criterion
 from compression_tool.engine.latency import LatencyModel
-from compression_tool.engine.target_true.bounds import Evaluator, bootstrap_mean_bound
+from compression_tool.engine.target_true.bounds import Evaluator
 from compression_tool.engine.target_true.checker import ComposedChecker, promise_bound
 from compression_tool.engine.target_true.config import TargetTrueConfig, TargetTrueResult, Trial
 from compression_tool.engine.target_true.guards import (
@@ -97,10 +96,8 @@ def target_true_schedule(model: nn.Module, example_inputs: torch.Tensor, criteri
     chain: List[Trial] = [t_zero]        # the accepted schedules, each a superset of the one before
     resolvable = t_zero.passed
     if cfg.drop is not None:
-        # the smallest bound any schedule that changes no check outcome can get
-        floor = bootstrap_mean_bound(np.zeros(base.n), level, True, cfg.n_boot, cfg.seed,
-                                     adverse=cfg.pseudo_value(), pairs=base.pairs,
-                                     groups=base.groups)
+        # the smallest bound any schedule that changes no check outcome can get: the unpruned model's against itself
+        floor = promise_bound(base, base, cfg, level, cfg.pseudo_value())
         resolvable = floor <= cfg.drop + 1e-9
     best = t_zero
     prefix = 0                           # the longest passing prefix of the moves (bisection)
