@@ -130,6 +130,7 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
                           batch_size=20,
                           train=FinetuneConfig(max_iters=args.route_iters, lr=args.lr, distill="cosine",
                                                warmup_iters=args.route_warmup, lr_schedule=args.route_lr_schedule,
+                                               decay_iters=args.route_decay_iters,
                                                freeze_bn=args.route_bn == "frozen", feature_layers=layers,
                                                feature_loss=kind, feature_weight=weight, mixup=args.route_mixup,
                                                seed=args.route_seed, save_dir=str(args.work / f"route_distill_{n}"),
@@ -145,7 +146,8 @@ def label_free_route(pr, meta, base, source, orl: str, args) -> list:
         what = f"augmented {subj}" + (f" + {Path(args.other).name} ({args.other_per_class}/class)" if other else "")
         feat = ("" if not layers else f", features {label}") + (f", mixup {args.route_mixup:g}"
                                                                  if args.route_mixup else "") \
-            + (f", LR {args.route_lr_schedule}" if args.route_lr_schedule != "step" else "")
+            + (f", LR {args.route_lr_schedule}" if args.route_lr_schedule != "step" else "") \
+            + (f" (decay over the last {args.route_decay_iters})" if args.route_decay_iters else "")
         rows.append((f"fidelity-driven, {way} + distillation on {what}{feat} ({args.route_iters} it, "
                      f"{time.process_time() - t0:.0f} CPU-s)", route_checks(tuned, meta, base, orl, args), kept))
         print("row:", rows[-1][0], {k: round(v, 4) for k, v in rows[-1][1].items()}, flush=True)
@@ -178,7 +180,10 @@ def main() -> None:
                    help="route: linear LR warm-up iterations of the distillation (train_module --warmup_iters)")
     p.add_argument("--route_lr_schedule", choices=LR_SCHEDULES, default="step",
                    help="route: the distillation's LR schedule (train_module --lr_schedule; step without milestones "
-                        "= constant --lr, the default; cosine = a half cosine to 0 over --route_iters)")
+                        "= constant --lr, the default; cosine = a half cosine to 0 over --route_iters; wsd = "
+                        "constant, then linear to 0 over the last --route_decay_iters)")
+    p.add_argument("--route_decay_iters", type=int, default=0,
+                   help="route: --lr_schedule wsd's final decay in iterations (a constant run resumes into it)")
     p.add_argument("--route_resume", metavar="CKPT", default="",
                    help="route: continue the distillation from a checkpoint an earlier route run wrote (e.g. "
                         "WORK/route_distill_0/last_step=4800.pth) up to --route_iters; the run is the same, bit for "

@@ -269,8 +269,12 @@ def test_resume_equals_straight_run_and_best_name_carries_metric(tmp_path):
     with pytest.raises(UserError, match="trained with a margin head"):
         finetune_embedder(embedder(), loader(x), quiet(distill="mse"), teacher=embedder(),
                           resume=straight.best_path)
-    with pytest.raises(UserError, match="another --lr_schedule than cosine"):
+    with pytest.raises(UserError, match="ran iteration 0 at LR 0.025 .*these flags give 0.01 there"):
         finetune_embedder(embedder(dropout=0.2), loader(x, y, batch_size=16), quiet(epochs=3, lr_schedule="cosine"),
+                          head=ArcFace(8, 4, s=16.0), resume=straight.best_path)
+    with pytest.raises(UserError, match="ran iteration 0 at LR 0.025 .*lr=0.05.*these flags give 0.05"):
+        finetune_embedder(embedder(dropout=0.2), loader(x, y, batch_size=16),    # another --lr: refused, not ignored
+                          quiet(epochs=3, lr=0.1, warmup_iters=2, milestones=(8,)),
                           head=ArcFace(8, 4, s=16.0), resume=straight.best_path)
 
 
@@ -289,6 +293,52 @@ def test_cosine_resume_equals_straight_run(tmp_path):
     straight = run(tmp_path / "a", lambda m: OrderedDict(score=next(scores)))
     resumed = run(tmp_path / "a", lambda m: OrderedDict(score=0.0), resume=straight.best_path)
     assert straight.best_step == 6 and resumed.losses == straight.losses[6:]
+
+
+def test_wsd_schedule_holds_then_decays_linearly_to_zero():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = build_scheduler(opt, warmup_iters=2, schedule="wsd", total_iters=8, decay_iters=4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1, 0.1, 0.075, 0.05, 0.025])
+    with pytest.raises(UserError, match="--decay_iters must be in 1..8"):
+        build_scheduler(opt, schedule="wsd", total_iters=8, decay_iters=9)
+    with pytest.raises(UserError, match="--decay_iters belongs to --lr_schedule wsd"):
+        build_scheduler(opt, schedule="cosine", total_iters=8, decay_iters=2)
+
+
+def test_constant_run_resumes_into_a_wsd_decay_bit_for_bit(tmp_path):
+    """A constant-LR run stopped at step 8, resumed with --lr_schedule wsd over 12 iterations (decay over the last
+    4): the same losses and weights as a straight wsd run; a milestone moved past the checkpoint counts too."""
+    (x, y) = identities(16, seed=1)
+
+    def run(save_dir, cfg, resume=None):
+        torch.manual_seed(0)
+        model, head = embedder(), ArcFace(8, 4, s=16.0)
+        res = finetune_embedder(model, loader(x, y, batch_size=16), cfg, head=head, meta={"model": "tiny"},
+                                resume=resume)
+        return model, res
+
+    wsd = dict(max_iters=12, lr=0.05, warmup_iters=2, lr_schedule="wsd", decay_iters=4)
+    straight_model, straight = run(tmp_path / "s", quiet(**wsd))
+    _, first = run(tmp_path / "c", quiet(max_iters=8, lr=0.05, warmup_iters=2, save_dir=str(tmp_path / "c")))
+    resumed_model, resumed = run(tmp_path / "r", quiet(**wsd), resume=first.last_path)
+    assert resumed.losses == straight.losses[8:]
+    for (k, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    constant_model, _ = run(tmp_path / "k", quiet(max_iters=12, lr=0.05, warmup_iters=2),
+                            resume=first.last_path)                  # the decay is what changed the weights
+    assert not torch.equal(constant_model[0].weight, resumed_model[0].weight)
+    moved_model, moved = run(tmp_path / "m", quiet(max_iters=12, lr=0.05, warmup_iters=2, milestones=(10,)),
+                             resume=first.last_path)
+    _, straight_m = run(tmp_path / "sm", quiet(max_iters=12, lr=0.05, warmup_iters=2, milestones=(10,)))
+    assert moved.losses == straight_m.losses[8:]
+    with pytest.raises(UserError, match="ran iteration 6 at LR 0.05 .*these flags give 0.005 there"):
+        run(tmp_path / "e", quiet(max_iters=12, lr=0.05, warmup_iters=2, milestones=(6,)), resume=first.last_path)
 
 
 def test_checkpoint_name():

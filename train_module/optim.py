@@ -1,9 +1,11 @@
-"""SGD with weight decay only where it belongs, and a per-iteration warm-up + step-milestone or cosine LR schedule."""
+"""SGD with weight decay only where it belongs, and a per-iteration warm-up + step-milestone, cosine or
+warm-up-stable-decay LR schedule."""
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -94,24 +96,64 @@ class WarmupCosine:
             1.0 + math.cos(math.pi * min(it, self.total_iters) / self.total_iters))
 
 
-LR_SCHEDULES = ("step", "cosine")
+class WarmupStableDecay:
+    """LR factor for iteration ``it``: the linear warm-up of ``WarmupMultiStep``, then constant, then a linear decay
+    from 1 to 0 over the last ``decay_iters`` of ``total_iters`` iterations (warm-up-stable-decay). Up to the decay
+    it is the constant schedule, so a constant run can be resumed into its decay."""
+
+    def __init__(self, total_iters: int, warmup_iters: int, decay_iters: int):
+        self.total_iters = int(total_iters)
+        self.warmup_iters = int(warmup_iters)
+        self.decay_iters = int(decay_iters)
+
+    def __call__(self, it: int) -> float:
+        left = self.total_iters - it
+        return warmup_factor(it, self.warmup_iters) * (1.0 if left >= self.decay_iters
+                                                       else max(0.0, left / self.decay_iters))
+
+
+LR_SCHEDULES = ("step", "cosine", "wsd")
+_SCHEDULE_CLASSES = (WarmupMultiStep, WarmupCosine, WarmupStableDecay)
+
+
+def schedule_from_state(state: Mapping[str, Any]) -> Optional[Callable[[int], float]]:
+    """The schedule object a ``LambdaLR`` state's ``lr_lambdas`` entry was saved from (None if not one of ours)."""
+    for cls in _SCHEDULE_CLASSES:          # each keeps exactly its constructor's arguments as attributes
+        if set(inspect.signature(cls).parameters) == set(state):
+            fn = cls.__new__(cls)
+            fn.__dict__.update(state)
+            return fn
+    return None
+
+
+def describe_schedule(fn: Any) -> str:
+    """``fn``'s flags in words, for error messages."""
+    return ", ".join(f"{k}={v}" for k, v in vars(fn).items()) if hasattr(fn, "__dict__") else repr(fn)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int] = (), gamma: float = 0.1,
-                    warmup_iters: int = 0, schedule: str = "step", total_iters: int = 0
+                    warmup_iters: int = 0, schedule: str = "step", total_iters: int = 0, decay_iters: int = 0
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration schedule (call ``.step()`` after every optimizer step); milestones are iteration counts.
 
     ``schedule='cosine'`` decays to 0 over ``total_iters`` iterations (the run's length, so that a resumed run
-    continues the same curve); it refuses milestones and does not use gamma."""
+    continues the same curve); ``'wsd'`` holds the LR, then decays it linearly to 0 over the last ``decay_iters``.
+    Both refuse milestones and do not use gamma."""
     if warmup_iters < 0:
         raise UserError(f"--warmup_iters must be >= 0, got {warmup_iters}")
-    if schedule == "cosine":
+    if decay_iters and schedule != "wsd":
+        raise UserError(f"--decay_iters belongs to --lr_schedule wsd, not {schedule}")
+    if schedule in ("cosine", "wsd"):
         if milestones:
-            raise UserError("--lr_schedule cosine decays the LR by itself: drop --milestones")
+            raise UserError(f"--lr_schedule {schedule} decays the LR by itself: drop --milestones")
         if total_iters < 1:
-            raise UserError(f"--lr_schedule cosine needs the run's length in iterations, got {total_iters}")
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_iters, warmup_iters))
+            raise UserError(f"--lr_schedule {schedule} needs the run's length in iterations, got {total_iters}")
+        if schedule == "cosine":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_iters, warmup_iters))
+        if not 0 < decay_iters <= total_iters:
+            raise UserError(f"--decay_iters must be in 1..{total_iters} (the run's iterations) for --lr_schedule "
+                            f"wsd, got {decay_iters}")
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupStableDecay(total_iters, warmup_iters, decay_iters))
     if schedule != "step":
         raise UserError(f"--lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
     if any(int(m) < 0 for m in milestones):

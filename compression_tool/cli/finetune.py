@@ -122,7 +122,11 @@ def build_parser(prog: str = "python -m train_module") -> argparse.ArgumentParse
     p.add_argument("--warmup_iters", type=int, default=0, help="linear LR warm-up iterations (default 0)")
     p.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="step",
                    help="step: the LR drops by --gamma at each --milestones epoch (none: constant); cosine: a half "
-                        "cosine from --lr to 0 over the whole run (--epochs or --max_iters), after the warm-up")
+                        "cosine from --lr to 0 over the whole run (--epochs or --max_iters), after the warm-up; "
+                        "wsd: constant --lr, then a linear decay to 0 over the last --decay_iters iterations (a "
+                        "constant run resumes into its decay: --resume with a longer --max_iters)")
+    p.add_argument("--decay_iters", type=int, default=0,
+                   help="--lr_schedule wsd: iterations of the final linear decay to 0 (default 0: required for wsd)")
     p.add_argument("--freeze_bn", action="store_true",
                    help="keep BatchNorm running statistics fixed (small fine-tuning sets)")
     p.add_argument("--sync_bn", choices=("on", "off"), default="on",
@@ -162,7 +166,7 @@ def job_from_args(args: argparse.Namespace) -> FinetuneJob:
         if eval_data else None
     train = FinetuneConfig(epochs=args.epochs, max_iters=args.max_iters, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, gamma=args.gamma, warmup_iters=args.warmup_iters,
-                           lr_schedule=args.lr_schedule,
+                           lr_schedule=args.lr_schedule, decay_iters=args.decay_iters,
                            distill=args.distill, alpha=args.alpha, temperature=args.temperature,
                            feature_layers=parse_layers(args.feature_distill), feature_weight=args.feature_weight,
                            feature_loss=args.feature_loss, mixup=args.mixup,
