@@ -30,6 +30,9 @@ class ModelSpec:
         """Build for a (C, H, W) input: models whose layers depend on H, W (GDC kernel, flatten size) get
         ``input_size=(H, W)``; ``in_channels`` follows C when it differs from the default."""
         if input_size is not None:
+            if len(input_size) != 3:          # (H, W) would be read as C=H, H=W and fail deep inside the model
+                raise UserError(f"model {self.name}: input_size must be (C, H, W), e.g. (3, 112, 96), got "
+                                f"{tuple(input_size)}")
             params = inspect.signature(self.builder).parameters
             if "input_size" in params and tuple(input_size[1:]) != tuple(self.input_size[1:]):
                 kwargs.setdefault("input_size", tuple(int(v) for v in input_size[1:]))

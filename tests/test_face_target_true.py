@@ -80,7 +80,7 @@ def face_chain(tmp_path_factory):
     return tmp, root, ckpt
 
 
-@pytest.mark.parametrize("metric, drop", [("lfw_acc", 30.0), ("fidelity", 0.5)])
+@pytest.mark.parametrize("metric, drop", [("lfw_acc", 30.0), ("fidelity", 0.5), ("tpr@fpr=1e-1", 0.5)])
 def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     tmp, root, ckpt = face_chain
     data = f"identity_folders:{root}"
@@ -97,6 +97,8 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     printed = capsys.readouterr().out
     assert "judged on the report split" in printed
     assert "the check split holds 3 identities" in caplog.text and "at least 30" in caplog.text
+    threshold_warning = "takes the threshold as given (it admits 3 of the 30 different-identity pairs)"
+    assert (threshold_warning in caplog.text) == metric.startswith("tpr@fpr")
     doc = yaml.safe_load(out.read_text())
     tt = doc["extensions"]["target_true"]
     assert tt["metric"] == metric and tt["split"]["sizes"] == [3.0, 3.0, 3.0]
@@ -106,6 +108,8 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     assert report["metric"] == metric and len(report["measured_latency_ms_batch1"]) == 2
     if metric == "lfw_acc":
         assert tt["check"]["n"] == 2 * n_pairs
+    elif metric.startswith("tpr@fpr"):                      # one outcome per same-identity pair
+        assert tt["check"]["n"] == n_pairs
     else:                                                   # one cosine per image of the check identities
         assert tt["check"]["n"] == 15 and report["check_baseline"] == pytest.approx(1.0)
 

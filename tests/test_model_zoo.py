@@ -159,3 +159,12 @@ def test_load_weights_accepts_old_checkpoints_without_num_batches_tracked():
 def test_strip_prefix_only_touches_prefixed_keys():
     t = torch.zeros(1)
     assert list(strip_prefix({"module.a": t, "b": t, "x.module.c": t})) == ["a", "b", "x.module.c"]
+
+
+def test_build_for_wants_c_h_w():
+    """(H, W) where (C, H, W) is meant: one clear line, not an error from deep inside the model."""
+    from compression_tool.io.errors import UserError
+
+    assert model_spec("mobilefacenet").build_for((3, 56, 48)).linear7.conv.kernel_size == (4, 3)
+    with pytest.raises(UserError, match=r"model mobilefacenet: input_size must be \(C, H, W\).*got \(112, 96\)"):
+        model_spec("mobilefacenet").build_for((112, 96))

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""How much the TPR@FPR bound leaves out by taking the threshold as given.
+
+The target-true check bound for ``--metric tpr@fpr=X`` (``test_module.per_sample``) resamples the same-identity
+pairs at the threshold the whole split's different-identity pairs set. The threshold is itself an estimate (at
+FPR 1e-2 on 450 different pairs it is the 5th highest impostor score). This script puts the two bootstraps side by
+side on real embeddings, resampling pairs as independent in both so that only the threshold differs:
+
+- ``fixed``: same-identity pairs resampled, threshold from all different pairs (what the bound does);
+- ``recomputed``: both kinds resampled, the threshold re-set on every draw's different pairs.
+
+for the unpruned model, a pruned one, and their paired difference (the ``--drop`` bound's quantity).
+
+    python benchmarks/tpr_threshold_noise.py --pruned WORK/route_adabn.pth [--subjects s31..s40]
+
+Pruned: any thinned checkpoint of the same embedder (e.g. ``route_adabn.pth`` that
+``benchmarks/mobilefacenet_fidelity.py`` writes: the -50 % MACs model after AdaBN).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import List, Optional
+
+import numpy as np
+import torch
+from target_true import SHARED  # benchmarks/ is on sys.path when run as a script
+
+from compression_tool.data.readers import load_pairset
+from compression_tool.engine.checkpoint import load_model
+from compression_tool.io.errors import cli_main
+from test_module.per_sample import accepted_at_fpr
+from test_module.verification import embed_images, pair_distances
+
+MFN = SHARED / "mobilefacenet_casia" / "068.ckpt"
+
+
+def tpr_draws(scores: np.ndarray, issame: np.ndarray, fpr: float, draws: np.ndarray, recompute: bool) -> np.ndarray:
+    """TPR@``fpr`` on each bootstrap draw (rows of pair indices into ``scores``)."""
+    out = np.empty(len(draws))
+    fixed = accepted_at_fpr(scores, issame, fpr)                      # per same-identity pair, all-split threshold
+    pos_index = np.cumsum(issame) - 1                                  # pair -> its index among the same pairs
+    for b, pick in enumerate(draws):
+        same = issame[pick]
+        if not recompute:
+            out[b] = fixed[pos_index[pick[same]]].mean()
+            continue
+        neg = np.sort(scores[pick[~same]])[::-1]
+        k = int(math.floor(fpr * neg.size + 1e-9))
+        out[b] = 1.0 if k >= neg.size else float((scores[pick[same]] > neg[k]).mean())
+    return out
+
+
+@cli_main
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(MFN), help="the unpruned embedder (default: the real MobileFaceNet)")
+    p.add_argument("--model", default="mobilefacenet", help="its model_define name")
+    p.add_argument("--pruned", required=True, help="a thinned checkpoint of it")
+    p.add_argument("--orl", default=str(SHARED / "orl_faces"), help="ORL identity folders")
+    p.add_argument("--subjects", default="s31..s40", help="identities whose pairs are measured")
+    p.add_argument("--fpr", default="1e-2,1e-1", help="false-accept rates, comma-separated")
+    p.add_argument("--n_boot", type=int, default=2000, help="bootstrap draws")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    base, meta = load_model(args.checkpoint, args.model, input_size=(3, 112, 96))
+    pruned, _ = load_model(args.pruned)
+    ps = load_pairset(f"orl:{args.orl}", meta["input_size"], subjects=args.subjects)
+    issame = ps.issame.numpy().astype(bool)
+    scores = {name: 1.0 - pair_distances(embed_images(m, ps.images), ps.pairs) / 2.0
+              for name, m in (("unpruned", base), ("pruned", pruned))}
+    draws = np.random.default_rng(args.seed).integers(0, len(issame), size=(args.n_boot, len(issame)))
+    print(f"ORL {args.subjects}: {int(issame.sum())} same / {int((~issame).sum())} different pairs, "
+          f"{args.n_boot} draws (pairs resampled as independent)")
+    print("| FPR | quantity | point | fixed threshold: 95 % interval (width) | recomputed: 95 % interval (width) "
+          "| width ratio |")
+    print("|---|---|---|---|---|---|")
+    for fpr in (float(v) for v in args.fpr.split(",")):
+        t = {(name, rec): tpr_draws(s, issame, fpr, draws, rec) for name, s in scores.items() for rec in (0, 1)}
+        point = {name: float(accepted_at_fpr(s, issame, fpr).mean()) for name, s in scores.items()}
+        rows = [("unpruned TPR", point["unpruned"], t["unpruned", 0], t["unpruned", 1]),
+                ("pruned TPR", point["pruned"], t["pruned", 0], t["pruned", 1]),
+                ("drop (unpruned - pruned)", point["unpruned"] - point["pruned"],
+                 t["unpruned", 0] - t["pruned", 0], t["unpruned", 1] - t["pruned", 1])]
+        for label, value, fixed, rec in rows:
+            lo_f, hi_f = np.quantile(fixed, [0.025, 0.975])
+            lo_r, hi_r = np.quantile(rec, [0.025, 0.975])
+            print(f"| {fpr:g} | {label} | {value:.3f} | {lo_f:.3f}..{hi_f:.3f} ({hi_f - lo_f:.3f}) | "
+                  f"{lo_r:.3f}..{hi_r:.3f} ({hi_r - lo_r:.3f}) | {(hi_r - lo_r) / max(hi_f - lo_f, 1e-12):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
