@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""How much the TPR@FPR bound leaves out by taking the threshold as given.
+"""How much a TPR@FPR bound leaves out when it takes the threshold as given.
 
-The target-true check bound for ``--metric tpr@fpr=X`` (``test_module.per_sample``) resamples the same-identity
-pairs at the threshold the whole split's different-identity pairs set. The threshold is itself an estimate (at
-FPR 1e-2 on 450 different pairs it is the 5th highest impostor score). This script puts the two bootstraps side by
-side on real embeddings, resampling pairs as independent in both so that only the threshold differs:
+Until session 10 the target-true check bound for ``--metric tpr@fpr=X`` resampled the same-identity pairs at the
+threshold the whole split's different-identity pairs set. The threshold is itself an estimate (at FPR 1e-2 on 450
+different pairs it is the 5th highest impostor score); the bound now re-sets it on every draw
+(``engine.target_true.Thresholded``). This script puts the two bootstraps side by side on real embeddings,
+resampling pairs as independent in both so that only the threshold differs:
 
-- ``fixed``: same-identity pairs resampled, threshold from all different pairs (what the bound does);
-- ``recomputed``: both kinds resampled, the threshold re-set on every draw's different pairs.
+- ``fixed``: same-identity pairs resampled, threshold from all different pairs (the bound before);
+- ``recomputed``: both kinds resampled, the threshold re-set on every draw's different pairs (the bound now, which
+  also resamples people and images).
 
 for the unpruned model, a pruned one, and their paired difference (the ``--drop`` bound's quantity).
 

@@ -7,7 +7,9 @@ images only).
 - ``lfw_acc``: one outcome per pair (100 = right, 0 = wrong) under the threshold its fold learnt on the other
   folds; the mean is the k-fold accuracy in percent (exactly, when the folds are of equal size).
 - ``tpr@fpr=X``: one outcome per same-identity pair (1 = accepted) at the threshold that admits at most X of the
-  different-identity pairs; the threshold itself is taken as given (its own noise is not bootstrapped).
+  different-identity pairs. The measurement carries the scores of both kinds (``Thresholded``), so the bound
+  re-sets the threshold on every draw's different pairs: at a low FPR it rests on a few extreme scores, and taking
+  it as given made the drop's interval about half as wide as it is (benchmarks/tpr_threshold_noise.py).
 - ``fidelity``: one cosine per image to the unpruned model's embedding (no identities needed).
 """
 from __future__ import annotations
@@ -20,7 +22,13 @@ import numpy as np
 import torch.nn as nn
 
 from compression_tool.data.pairs import PairSet
-from compression_tool.engine.target_true import Evaluator, Measurement, bootstrap_mean_bound
+from compression_tool.engine.target_true import (
+    Evaluator,
+    Measurement,
+    Thresholded,
+    bootstrap_mean_bound,
+    measurement_rows,
+)
 from compression_tool.io.errors import UserError
 from test_module.verification import embed_images, kfold_verification, metric_fpr, pair_distances, resolvable
 
@@ -94,9 +102,10 @@ def pair_evaluator(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, f
 def embedding_measure(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10, unit: str = "identity"):
     """``measure(emb, ref=None) -> Measurement`` from a model's embeddings of ``pairset.images`` (``ref``: the
     reference's, for ``fidelity``): the per-sample values and the units the bound resamples (``unit``)."""
-    issame = pairset.issame.numpy()
+    issame = pairset.issame.numpy().astype(bool)
     pairs = pairset.pairs.numpy()
-    if metric != "fidelity" and metric != "lfw_acc":
+    fpr = metric_fpr(metric) if metric not in ("fidelity", "lfw_acc") else None
+    if fpr is not None:
         pairs = pairs[issame]                           # tpr@fpr: one sample per same-identity pair
     ids = image_identities(pairset, unit)
     name = "identity" if ids is not None else "image"
@@ -106,8 +115,13 @@ def embedding_measure(pairset: PairSet, metric: str = "lfw_acc", folds: int = 10
             if ref is None:
                 raise UserError("--metric fidelity: needs the unpruned reference model")
             return image_measure((emb * ref).sum(1).double().numpy(), ids)
-        s = pair_outcomes(pair_distances(emb, pairset.pairs), issame, metric, folds)
-        return Measurement(float(s.mean()), s, len(s), pairs, name, ids)
+        dist = pair_distances(emb, pairset.pairs)
+        s = pair_outcomes(dist, issame, metric, folds)
+        thresholded = None
+        if fpr is not None:                             # the bound re-sets the threshold on every draw
+            scores = 1.0 - dist / 2.0
+            thresholded = Thresholded(scores[issame], scores[~issame], pairset.pairs.numpy()[~issame], fpr)
+        return Measurement(float(s.mean()), s, len(s), pairs, name, ids, thresholded)
     return measure
 
 
@@ -125,8 +139,9 @@ def interval(m: Measurement, confidence: float = 0.95, n_boot: int = 1000) -> Tu
     """Two-sided bootstrap interval of a measurement's mean (the sensitivity CSV's ``<metric>_lo,<metric>_hi``
     on face data): the same resampling as the target-true bound (people, then images)."""
     tail = 0.5 + confidence / 2
-    return (bootstrap_mean_bound(m.per_sample, tail, False, n_boot, pairs=m.pairs, groups=m.groups),
-            bootstrap_mean_bound(m.per_sample, tail, True, n_boot, pairs=m.pairs, groups=m.groups))
+    (row,), extra = measurement_rows([m])
+    return (bootstrap_mean_bound(row, tail, False, n_boot, pairs=m.pairs, groups=m.groups, extra_pairs=extra),
+            bootstrap_mean_bound(row, tail, True, n_boot, pairs=m.pairs, groups=m.groups, extra_pairs=extra))
 
 
 __all__ = ["adverse_value", "accepted_at_fpr", "pair_outcomes", "pair_evaluator", "embedding_measure", "interval",

@@ -97,8 +97,6 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     printed = capsys.readouterr().out
     assert "judged on the report split" in printed
     assert "the check split holds 3 identities" in caplog.text and "at least 30" in caplog.text
-    threshold_warning = "takes the threshold as given (it admits 3 of the 30 different-identity pairs)"
-    assert (threshold_warning in caplog.text) == metric.startswith("tpr@fpr")
     doc = yaml.safe_load(out.read_text())
     tt = doc["extensions"]["target_true"]
     assert tt["metric"] == metric and tt["split"]["sizes"] == [3.0, 3.0, 3.0]
@@ -198,6 +196,51 @@ def test_identity_bootstrap_adds_the_spread_between_people_and_keeps_the_balance
         pytest.approx(mix[keep].mean(), abs=4)
     with pytest.raises(UserError, match="groups need"):
         bootstrap_mean_bound(mix, 0.95, True, groups=ident)
+
+
+def test_thresholded_tpr_matches_the_metric_and_its_bound_carries_the_threshold():
+    """TPR@FPR as the bound sees it: with unit weights it is accepted_at_fpr exactly; on each draw the threshold is
+    re-set on the draw's different pairs, so the interval of a TPR (and of a drop between two models on the same
+    pairs) is wider than at the split's fixed threshold, when the threshold rests on a few extreme scores."""
+    from compression_tool.engine.target_true import Measurement, Thresholded, bootstrap_mean_bound, measurement_rows
+
+    rng = np.random.default_rng(0)
+    for n_neg, fpr in ((0, 0.1), (1, 0.5), (7, 0.1), (200, 0.01), (450, 0.3)):
+        pos, neg = rng.normal(2, 1, 40), np.round(rng.normal(0, 1, n_neg), 1)       # ties on purpose
+        t = Thresholded(pos, neg, np.zeros((n_neg, 2), dtype=int), fpr)
+        want = accepted_at_fpr(np.r_[pos, neg], np.r_[np.ones(40, bool), np.zeros(n_neg, bool)], fpr)
+        assert t.accepted().tolist() == want.tolist()
+        assert (t.accepted(np.ones((3, n_neg))) == want).all()
+    assert t.accepted(np.zeros((1, 450))).all()                      # a draw without different pairs rejects none
+
+    # 20 people x 6 images: 300 same pairs, 300 different ones; FPR 1e-2 puts the threshold on 3 extreme scores
+    people, per = 20, 6
+    ident = np.repeat(np.arange(people), per)
+    imgs = np.arange(people * per)
+    same_pairs = np.array([(a, b) for a in imgs for b in imgs if a < b and ident[a] == ident[b]])
+    cross = np.array([(a, b) for a in imgs for b in imgs if a < b and ident[a] != ident[b]])
+    diff_pairs = cross[rng.choice(len(cross), 300, replace=False)]
+    pos, neg = rng.normal(0.6, 0.12, len(same_pairs)), rng.normal(0.2, 0.1, len(diff_pairs))
+
+    def measured(pos_scores, neg_scores) -> Measurement:
+        t = Thresholded(pos_scores, neg_scores, diff_pairs, 0.01)
+        return Measurement(float(t.accepted().mean()), t.accepted(), len(pos), same_pairs, "identity", ident, t)
+
+    base = measured(pos, neg)
+    pruned = measured(pos - 0.05 + rng.normal(0, 0.05, len(pos)), neg + rng.normal(0, 0.05, len(neg)))
+    cases = {"TPR": (measurement_rows([pruned]), pruned.per_sample),
+             "drop": (measurement_rows([pruned], base), base.per_sample - pruned.per_sample)}
+    for name, (((row,), extra), fixed) in cases.items():
+        assert extra is diff_pairs
+        lo_f, hi_f = (bootstrap_mean_bound(fixed, 0.975, up, pairs=same_pairs, groups=ident) for up in (False, True))
+        lo_r, hi_r = (bootstrap_mean_bound(row, 0.975, up, pairs=same_pairs, groups=ident, extra_pairs=extra)
+                      for up in (False, True))
+        assert lo_r <= fixed.mean() <= hi_r
+        assert hi_r - lo_r > 1.25 * (hi_f - lo_f), (name, lo_f, hi_f, lo_r, hi_r)    # 1.0 at a fixed threshold
+    with pytest.raises(UserError, match="same pairs"):
+        measurement_rows([pruned], Measurement(1.0, np.ones(len(pos)), len(pos), same_pairs))
+    with pytest.raises(UserError, match="need both pairs and extra_pairs"):
+        bootstrap_mean_bound(row, 0.95, True, pairs=same_pairs)
 
 
 def test_image_identities_from_folders_and_the_fallback(caplog):

@@ -3,14 +3,15 @@
 A ``Measurement`` holds a metric and its per-sample values (images, or pairs of images with their identities for
 faces); ``bootstrap_mean_bound`` bounds its mean (pairs: the images resampled, identities first when given),
 ``bootstrap_means`` + ``simultaneous_level`` give the level at which many candidates' bounds hold together, and
-``samples_to_vouch`` how large a split would resolve a drop.
+``samples_to_vouch`` how large a split would resolve a drop. A TPR at a false-accept rate (``Thresholded``) re-sets
+its threshold on every draw's different-identity pairs, so the bound carries the threshold's noise too.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,6 +24,34 @@ PLURAL = {"identity": "identities", "image": "images", "sample": "samples"}
 
 
 @dataclass
+class Thresholded:
+    """TPR at a false-accept rate, as the bootstrap needs it: the samples are the same-identity pairs (``pos``:
+    their similarity scores), accepted above the threshold that admits at most ``fpr`` of the different-identity
+    pairs (``neg``, image indices ``neg_pairs``). The threshold is an estimate from a few extreme ``neg`` scores, so
+    every bootstrap draw re-sets it on that draw's (re-weighted) different pairs."""
+    pos: np.ndarray
+    neg: np.ndarray
+    neg_pairs: np.ndarray
+    fpr: float
+
+    def accepted(self, neg_weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """1.0 / 0.0 per same pair: [n] at the split's own threshold (no weights), or [B, n] at each draw's
+        threshold for ``neg_weights`` [B, len(neg)] (the different pairs' bootstrap weights)."""
+        w = np.ones((1, self.neg.size)) if neg_weights is None else np.asarray(neg_weights, dtype=np.float64)
+        thr = np.full(len(w), -np.inf)                  # no different pair weighs anything: nothing to reject
+        if self.neg.size:
+            order = np.argsort(-self.neg, kind="stable")
+            cum = np.cumsum(w[:, order], axis=1)
+            # the highest scores may be accepted while their weight stays within fpr of the total (floor(fpr * m)
+            # false accepts with unit weights, as accepted_at_fpr); the threshold is the first pair beyond that
+            over = cum > self.fpr * cum[:, -1:] + 1e-9
+            hit = over.any(axis=1)
+            thr[hit] = self.neg[order][over.argmax(axis=1)[hit]]
+        out = (self.pos[None, :] > thr[:, None]).astype(np.float64)
+        return out[0] if neg_weights is None else out
+
+
+@dataclass
 class Measurement:
     """A metric on one split (higher is better, e.g. top-1 in percent), with its per-sample values (their mean is
     ``value``) for the bootstrap."""
@@ -32,6 +61,30 @@ class Measurement:
     pairs: Optional[np.ndarray] = None   # [n, 2] image indices when each sample is a pair of images (faces)
     unit: str = "sample"                 # what the bound resamples first, for messages: image | identity | sample
     groups: Optional[np.ndarray] = None  # the identity of every image index (faces): two-stage bootstrap
+    thresholded: Optional[Thresholded] = None   # TPR@FPR: per_sample is accepted at a threshold re-set per draw
+
+
+# A bootstrap row: fixed per-sample values [n], or the values on each draw [B, n] from the draw's weights of the
+# extra pairs (a TPR's different-identity pairs, whose threshold moves with them).
+Row = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+
+
+def measurement_rows(measured: Sequence[Measurement], base: Optional[Measurement] = None
+                     ) -> tuple[List[Row], Optional[np.ndarray]]:
+    """Bootstrap rows of ``measured`` (their drops from ``base`` when given, paired on the same draws) and the extra
+    pairs the draws must weigh (a TPR's different-identity pairs), for ``bootstrap_means``."""
+    refs = [m for m in [*measured, base] if m is not None]
+    thresholded = [m.thresholded is not None for m in refs]
+    if not any(thresholded):
+        return [m.per_sample if base is None else base.per_sample - m.per_sample for m in measured], None
+    if not all(thresholded):
+        raise UserError("bootstrap: a TPR@FPR measurement can only be compared with another of the same pairs")
+    if base is None:
+        return [m.thresholded.accepted for m in measured], measured[0].thresholded.neg_pairs
+
+    def drop(m: Measurement) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda w: base.thresholded.accepted(w) - m.thresholded.accepted(w)
+    return [drop(m) for m in measured], base.thresholded.neg_pairs
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -83,12 +136,23 @@ def _check_samples(n: int, pairs: Optional[np.ndarray], groups: Optional[np.ndar
         raise UserError("bootstrap: groups need the samples' image indices (pairs)")
 
 
-def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, adverse: Optional[float] = None,
-                    pairs: Optional[np.ndarray] = None, groups: Optional[np.ndarray] = None) -> np.ndarray:
+def bootstrap_means(values: Union[np.ndarray, Sequence[Row]], n_boot: int = 2000, seed: int = 0,
+                    adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None,
+                    groups: Optional[np.ndarray] = None, extra_pairs: Optional[np.ndarray] = None) -> np.ndarray:
     """[C, n_boot] bootstrap means of every row of ``values`` ([C, n], or [n] for one row): the *same* resamples
     for every row (the draws depend on ``seed`` and the sizes only), so rows that are candidates measured on the
     same samples keep their correlation (``simultaneous_level``). ``adverse``, ``pairs`` and ``groups`` as in
-    ``bootstrap_mean_bound``."""
+    ``bootstrap_mean_bound``.
+
+    ``extra_pairs`` ([m, 2] image indices, with ``pairs``): pairs that are resampled with the samples (they share
+    their images and people) but are not samples themselves; a row may then be a function of their weights on each
+    draw ([B, m] -> [B, n]), e.g. acceptance at a threshold the draw's different-identity pairs set
+    (``measurement_rows``)."""
+    if extra_pairs is not None or (not isinstance(values, np.ndarray) and any(callable(r) for r in values)):
+        if pairs is None or extra_pairs is None:
+            raise UserError("bootstrap: rows that depend on extra pairs need both pairs and extra_pairs")
+        return _pair_means(list(values), n_boot, np.random.default_rng(seed), adverse, np.asarray(pairs),
+                           groups, np.asarray(extra_pairs))
     V = np.atleast_2d(np.asarray(values, dtype=np.float64))
     rows, n = V.shape
     _check_samples(n, pairs, groups)
@@ -104,7 +168,21 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, adver
             for r in range(rows):
                 means[r, i:j] = V[r][pick].mean(axis=1)
         return means
-    used, idx = np.unique(np.asarray(pairs, dtype=np.int64), return_inverse=True)
+    return _pair_means(list(V), n_boot, rng, adverse, np.asarray(pairs), groups, None)
+
+
+def _pair_means(rows: List[Row], n_boot: int, rng: np.random.Generator, adverse: Optional[float],
+                pairs: np.ndarray, groups: Optional[np.ndarray], extra_pairs: Optional[np.ndarray]) -> np.ndarray:
+    """``bootstrap_means`` over pairs of images (the pigeonhole bootstrap, identities first with ``groups``); the
+    samples are ``pairs``, weighed with ``extra_pairs`` (not samples) on the same draws."""
+    n = len(pairs)
+    _check_samples(n, pairs, groups)
+    for r in rows:
+        if not callable(r) and np.shape(r) != (n,):
+            raise UserError(f"bootstrap: {n} samples but a row of {np.shape(r)} values")
+    everything = pairs if extra_pairs is None else np.concatenate([pairs, extra_pairs])
+    means = np.empty((len(rows), n_boot))
+    used, idx = np.unique(np.asarray(everything, dtype=np.int64), return_inverse=True)
     idx = idx.reshape(-1, 2)
     single = idx[:, 0] == idx[:, 1]
     if groups is not None:
@@ -113,7 +191,7 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, adver
         same_group = ga == gb
         members = _group_members(gidx)
     extra = 0.0 if adverse is None else float(adverse)
-    chunk = max(1, 2_000_000 // max(n, used.size))
+    chunk = max(1, 2_000_000 // max(len(idx), used.size))
     for i in range(0, n_boot, chunk):
         j = min(n_boot, i + chunk)
         if groups is None:
@@ -128,15 +206,17 @@ def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, adver
             w *= np.where(same_group, mg[:, ga], mg[:, ga] * mg[:, gb])
         # the adverse pseudo-pair is drawn like an independent sample (Poisson(1) copies, as in the plain case)
         wa = rng.poisson(1.0, size=j - i).astype(np.float64) if adverse is not None else np.zeros(j - i)
+        w, w_extra = w[:, :n], w[:, n:]
         total = np.maximum(w.sum(axis=1) + wa, 1e-12)
-        for r in range(rows):
-            means[r, i:j] = ((w * V[r]).sum(axis=1) + wa * extra) / total
+        for r, row in enumerate(rows):
+            values = row(w_extra) if callable(row) else row
+            means[r, i:j] = ((w * values).sum(axis=1) + wa * extra) / total
     return means
 
 
-def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_boot: int = 2000,
+def bootstrap_mean_bound(values: Row, confidence: float, upper: bool, n_boot: int = 2000,
                          seed: int = 0, adverse: Optional[float] = None, pairs: Optional[np.ndarray] = None,
-                         groups: Optional[np.ndarray] = None) -> float:
+                         groups: Optional[np.ndarray] = None, extra_pairs: Optional[np.ndarray] = None) -> float:
     """One-sided percentile-bootstrap bound of the mean of ``values`` (upper or lower) at ``confidence``.
 
     ``adverse``: one pseudo-sample with this value is added first (e.g. one lost image), so that a split on
@@ -152,13 +232,19 @@ def bootstrap_mean_bound(values: np.ndarray, confidence: float, upper: bool, n_b
     the images within each group — so the bound carries both the spread between people and the image noise (the
     report split holds other people). A pair's weight is its images' multiplicities times its groups' (one group's
     multiplicity, not its square, when both images are of one person: the same/different balance is kept on
-    average)."""
+    average).
+
+    ``values`` may be a row of ``measurement_rows`` with its ``extra_pairs``: a TPR@FPR re-sets its threshold on
+    every draw."""
+    if callable(values):
+        means = bootstrap_means([values], n_boot, seed, adverse, pairs, groups, extra_pairs)[0]
+        return float(np.quantile(means, confidence if upper else 1.0 - confidence))
     v = np.asarray(values, dtype=np.float64)
     _check_samples(v.size, pairs, groups)
     probe = v if adverse is None else np.append(v, adverse)
     if np.all(probe == probe[0]):
         return float(probe[0])
-    means = bootstrap_means(v, n_boot, seed, adverse, pairs, groups)[0]
+    means = bootstrap_means(v, n_boot, seed, adverse, pairs, groups, extra_pairs)[0]
     return float(np.quantile(means, confidence if upper else 1.0 - confidence))
 
 

@@ -20,6 +20,7 @@ from compression_tool.engine.target_true.bounds import (
     Measurement,
     bootstrap_mean_bound,
     bootstrap_means,
+    measurement_rows,
     simultaneous_level,
 )
 from compression_tool.engine.target_true.config import TargetTrueConfig
@@ -32,11 +33,9 @@ def promise_bound(m: Measurement, base: Measurement, cfg: TargetTrueConfig, leve
     """The one-sided bound the promise is judged by at ``level``: the upper bound of the drop ``base`` − ``m`` (drop
     mode) or the lower bound of ``m`` (target mode), resampled as the measurement's samples are (pairs, identities);
     ``adverse``: the pseudo-sample of ``cfg.pseudo_value()`` on check, none on report."""
-    if cfg.drop is not None:
-        return bootstrap_mean_bound(base.per_sample - m.per_sample, level, True, cfg.n_boot, cfg.seed,
-                                    adverse=adverse, pairs=m.pairs, groups=m.groups)
-    return bootstrap_mean_bound(m.per_sample, level, False, cfg.n_boot, cfg.seed, adverse=adverse, pairs=m.pairs,
-                                groups=m.groups)
+    rows, extra_pairs = measurement_rows([m], base if cfg.drop is not None else None)
+    return bootstrap_mean_bound(rows[0], level, cfg.drop is not None, cfg.n_boot, cfg.seed, adverse=adverse,
+                                pairs=m.pairs, groups=m.groups, extra_pairs=extra_pairs)
 
 
 class ComposedChecker:
@@ -157,10 +156,10 @@ class ComposedChecker:
         measured = self.family()
         if not measured:
             return cfg.confidence
-        values = np.stack([base.per_sample - m.per_sample if cfg.drop is not None else m.per_sample
-                           for m in measured])
+        rows, extra_pairs = measurement_rows(measured, base if cfg.drop is not None else None)
+        values = rows if extra_pairs is not None else np.stack(rows)
         means = bootstrap_means(values, cfg.n_boot, cfg.seed, cfg.pseudo_value(), measured[0].pairs,
-                                measured[0].groups)
+                                measured[0].groups, extra_pairs)
         return min(simultaneous_level(means, cfg.confidence, upper=cfg.drop is not None),
                    cfg.adjusted_level(len(measured)))
 
