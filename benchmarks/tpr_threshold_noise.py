@@ -32,7 +32,7 @@ from compression_tool.data.readers import load_pairset
 from compression_tool.engine.checkpoint import load_model
 from compression_tool.io.errors import cli_main
 from test_module.per_sample import accepted_at_fpr
-from test_module.verification import embed_images, pair_distances
+from test_module.verification import embed_images, fold_indices, kfold_verification, pair_distances
 
 MFN = SHARED / "mobilefacenet_casia" / "068.ckpt"
 
@@ -51,6 +51,28 @@ def tpr_draws(scores: np.ndarray, issame: np.ndarray, fpr: float, draws: np.ndar
         k = int(math.floor(fpr * neg.size + 1e-9))
         out[b] = 1.0 if k >= neg.size else float((scores[pick[same]] > neg[k]).mean())
     return out
+
+
+def kfold_accuracy_draws(dist: np.ndarray, issame: np.ndarray, draws: np.ndarray, recompute: bool,
+                         folds: int = 10) -> np.ndarray:
+    """10-fold accuracy (lfw_acc, in points) on each draw: at the thresholds each fold learnt on the whole split
+    (fixed), or re-learnt on the draw's weighted other folds (recomputed)."""
+    w = np.stack([np.bincount(pick, minlength=len(dist)) for pick in draws]).astype(np.float64)
+    correct = np.empty_like(w)
+    if not recompute:
+        correct[:] = kfold_verification(dist, issame, folds)["correct"]
+    else:
+        for train, test in fold_indices(len(dist), folds):
+            order = train[np.argsort(dist[train], kind="stable")]
+            same = issame[order].astype(np.float64)
+            wt = w[:, order]
+            hits_same = np.concatenate([np.zeros((len(w), 1)), np.cumsum(wt * same, axis=1)], axis=1)
+            hits_diff = np.concatenate([np.zeros((len(w), 1)), np.cumsum(wt * (1 - same), axis=1)], axis=1)
+            k = np.argmax(hits_same + (hits_diff[:, -1:] - hits_diff), axis=1)    # the k closest pairs called same
+            edge = np.append(dist[order], np.inf)
+            thr = np.where(k > 0, (edge[np.maximum(k - 1, 0)] + edge[k]) / 2, edge[0])
+            correct[:, test] = (dist[test][None, :] < thr[:, None]) == issame[test][None, :]
+    return 100.0 * (w * correct).sum(axis=1) / w.sum(axis=1)
 
 
 @cli_main
@@ -75,9 +97,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     draws = np.random.default_rng(args.seed).integers(0, len(issame), size=(args.n_boot, len(issame)))
     print(f"ORL {args.subjects}: {int(issame.sum())} same / {int((~issame).sum())} different pairs, "
           f"{args.n_boot} draws (pairs resampled as independent)")
-    print("| FPR | quantity | point | fixed threshold: 95 % interval (width) | recomputed: 95 % interval (width) "
-          "| width ratio |")
+    print("| FPR (or 10-fold) | quantity | point | fixed threshold: 95 % interval (width) "
+          "| recomputed: 95 % interval (width) | width ratio |")
     print("|---|---|---|---|---|---|")
+    dist = {name: 2.0 * (1.0 - s) for name, s in scores.items()}
+    acc = {(name, rec): kfold_accuracy_draws(d, issame, draws, bool(rec)) for name, d in dist.items() for rec in (0, 1)}
+    point = {name: float(kfold_verification(d, issame)["correct"].mean() * 100) for name, d in dist.items()}
+    rows = [("unpruned lfw_acc", point["unpruned"], acc["unpruned", 0], acc["unpruned", 1]),
+            ("pruned lfw_acc", point["pruned"], acc["pruned", 0], acc["pruned", 1]),
+            ("lfw_acc drop", point["unpruned"] - point["pruned"], acc["unpruned", 0] - acc["pruned", 0],
+             acc["unpruned", 1] - acc["pruned", 1])]
+    print_rows("10-fold", rows)
     for fpr in (float(v) for v in args.fpr.split(",")):
         t = {(name, rec): tpr_draws(s, issame, fpr, draws, rec) for name, s in scores.items() for rec in (0, 1)}
         point = {name: float(accepted_at_fpr(s, issame, fpr).mean()) for name, s in scores.items()}
@@ -85,11 +115,16 @@ def main(argv: Optional[List[str]] = None) -> None:
                 ("pruned TPR", point["pruned"], t["pruned", 0], t["pruned", 1]),
                 ("drop (unpruned - pruned)", point["unpruned"] - point["pruned"],
                  t["unpruned", 0] - t["pruned", 0], t["unpruned", 1] - t["pruned", 1])]
-        for label, value, fixed, rec in rows:
-            lo_f, hi_f = np.quantile(fixed, [0.025, 0.975])
-            lo_r, hi_r = np.quantile(rec, [0.025, 0.975])
-            print(f"| {fpr:g} | {label} | {value:.3f} | {lo_f:.3f}..{hi_f:.3f} ({hi_f - lo_f:.3f}) | "
-                  f"{lo_r:.3f}..{hi_r:.3f} ({hi_r - lo_r:.3f}) | {(hi_r - lo_r) / max(hi_f - lo_f, 1e-12):.2f} |")
+        print_rows(f"{fpr:g}", rows)
+
+
+def print_rows(what: str, rows) -> None:
+    """Markdown rows: the point value and both 95 % intervals (with their widths and ratio)."""
+    for label, value, fixed, rec in rows:
+        lo_f, hi_f = np.quantile(fixed, [0.025, 0.975])
+        lo_r, hi_r = np.quantile(rec, [0.025, 0.975])
+        print(f"| {what} | {label} | {value:.3f} | {lo_f:.3f}..{hi_f:.3f} ({hi_f - lo_f:.3f}) | "
+              f"{lo_r:.3f}..{hi_r:.3f} ({hi_r - lo_r:.3f}) | {(hi_r - lo_r) / max(hi_f - lo_f, 1e-12):.2f} |")
 
 
 if __name__ == "__main__":

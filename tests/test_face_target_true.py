@@ -237,10 +237,56 @@ def test_thresholded_tpr_matches_the_metric_and_its_bound_carries_the_threshold(
                       for up in (False, True))
         assert lo_r <= fixed.mean() <= hi_r
         assert hi_r - lo_r > 1.25 * (hi_f - lo_f), (name, lo_f, hi_f, lo_r, hi_r)    # 1.0 at a fixed threshold
-    with pytest.raises(UserError, match="same pairs"):
+    with pytest.raises(UserError, match="another of the same pairs"):
         measurement_rows([pruned], Measurement(1.0, np.ones(len(pos)), len(pos), same_pairs))
-    with pytest.raises(UserError, match="need both pairs and extra_pairs"):
+    with pytest.raises(UserError, match="needs the weights of its 300 different-identity pairs"):
         bootstrap_mean_bound(row, 0.95, True, pairs=same_pairs)
+    with pytest.raises(UserError, match="need the samples' pairs"):
+        bootstrap_mean_bound(row, 0.95, True)
+
+
+def test_fold_thresholds_match_kfold_accuracy_and_relearning_widens_a_close_drop():
+    """lfw_acc as the bound sees it: with unit weights the outcomes are kfold_verification's exactly (ties and the
+    smallest-threshold rule included); re-learning the folds' thresholds on every draw widens the drop between two
+    close models, whose outcomes at their own learnt thresholds move together."""
+    from compression_tool.engine.target_true import FoldThresholds, Measurement, bootstrap_mean_bound, measurement_rows
+    from test_module.verification import fold_indices
+
+    rng = np.random.default_rng(3)
+    for n, folds in ((40, 2), (200, 10), (333, 5)):
+        issame = rng.random(n) < 0.5
+        dist = np.round(np.where(issame, rng.normal(0.8, 0.3, n), rng.normal(1.4, 0.3, n)), 2)    # ties
+        tests = [t for _, t in fold_indices(n, folds)]
+        ft = FoldThresholds(dist, issame, tests)
+        assert ft.correct().tolist() == (100.0 * kfold_verification(dist, issame, folds)["correct"]).tolist()
+        assert (ft.correct(np.ones((2, n))) == ft.correct()).all()
+
+    people, per = 20, 6
+    ident = np.repeat(np.arange(people), per)
+    imgs = np.arange(people * per)
+    same = np.array([(a, b) for a in imgs for b in imgs if a < b and ident[a] == ident[b]])
+    cross = np.array([(a, b) for a in imgs for b in imgs if a < b and ident[a] != ident[b]])
+    pairs = np.concatenate([same, cross[rng.choice(len(cross), len(same), replace=False)]])
+    issame = np.arange(len(pairs)) < len(same)
+    order = rng.permutation(len(pairs))
+    pairs, issame = pairs[order], issame[order]
+    dist = np.where(issame, rng.normal(0.8, 0.25, len(pairs)), rng.normal(1.4, 0.25, len(pairs)))
+    tests = [t for _, t in fold_indices(len(pairs), 10)]
+
+    def measured(d) -> Measurement:
+        ft = FoldThresholds(d, issame, tests)
+        return Measurement(float(ft.correct().mean()), ft.correct(), len(d), pairs, "identity", ident, ft)
+
+    base, close = measured(dist), measured(dist + rng.normal(0.02, 0.03, len(dist)))
+    (row,), extra = measurement_rows([close], base)
+    assert extra is None
+    fixed = base.per_sample - close.per_sample
+    lo_f, hi_f = (bootstrap_mean_bound(fixed, 0.975, up, pairs=pairs, groups=ident) for up in (False, True))
+    lo_r, hi_r = (bootstrap_mean_bound(row, 0.975, up, pairs=pairs, groups=ident) for up in (False, True))
+    assert lo_r <= fixed.mean() <= hi_r
+    assert hi_r - lo_r > 1.25 * (hi_f - lo_f), (lo_f, hi_f, lo_r, hi_r)           # 1.0 at fixed thresholds
+    with pytest.raises(UserError, match="no other pairs"):
+        FoldThresholds(dist, issame, [np.arange(len(dist))])
 
 
 def test_image_identities_from_folders_and_the_fallback(caplog):

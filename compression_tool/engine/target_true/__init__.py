@@ -29,6 +29,7 @@ back-off guards and the confirm test), ``report`` (the printed report).
 """
 from compression_tool.engine.target_true.bounds import (
     Evaluator,
+    FoldThresholds,
     Measurement,
     Thresholded,
     bootstrap_mean_bound,
@@ -58,8 +59,8 @@ from compression_tool.engine.target_true.guards import (
 from compression_tool.engine.target_true.report import format_result
 from compression_tool.engine.target_true.search import sign_of, target_true_schedule
 
-__all__ = ["Measurement", "Thresholded", "measurement_rows", "Evaluator", "TargetTrueConfig", "TargetTrueResult",
-           "Trial", "classifier_evaluator",
+__all__ = ["Measurement", "Thresholded", "FoldThresholds", "measurement_rows", "Evaluator", "TargetTrueConfig",
+           "TargetTrueResult", "Trial", "classifier_evaluator",
            "correct_per_sample", "bootstrap_mean_bound", "bootstrap_means", "simultaneous_level", "samples_to_vouch",
            "ComposedChecker", "composed_metric", "promise_bound", "target_true_schedule", "format_result", "sign_of",
            "MULTIPLE_TESTING", "RESOURCES", "chain_points", "nested_schedules", "guard_steps", "back_off",

@@ -3,8 +3,9 @@
 A ``Measurement`` holds a metric and its per-sample values (images, or pairs of images with their identities for
 faces); ``bootstrap_mean_bound`` bounds its mean (pairs: the images resampled, identities first when given),
 ``bootstrap_means`` + ``simultaneous_level`` give the level at which many candidates' bounds hold together, and
-``samples_to_vouch`` how large a split would resolve a drop. A TPR at a false-accept rate (``Thresholded``) re-sets
-its threshold on every draw's different-identity pairs, so the bound carries the threshold's noise too.
+``samples_to_vouch`` how large a split would resolve a drop. Metrics whose thresholds are learnt on the split itself
+(TPR at a false-accept rate: ``Thresholded``; k-fold accuracy: ``FoldThresholds``) re-learn them on every draw, so
+the bound carries the thresholds' noise too.
 """
 from __future__ import annotations
 
@@ -34,10 +35,20 @@ class Thresholded:
     neg_pairs: np.ndarray
     fpr: float
 
+    @property
+    def extra_pairs(self) -> np.ndarray:
+        return self.neg_pairs
+
+    def values(self, weights: np.ndarray, extra_weights: np.ndarray) -> np.ndarray:
+        return self.accepted(extra_weights)
+
     def accepted(self, neg_weights: Optional[np.ndarray] = None) -> np.ndarray:
         """1.0 / 0.0 per same pair: [n] at the split's own threshold (no weights), or [B, n] at each draw's
         threshold for ``neg_weights`` [B, len(neg)] (the different pairs' bootstrap weights)."""
         w = np.ones((1, self.neg.size)) if neg_weights is None else np.asarray(neg_weights, dtype=np.float64)
+        if w.shape[1] != self.neg.size:
+            raise UserError(f"bootstrap: a TPR@FPR row needs the weights of its {self.neg.size} different-identity "
+                            f"pairs (measurement_rows' extra pairs), got {w.shape[1]}")
         thr = np.full(len(w), -np.inf)                  # no different pair weighs anything: nothing to reject
         if self.neg.size:
             order = np.argsort(-self.neg, kind="stable")
@@ -51,6 +62,51 @@ class Thresholded:
         return out[0] if neg_weights is None else out
 
 
+class FoldThresholds:
+    """k-fold verification accuracy (lfw_acc) as the bootstrap needs it: each pair is judged "same iff its distance
+    < t" at the threshold t its fold learnt on the other folds (the accuracy-maximising midpoint between distinct
+    distances, the smallest on ties, as ``test_module.verification.best_threshold``). Every draw re-learns the
+    thresholds on its own weights of the other folds' pairs: a threshold learnt on a few hundred pairs moves, and
+    two close models move differently."""
+
+    extra_pairs = None
+
+    def __init__(self, dist: np.ndarray, issame: np.ndarray, folds: Sequence[np.ndarray], scale: float = 100.0):
+        self.dist = np.asarray(dist, dtype=np.float64)
+        self.issame = np.asarray(issame, dtype=bool)
+        self.scale = float(scale)
+        self.folds = []                  # per fold: test pairs, train order and sign, distinct-distance starts, cuts
+        everything = np.arange(self.dist.size)
+        for test in folds:
+            train = np.setdiff1d(everything, test)
+            if not train.size:
+                raise UserError("k-fold accuracy: a fold has no other pairs to learn its threshold on")
+            order = train[np.argsort(self.dist[train], kind="stable")]
+            d = self.dist[order]
+            starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+            u = d[starts]
+            cuts = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
+            sign = np.where(self.issame[order], 1.0, -1.0)
+            self.folds.append((np.asarray(test), order, sign, starts, cuts))
+
+    def values(self, weights: np.ndarray, extra_weights: np.ndarray) -> np.ndarray:
+        return self.correct(weights)
+
+    def correct(self, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """``scale`` (right) / 0 per pair: [n] at the split's own fold thresholds (no weights), or [B, n] at the
+        thresholds each draw's pair weights ``weights`` [B, n] teach."""
+        w = np.ones((1, self.dist.size)) if weights is None else np.asarray(weights, dtype=np.float64)
+        out = np.empty((len(w), self.dist.size))
+        for test, order, sign, starts, cuts in self.folds:
+            # calling the closest j distinct distances "same" gains a same pair's weight and loses a different
+            # pair's: the accuracy is a constant plus this running sum, maximised at its first maximum
+            gain = np.cumsum(np.add.reduceat(w[:, order] * sign, starts, axis=1), axis=1)
+            t = cuts[np.argmax(np.concatenate([np.zeros((len(w), 1)), gain], axis=1), axis=1)]
+            out[:, test] = (self.dist[test][None, :] < t[:, None]) == self.issame[test][None, :]
+        out *= self.scale
+        return out[0] if weights is None else out
+
+
 @dataclass
 class Measurement:
     """A metric on one split (higher is better, e.g. top-1 in percent), with its per-sample values (their mean is
@@ -61,12 +117,14 @@ class Measurement:
     pairs: Optional[np.ndarray] = None   # [n, 2] image indices when each sample is a pair of images (faces)
     unit: str = "sample"                 # what the bound resamples first, for messages: image | identity | sample
     groups: Optional[np.ndarray] = None  # the identity of every image index (faces): two-stage bootstrap
-    thresholded: Optional[Thresholded] = None   # TPR@FPR: per_sample is accepted at a threshold re-set per draw
+    # per_sample rests on thresholds learnt on the split itself (Thresholded: TPR@FPR; FoldThresholds: lfw_acc):
+    # every bootstrap draw re-learns them, so the bound carries their noise
+    relearned: Optional[Union[Thresholded, FoldThresholds]] = None
 
 
 # A bootstrap row: fixed per-sample values [n], or the values on each draw [B, n] from the draw's weights of the
-# extra pairs (a TPR's different-identity pairs, whose threshold moves with them).
-Row = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]
+# samples [B, n] and of the extra pairs [B, m] (a TPR's different-identity pairs), when thresholds move with them.
+Row = Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
 
 def measurement_rows(measured: Sequence[Measurement], base: Optional[Measurement] = None
@@ -74,17 +132,25 @@ def measurement_rows(measured: Sequence[Measurement], base: Optional[Measurement
     """Bootstrap rows of ``measured`` (their drops from ``base`` when given, paired on the same draws) and the extra
     pairs the draws must weigh (a TPR's different-identity pairs), for ``bootstrap_means``."""
     refs = [m for m in [*measured, base] if m is not None]
-    thresholded = [m.thresholded is not None for m in refs]
-    if not any(thresholded):
+    relearned = [m.relearned is not None for m in refs]
+    if not any(relearned):
         return [m.per_sample if base is None else base.per_sample - m.per_sample for m in measured], None
-    if not all(thresholded):
-        raise UserError("bootstrap: a TPR@FPR measurement can only be compared with another of the same pairs")
+    if not all(relearned):
+        raise UserError("bootstrap: a measurement with learnt thresholds can only be compared with another of the "
+                        "same pairs")
     if base is None:
-        return [m.thresholded.accepted for m in measured], measured[0].thresholded.neg_pairs
+        return [m.relearned.values for m in measured], measured[0].relearned.extra_pairs
 
-    def drop(m: Measurement) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda w: base.thresholded.accepted(w) - m.thresholded.accepted(w)
-    return [drop(m) for m in measured], base.thresholded.neg_pairs
+    last: dict = {}
+
+    def base_values(w: np.ndarray, wx: np.ndarray) -> np.ndarray:
+        if last.get("w") is not w:           # the rows of one draw chunk share its weights: the base once a chunk
+            last["w"], last["v"] = w, base.relearned.values(w, wx)
+        return last["v"]
+
+    def drop(m: Measurement) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        return lambda w, wx: base_values(w, wx) - m.relearned.values(w, wx)
+    return [drop(m) for m in measured], base.relearned.extra_pairs
 
 
 Evaluator = Callable[[nn.Module], Measurement]
@@ -144,15 +210,15 @@ def bootstrap_means(values: Union[np.ndarray, Sequence[Row]], n_boot: int = 2000
     same samples keep their correlation (``simultaneous_level``). ``adverse``, ``pairs`` and ``groups`` as in
     ``bootstrap_mean_bound``.
 
-    ``extra_pairs`` ([m, 2] image indices, with ``pairs``): pairs that are resampled with the samples (they share
-    their images and people) but are not samples themselves; a row may then be a function of their weights on each
-    draw ([B, m] -> [B, n]), e.g. acceptance at a threshold the draw's different-identity pairs set
-    (``measurement_rows``)."""
+    A row may be a function of each draw's weights (``measurement_rows``): of the samples' [B, n] and of
+    ``extra_pairs``' [B, m] ([m, 2] image indices, with ``pairs``: pairs resampled with the samples, sharing their
+    images and people, but not samples themselves) to the draw's per-sample values [B, n], e.g. the outcomes at
+    thresholds the draw re-learns."""
     if extra_pairs is not None or (not isinstance(values, np.ndarray) and any(callable(r) for r in values)):
-        if pairs is None or extra_pairs is None:
-            raise UserError("bootstrap: rows that depend on extra pairs need both pairs and extra_pairs")
+        if pairs is None:
+            raise UserError("bootstrap: rows that re-learn thresholds on each draw need the samples' pairs")
         return _pair_means(list(values), n_boot, np.random.default_rng(seed), adverse, np.asarray(pairs),
-                           groups, np.asarray(extra_pairs))
+                           groups, None if extra_pairs is None else np.asarray(extra_pairs))
     V = np.atleast_2d(np.asarray(values, dtype=np.float64))
     rows, n = V.shape
     _check_samples(n, pairs, groups)
@@ -209,7 +275,7 @@ def _pair_means(rows: List[Row], n_boot: int, rng: np.random.Generator, adverse:
         w, w_extra = w[:, :n], w[:, n:]
         total = np.maximum(w.sum(axis=1) + wa, 1e-12)
         for r, row in enumerate(rows):
-            values = row(w_extra) if callable(row) else row
+            values = row(w, w_extra) if callable(row) else row
             means[r, i:j] = ((w * values).sum(axis=1) + wa * extra) / total
     return means
 

@@ -157,7 +157,7 @@ class ComposedChecker:
         if not measured:
             return cfg.confidence
         rows, extra_pairs = measurement_rows(measured, base if cfg.drop is not None else None)
-        values = rows if extra_pairs is not None else np.stack(rows)
+        values = rows if any(callable(r) for r in rows) else np.stack(rows)
         means = bootstrap_means(values, cfg.n_boot, cfg.seed, cfg.pseudo_value(), measured[0].pairs,
                                 measured[0].groups, extra_pairs)
         return min(simultaneous_level(means, cfg.confidence, upper=cfg.drop is not None),
