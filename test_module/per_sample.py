@@ -7,11 +7,11 @@ images only).
 - ``lfw_acc``: one outcome per pair (100 = right, 0 = wrong) under the threshold its fold learnt on the other
   folds; the mean is the k-fold accuracy in percent (exactly, when the folds are of equal size). The bound re-learns
   the folds' thresholds on every draw (``FoldThresholds``): for two close models, taking them as learnt made the
-  drop's interval 1.75x too narrow on ORL s31..s40 (benchmarks/tpr_threshold_noise.py).
+  drop's interval 1.75x too narrow on ORL s31..s40 (benchmarks/threshold_noise.py).
 - ``tpr@fpr=X``: one outcome per same-identity pair (1 = accepted) at the threshold that admits at most X of the
   different-identity pairs. The measurement carries the scores of both kinds (``Thresholded``), so the bound
   re-sets the threshold on every draw's different pairs: at a low FPR it rests on a few extreme scores, and taking
-  it as given made the drop's interval about half as wide as it is (benchmarks/tpr_threshold_noise.py).
+  it as given made the drop's interval about half as wide as it is (benchmarks/threshold_noise.py).
 - ``fidelity``: one cosine per image to the unpruned model's embedding (no identities needed).
 """
 from __future__ import annotations

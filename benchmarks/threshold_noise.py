@@ -1,22 +1,25 @@
 #!/usr/bin/env python
-"""How much a TPR@FPR bound leaves out when it takes the threshold as given.
+"""How much a verification bound leaves out when it takes the thresholds learnt on the split as given.
 
-Until session 10 the target-true check bound for ``--metric tpr@fpr=X`` resampled the same-identity pairs at the
-threshold the whole split's different-identity pairs set. The threshold is itself an estimate (at FPR 1e-2 on 450
-different pairs it is the 5th highest impostor score); the bound now re-sets it on every draw
-(``engine.target_true.Thresholded``). This script puts the two bootstraps side by side on real embeddings,
-resampling pairs as independent in both so that only the threshold differs:
+Until session 10 the target-true check bound resampled the pairs at the thresholds the whole split had taught:
+for ``tpr@fpr=X`` the one its different-identity pairs set (at FPR 1e-2 on 450 different pairs, the 5th highest
+impostor score), for ``lfw_acc`` each fold's accuracy-maximising threshold learnt on the other folds. The bound now
+re-learns them on every draw (``engine.target_true.Thresholded``, ``FoldThresholds``). This script puts the two
+bootstraps side by side on real embeddings, resampling pairs as independent in both so that only the thresholds
+differ:
 
-- ``fixed``: same-identity pairs resampled, threshold from all different pairs (the bound before);
-- ``recomputed``: both kinds resampled, the threshold re-set on every draw's different pairs (the bound now, which
-  also resamples people and images).
+- ``fixed``: the pairs resampled at the split's thresholds (the bound before);
+- ``recomputed``: the thresholds re-learnt on every draw's weighted pairs (the bound now, which also resamples
+  people and images).
 
-for the unpruned model, a pruned one, and their paired difference (the ``--drop`` bound's quantity).
+for the unpruned model, a pruned one and their paired difference (the ``--drop`` bound's quantity), 10-fold
+accuracy and TPR at each ``--fpr``.
 
-    python benchmarks/tpr_threshold_noise.py --pruned WORK/route_adabn.pth [--subjects s31..s40]
+    python benchmarks/threshold_noise.py --pruned WORK/route_adabn.pth [--subjects s31..s40]
 
 Pruned: any thinned checkpoint of the same embedder (e.g. ``route_adabn.pth`` that
-``benchmarks/mobilefacenet_fidelity.py`` writes: the -50 % MACs model after AdaBN).
+``benchmarks/mobilefacenet_fidelity.py`` writes: the -50 % MACs model after AdaBN; or a distilled one, close to
+the unpruned model).
 """
 from __future__ import annotations
 
