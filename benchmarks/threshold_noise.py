@@ -4,9 +4,10 @@
 Until session 10 the target-true check bound resampled the pairs at the thresholds the whole split had taught:
 for ``tpr@fpr=X`` the one its different-identity pairs set (at FPR 1e-2 on 450 different pairs, the 5th highest
 impostor score), for ``lfw_acc`` each fold's accuracy-maximising threshold learnt on the other folds. The bound now
-re-learns them on every draw (``engine.target_true.Thresholded``, ``FoldThresholds``). This script puts the two
-bootstraps side by side on real embeddings, resampling pairs as independent in both so that only the thresholds
-differ:
+re-sets a TPR's threshold on every draw (``engine.target_true.Thresholded``), and lfw_acc's with
+``auto_make_yaml.py --relearn_thresholds`` (``FoldThresholds``; opt-in, docs/target_true.md says why). This
+script puts the two bootstraps side by side on real embeddings, resampling pairs as independent in both so that only
+the thresholds differ:
 
 - ``fixed``: the pairs resampled at the split's thresholds (the bound before);
 - ``recomputed``: the thresholds re-learnt on every draw's weighted pairs (the bound now, which also resamples

@@ -80,8 +80,9 @@ def face_chain(tmp_path_factory):
     return tmp, root, ckpt
 
 
-@pytest.mark.parametrize("metric, drop", [("lfw_acc", 30.0), ("fidelity", 0.5), ("tpr@fpr=1e-1", 0.5)])
-def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
+@pytest.mark.parametrize("metric, drop, relearn", [("lfw_acc", 30.0, False), ("lfw_acc", 30.0, True),
+                                                   ("fidelity", 0.5, False), ("tpr@fpr=1e-1", 0.5, False)])
+def test_face_target_true_chain(face_chain, metric, drop, relearn, capsys, caplog):
     tmp, root, ckpt = face_chain
     data = f"identity_folders:{root}"
     common = ["--model", "mobilefacenet", "--best_model_path", str(ckpt), "--input_size", "3,32,32", "--data", data,
@@ -93,7 +94,7 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     assert header[1] == "sparsity" and header[2] == metric
     out = tmp / f"{metric}.yaml"
     auto_make_yaml.main([str(csv), "--drop", str(drop), *common, "--output", str(out), "--force",
-                         "--max_evals", "6", "--bn_recalib", "1"])
+                         "--max_evals", "6", "--bn_recalib", "1", *(["--relearn_thresholds"] if relearn else [])])
     printed = capsys.readouterr().out
     assert "judged on the report split" in printed
     assert "the check split holds 3 identities" in caplog.text and "at least 30" in caplog.text
@@ -101,6 +102,12 @@ def test_face_target_true_chain(face_chain, metric, drop, capsys, caplog):
     tt = doc["extensions"]["target_true"]
     assert tt["metric"] == metric and tt["split"]["sizes"] == [3.0, 3.0, 3.0]
     assert tt["bootstrap_unit"] == "identity"                # the default on identity folders
+    assert tt["relearn_thresholds"] == (relearn or metric.startswith("tpr@fpr"))
+    if metric == "fidelity":
+        with pytest.raises(SystemExit) as e:
+            auto_make_yaml.main([str(csv), "--drop", str(drop), *common, "--output", str(tmp / "r.yaml"),
+                                 "--relearn_thresholds"])
+        assert e.value.code == 2 and "--relearn_thresholds re-learns lfw_acc" in capsys.readouterr().err
     n_pairs = 3 * 10                                        # 3 identities x C(5,2) same pairs
     report = json.loads(out.with_suffix(".report.json").read_text())
     assert report["metric"] == metric and len(report["measured_latency_ms_batch1"]) == 2

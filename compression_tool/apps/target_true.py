@@ -59,6 +59,7 @@ class FaceOptions:
     flip: bool = False
     bgr: bool = False
     bootstrap_unit: str = "identity"    # what the check bound resamples: identity (cluster) | image (per_sample)
+    relearn_thresholds: bool = False    # lfw_acc: re-learn the folds' thresholds on every draw (tpr@fpr always does)
 
     @classmethod
     def of(cls, cfg: EvalConfig) -> "FaceOptions":
@@ -216,7 +217,11 @@ class SplitEvaluators(NamedTuple):
 def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[int], metric: str,
                      model_mean=None, model_std=None) -> SplitEvaluators:
     """The evaluators of the job's split parts (and the SA images); ``model`` is the unpruned reference."""
-    if parse_data_spec(job.data).is_face:
+    is_face = parse_data_spec(job.data).is_face
+    if job.face.relearn_thresholds and not (is_face and metric == "lfw_acc"):
+        raise UserError(f"--relearn_thresholds re-learns lfw_acc's fold thresholds on face data, not {metric} on "
+                        f"{job.data} (a tpr@fpr bound always re-sets its threshold)")
+    if is_face:
         if metric not in ("lfw_acc", "fidelity") and metric_fpr(metric) is None:
             raise UserError(f"--metric {metric}: target-true schedules on face data measure {FACE_METRICS}")
         parts = face_parts(job.data, input_size, job.split, job.data_seed, job.face, job.confirm)
@@ -224,7 +229,7 @@ def split_evaluators(job: TargetTrueJob, model: nn.Module, input_size: Sequence[
 
         def ev(ps):
             return pair_evaluator(ps, metric, job.face.folds, job.face.flip, model, job.batch_size,
-                                  job.face.bootstrap_unit)
+                                  job.face.bootstrap_unit, job.face.relearn_thresholds)
         sa = parts["sa"].images
     else:
         if metric != "top1":
@@ -285,6 +290,8 @@ def run_target_true(job: TargetTrueJob) -> Tuple[TargetTrueResult, Path, Path]:
         "split": job.split.describe(), "data": job.data, "bn_recalib_batches": job.bn_recalib,
         "bn_method": job.bn_method,
         "bootstrap_unit": job.face.bootstrap_unit if parse_data_spec(job.data).is_face else "image",
+        "relearn_thresholds": (bool(job.face.relearn_thresholds) if metric == "lfw_acc"
+                               else metric_fpr(metric) is not None),
         "adabn": result.adabn,           # whether the checked numbers include BN re-estimation (prune the same way)
         "check": {"n": result.check_n, "unpruned": round(result.check_baseline, 4), "pruned": round(result.check, 4),
                   "bound": round(result.check_bound, 4)},

@@ -149,6 +149,12 @@ def add_target_true_args(p: argparse.ArgumentParser) -> None:
                         "report split and deployment hold other people and a pruned model can fail some people more "
                         "than others (honest, wide with few check identities); image: the images (narrower; "
                         "assumes people do not matter). Pair sets without image folders (bin:) resample images")
+    g.add_argument("--relearn_thresholds", action="store_true",
+                   help="face data, --metric lfw_acc: the check bound also re-learns each fold's threshold on every "
+                        "bootstrap draw (wider and more honest: a threshold learnt on a few hundred pairs moves; but "
+                        "the best-accuracy threshold jumps between draws on small check splits, so the bound is "
+                        "erratic there; for large ones, e.g. LFW's 6,000 pairs). A tpr@fpr bound always re-sets its "
+                        "threshold")
     g.add_argument("--confidence", type=float, default=0.95, help="one-sided level of the check-split bound")
     g.add_argument("--max_evals", type=int, default=60, help="composed models evaluated on the check split")
     g.add_argument("--multiple_testing", choices=MULTIPLE_TESTING, default=None,
@@ -357,7 +363,7 @@ def target_true(args: argparse.Namespace) -> Path:
                         output=args.output, force=args.force, trust=args.trust_checkpoint,
                         multiple_testing=multiple_testing(args), guard_steps=args.guard_steps,
                         face=FaceOptions(args.subjects, args.test_root_path, args.folds, args.flip, args.bgr,
-                                         args.bootstrap_unit),
+                                         args.bootstrap_unit, args.relearn_thresholds),
                         latency=latency, confirm=args.confirm,
                         search_confidence=args.search_confidence, reanalyse=args.reanalyse)
     result, out, report = run_target_true(job)
