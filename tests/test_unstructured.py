@@ -376,6 +376,9 @@ def test_cli_train_resume_eval(tmp_path: Path, capsys):
     code, _, err = _cli(capsys, *common)                          # would overwrite epoch_1/epoch_2
     assert code == 2 and "--force" in err and "Traceback" not in err
 
+    other_lr = [("0.1" if a == "0.05" else a) for a in common]    # the saved run's LR must not change silently
+    code, _, err = _cli(capsys, *other_lr, "--resume_epoch", "1", "--force")
+    assert code == 2 and "--resume_epoch:" in err and "ran iteration 0 at LR 0.05" in err, err
     code, _, err = _cli(capsys, *common, "--resume_epoch", "1", "--force")
     assert code == 0, err
     resumed = load_sparse_checkpoint(tmp_path / "epoch_2.pth")

@@ -31,7 +31,7 @@ from compression_tool.io.errors import UserError
 from compression_tool.io.files import atomic_torch_save, check_writable_dir
 from train_module.distributed import DataParallel
 from train_module.features import FeatureDistill, expand_layers
-from train_module.optim import build_optimizer, build_scheduler, describe_schedule, schedule_from_state
+from train_module.optim import build_optimizer, build_scheduler, restore_schedule
 
 log = logging.getLogger(__name__)
 
@@ -275,36 +275,8 @@ def restore_training_state(ckpt: Mapping[str, Any], model: nn.Module, head: Opti
             raise UserError(f"--resume: optimizer state in {source} does not fit: {exc}") from None
     step = int(ckpt["meta"]["step"])
     if ts.get("scheduler") is not None:
-        restore_schedule(ts["scheduler"], scheduler, optimizer, step, source)
+        restore_schedule(ts["scheduler"], scheduler, optimizer, source, step)
     return step
-
-
-def restore_schedule(saved: Mapping[str, Any], scheduler: Any, optimizer: torch.optim.Optimizer, step: int,
-                     source: str) -> None:
-    """Continue ``scheduler`` (this run's flags) from a saved ``LambdaLR`` state at ``step``.
-
-    A resumed run must be the run a straight one with today's flags would have been: the LR of every iteration
-    already done must match the saved schedule's (else one line says so). What lies ahead may differ, e.g. a
-    constant run continued into a ``wsd`` decay, or a milestone moved past ``step``."""
-    now = scheduler.lr_lambdas[0]
-    then = schedule_from_state((saved.get("lr_lambdas") or [None])[0] or {})
-    base_then = [float(b) for b in saved.get("base_lrs", scheduler.base_lrs)]
-    if then is not None:
-        for it in range(step):
-            if not all(math.isclose(a * then(it), b * now(it), rel_tol=1e-9, abs_tol=1e-15)
-                       for a, b in zip(base_then, scheduler.base_lrs)):
-                raise UserError(f"--resume: {source} ran iteration {it} at LR {base_then[0] * then(it):.3g} "
-                                f"({describe_schedule(then)}, lr={base_then[0]:g}); these flags give "
-                                f"{scheduler.base_lrs[0] * now(it):.3g} there: resume with that run's --lr and "
-                                "--lr_schedule (only what lies after the checkpoint may change)")
-    mine = dict(vars(now)) if hasattr(now, "__dict__") else None
-    scheduler.load_state_dict(saved)
-    if mine is not None:                   # load_state_dict put the saved schedule's flags back: keep today's
-        now.__dict__.update(mine)
-    lrs = [base * now(scheduler.last_epoch) for base in scheduler.base_lrs]
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler._last_lr = lrs
 
 
 # ---------------------------------------------------------------- the loop

@@ -161,3 +161,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int] 
     if not 0 < gamma <= 1:
         raise UserError(f"--gamma must be in (0, 1], got {gamma}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupMultiStep(milestones, gamma, warmup_iters))
+
+
+def restore_schedule(saved: Mapping[str, Any], scheduler: Any, optimizer: torch.optim.Optimizer, source: str,
+                     step: Optional[int] = None, flag: str = "--resume") -> None:
+    """Continue ``scheduler`` (this run's flags) from a saved ``LambdaLR`` state at ``step`` (default: the saved
+    scheduler's own count of steps); ``flag`` names the resume option in messages.
+
+    A resumed run must be the run a straight one with today's flags would have been: the LR of every iteration
+    already done must match the saved schedule's (else one line says so). What lies ahead may differ, e.g. a
+    constant run continued into a ``wsd`` decay, or a milestone moved past ``step``."""
+    step = int(saved.get("last_epoch", 0)) if step is None else int(step)
+    now = scheduler.lr_lambdas[0]
+    then = schedule_from_state((saved.get("lr_lambdas") or [None])[0] or {})
+    base_then = [float(b) for b in saved.get("base_lrs", scheduler.base_lrs)]
+    if then is not None:
+        for it in range(step):
+            if not all(math.isclose(a * then(it), b * now(it), rel_tol=1e-9, abs_tol=1e-15)
+                       for a, b in zip(base_then, scheduler.base_lrs)):
+                raise UserError(f"{flag}: {source} ran iteration {it} at LR {base_then[0] * then(it):.3g} "
+                                f"({describe_schedule(then)}, lr={base_then[0]:g}); these flags give "
+                                f"{scheduler.base_lrs[0] * now(it):.3g} there: resume with that run's --lr and "
+                                "--lr_schedule (only what lies after the checkpoint may change)")
+    mine = dict(vars(now)) if hasattr(now, "__dict__") else None
+    scheduler.load_state_dict(saved)
+    if mine is not None:                   # load_state_dict put the saved schedule's flags back: keep today's
+        now.__dict__.update(mine)
+    lrs = [base * now(scheduler.last_epoch) for base in scheduler.base_lrs]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs

@@ -15,6 +15,7 @@ from compression_tool.io.checkpoint import load_weights
 from compression_tool.io.errors import UserError
 from compression_tool.io.sparse_checkpoint import load_sparse_checkpoint, save_sparse_checkpoint
 from train_module.finetune import FinetuneLoss, seed_epoch, train_step
+from train_module.optim import restore_schedule
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,6 @@ def restore_training_checkpoint(path: str | Path, model: nn.Module, pruner: Unst
         except ValueError as exc:
             raise UserError(f"{path}: optimizer state does not fit: {exc}") from None
         if scheduler is not None and ckpt.train_state.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt.train_state["scheduler"])
+            restore_schedule(ckpt.train_state["scheduler"], scheduler, optimizer, str(path), flag="--resume_epoch")
         pruner.zero_optimizer_state()
     return ckpt.meta
