@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -157,8 +156,7 @@ class ComposedChecker:
         if not measured:
             return cfg.confidence
         rows, extra_pairs = measurement_rows(measured, base if cfg.drop is not None else None)
-        values = rows if any(callable(r) for r in rows) else np.stack(rows)
-        means = bootstrap_means(values, cfg.n_boot, cfg.seed, cfg.pseudo_value(), measured[0].pairs,
+        means = bootstrap_means(rows, cfg.n_boot, cfg.seed, cfg.pseudo_value(), measured[0].pairs,
                                 measured[0].groups, extra_pairs)
         return min(simultaneous_level(means, cfg.confidence, upper=cfg.drop is not None),
                    cfg.adjusted_level(len(measured)))
