@@ -25,7 +25,6 @@ the unpruned model).
 from __future__ import annotations
 
 import argparse
-import math
 from typing import List, Optional
 
 import numpy as np
@@ -34,6 +33,7 @@ from target_true import SHARED  # benchmarks/ is on sys.path when run as a scrip
 
 from compression_tool.data.readers import load_pairset
 from compression_tool.engine.checkpoint import load_model
+from compression_tool.engine.target_true import FoldThresholds, Thresholded
 from compression_tool.io.errors import cli_main
 from test_module.per_sample import accepted_at_fpr
 from test_module.verification import embed_images, fold_indices, kfold_verification, pair_distances
@@ -41,42 +41,26 @@ from test_module.verification import embed_images, fold_indices, kfold_verificat
 MFN = SHARED / "mobilefacenet_casia" / "068.ckpt"
 
 
-def tpr_draws(scores: np.ndarray, issame: np.ndarray, fpr: float, draws: np.ndarray, recompute: bool) -> np.ndarray:
-    """TPR@``fpr`` on each bootstrap draw (rows of pair indices into ``scores``)."""
-    out = np.empty(len(draws))
-    fixed = accepted_at_fpr(scores, issame, fpr)                      # per same-identity pair, all-split threshold
-    pos_index = np.cumsum(issame) - 1                                  # pair -> its index among the same pairs
-    for b, pick in enumerate(draws):
-        same = issame[pick]
-        if not recompute:
-            out[b] = fixed[pos_index[pick[same]]].mean()
-            continue
-        neg = np.sort(scores[pick[~same]])[::-1]
-        k = int(math.floor(fpr * neg.size + 1e-9))
-        out[b] = 1.0 if k >= neg.size else float((scores[pick[same]] > neg[k]).mean())
-    return out
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per draw: the mean of ``values`` ([n] or [B, n]) under the draw's pair weights [B, n]."""
+    return (weights * values).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-12)
 
 
-def kfold_accuracy_draws(dist: np.ndarray, issame: np.ndarray, draws: np.ndarray, recompute: bool,
+def tpr_draws(scores: np.ndarray, issame: np.ndarray, fpr: float, weights: np.ndarray, recompute: bool) -> np.ndarray:
+    """TPR@``fpr`` on each draw: at the split's threshold (fixed), or at the one the engine re-sets on the draw's
+    different pairs (``Thresholded``, as the check bound does)."""
+    no_images = np.zeros((int((~issame).sum()), 2), dtype=int)          # pairs are resampled here, not images
+    t = Thresholded(scores[issame], scores[~issame], no_images, fpr)
+    accepted = t.accepted(weights[:, ~issame]) if recompute else t.accepted()
+    return weighted_mean(accepted, weights[:, issame])
+
+
+def kfold_accuracy_draws(dist: np.ndarray, issame: np.ndarray, weights: np.ndarray, recompute: bool,
                          folds: int = 10) -> np.ndarray:
     """10-fold accuracy (lfw_acc, in points) on each draw: at the thresholds each fold learnt on the whole split
-    (fixed), or re-learnt on the draw's weighted other folds (recomputed)."""
-    w = np.stack([np.bincount(pick, minlength=len(dist)) for pick in draws]).astype(np.float64)
-    correct = np.empty_like(w)
-    if not recompute:
-        correct[:] = kfold_verification(dist, issame, folds)["correct"]
-    else:
-        for train, test in fold_indices(len(dist), folds):
-            order = train[np.argsort(dist[train], kind="stable")]
-            same = issame[order].astype(np.float64)
-            wt = w[:, order]
-            hits_same = np.concatenate([np.zeros((len(w), 1)), np.cumsum(wt * same, axis=1)], axis=1)
-            hits_diff = np.concatenate([np.zeros((len(w), 1)), np.cumsum(wt * (1 - same), axis=1)], axis=1)
-            k = np.argmax(hits_same + (hits_diff[:, -1:] - hits_diff), axis=1)    # the k closest pairs called same
-            edge = np.append(dist[order], np.inf)
-            thr = np.where(k > 0, (edge[np.maximum(k - 1, 0)] + edge[k]) / 2, edge[0])
-            correct[:, test] = (dist[test][None, :] < thr[:, None]) == issame[test][None, :]
-    return 100.0 * (w * correct).sum(axis=1) / w.sum(axis=1)
+    (fixed), or re-learnt on the draw's weighted other folds (``FoldThresholds``, as ``--relearn_thresholds``)."""
+    ft = FoldThresholds(dist, issame, [test for _, test in fold_indices(len(dist), folds)])
+    return weighted_mean(ft.correct(weights) if recompute else ft.correct(), weights)
 
 
 @cli_main
@@ -99,13 +83,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     scores = {name: 1.0 - pair_distances(embed_images(m, ps.images), ps.pairs) / 2.0
               for name, m in (("unpruned", base), ("pruned", pruned))}
     draws = np.random.default_rng(args.seed).integers(0, len(issame), size=(args.n_boot, len(issame)))
+    weights = np.stack([np.bincount(pick, minlength=len(issame)) for pick in draws]).astype(np.float64)
     print(f"ORL {args.subjects}: {int(issame.sum())} same / {int((~issame).sum())} different pairs, "
           f"{args.n_boot} draws (pairs resampled as independent)")
     print("| FPR (or 10-fold) | quantity | point | fixed threshold: 95 % interval (width) "
           "| recomputed: 95 % interval (width) | width ratio |")
     print("|---|---|---|---|---|---|")
     dist = {name: 2.0 * (1.0 - s) for name, s in scores.items()}
-    acc = {(name, rec): kfold_accuracy_draws(d, issame, draws, bool(rec)) for name, d in dist.items() for rec in (0, 1)}
+    acc = {(name, rec): kfold_accuracy_draws(d, issame, weights, bool(rec)) for name, d in dist.items()
+           for rec in (0, 1)}
     point = {name: float(kfold_verification(d, issame)["correct"].mean() * 100) for name, d in dist.items()}
     rows = [("unpruned lfw_acc", point["unpruned"], acc["unpruned", 0], acc["unpruned", 1]),
             ("pruned lfw_acc", point["pruned"], acc["pruned", 0], acc["pruned", 1]),
@@ -113,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
              acc["unpruned", 1] - acc["pruned", 1])]
     print_rows("10-fold", rows)
     for fpr in (float(v) for v in args.fpr.split(",")):
-        t = {(name, rec): tpr_draws(s, issame, fpr, draws, rec) for name, s in scores.items() for rec in (0, 1)}
+        t = {(name, rec): tpr_draws(s, issame, fpr, weights, rec) for name, s in scores.items() for rec in (0, 1)}
         point = {name: float(accepted_at_fpr(s, issame, fpr).mean()) for name, s in scores.items()}
         rows = [("unpruned TPR", point["unpruned"], t["unpruned", 0], t["unpruned", 1]),
                 ("pruned TPR", point["pruned"], t["pruned", 0], t["pruned", 1]),
