@@ -350,7 +350,7 @@ def test_real_orl_split_and_mobilefacenet_per_pair_outcomes():
     s3..s30) is disjoint and balanced, and the per-pair outcomes the check bound bootstraps average to the 10-fold
     accuracy the evaluation reports, on the check identities."""
     from compression_tool.engine.checkpoint import load_model
-    from test_module.per_sample import pair_evaluator
+    from test_module.per_sample import interval, pair_evaluator
     from test_module.setup import pair_setup
 
     parts = split_pairsets(f"orl:{REAL[0]}", (3, 112, 96), parse_split("s31..s35/s36..s40/s3..s30"))
@@ -364,6 +364,15 @@ def test_real_orl_split_and_mobilefacenet_per_pair_outcomes():
     reported = pair_setup(parts["check"], "lfw_acc").evaluate(model)["lfw_acc"]
     assert m.n == 450 and m.pairs.shape == (450, 2) and m.unit == "identity" and len(set(m.groups)) == 5
     assert m.value == pytest.approx(reported, abs=1e-6) and 90.0 < m.value <= 100.0
+    assert m.relearned is None                               # lfw_acc takes its fold thresholds as learnt by default
+    relearnt = pair_evaluator(parts["check"], "lfw_acc", relearn=True)(model)
+    assert relearnt.relearned.correct().tolist() == m.per_sample.tolist()
+    tpr = pair_evaluator(parts["check"], "tpr@fpr=1e-1")(model)
+    assert tpr.value == pytest.approx(pair_setup(parts["check"], "tpr@fpr=1e-1").evaluate(model)["tpr@fpr=1e-1"])
+    assert tpr.n == 225 and tpr.relearned.accepted().tolist() == tpr.per_sample.tolist()
+    assert tpr.relearned.extra_pairs.shape == (225, 2)       # the different pairs the draws re-set the threshold on
+    lo, hi = interval(tpr)
+    assert 0.5 < lo < tpr.value < hi <= 1.0
 
 
 @pytest.mark.skipif(not REAL[0].exists(), reason=f"ORL faces not found under {SHARED}")
